@@ -1,0 +1,300 @@
+//! Options the host passes in (JSON from JavaScript), re-validated here: the core never
+//! trusts that the JS layer checked everything.
+
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::proxy_protocol::ProxyVersion;
+
+/// Tunables. Defaults are what the benchmarks settled on; each says why.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Performance {
+    /// Tokio worker threads (only honoured by the first hub/edge in a process, which creates
+    /// the runtime). 0 = one per core.
+    pub worker_threads: usize,
+    /// DATA payload per frame. 16 KiB = one TLS record: large enough that the 9-byte header is
+    /// noise, small enough that 8 interleaved streams each get a turn every ~128 KiB.
+    pub max_frame_payload: u32,
+    /// Per-stream receive window. 512 KiB keeps one stream at full speed across a loopback or
+    /// LAN tunnel (bandwidth × RTT) while bounding what one slow target can make the hub buffer.
+    pub stream_window: u32,
+    /// Connection receive window: caps all streams' in-flight bytes together (16 MiB).
+    pub connection_window: u32,
+    /// Socket send/receive buffer for tunnel sockets, 0 = kernel default (autotuning).
+    pub socket_buffer: u32,
+}
+
+impl Default for Performance {
+    fn default() -> Self {
+        Performance {
+            worker_threads: 0,
+            max_frame_payload: 16 * 1024,
+            stream_window: 512 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            socket_buffer: 0,
+        }
+    }
+}
+
+impl Performance {
+    pub fn validate(&self) -> Result<()> {
+        let p = self.max_frame_payload as usize;
+        if !(1024..=crate::frame::MAX_DATA_PAYLOAD).contains(&p) {
+            return Err(Error::InvalidConfig(format!(
+                "performance.maxFramePayload: {p} is outside 1024..={}",
+                crate::frame::MAX_DATA_PAYLOAD
+            )));
+        }
+        if self.stream_window < self.max_frame_payload {
+            return Err(Error::InvalidConfig(format!(
+                "performance.streamWindow: {} is smaller than maxFramePayload {}",
+                self.stream_window, self.max_frame_payload
+            )));
+        }
+        if self.connection_window < self.stream_window {
+            return Err(Error::InvalidConfig(format!(
+                "performance.connectionWindow: {} is smaller than streamWindow {}",
+                self.connection_window, self.stream_window
+            )));
+        }
+        if self.worker_threads > 256 {
+            return Err(Error::InvalidConfig(format!(
+                "performance.workerThreads: {} is more than 256",
+                self.worker_threads
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Resource limits. Each default is a bound a production hub should never hit in normal
+/// operation but that stops one edge or one attacker from exhausting the process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Limits {
+    /// Streams open at once per tunnel: 65,536 covers a busy edge; beyond it new ones are reset.
+    pub max_streams_per_edge: u32,
+    /// TLS+auth handshakes in progress at once: 256 keeps a SYN-and-stall crowd from queueing
+    /// unbounded work while a real edge still gets a slot.
+    pub max_pending_handshakes: u32,
+    /// A client must finish TLS and authentication within this (10 s covers a slow link).
+    pub handshake_timeout_ms: u64,
+    /// The hub gives up connecting to a target after this (5 s: a target on the private
+    /// network answers in milliseconds or not at all).
+    pub target_connect_timeout_ms: u64,
+    /// PING interval (5 s).
+    pub heartbeat_interval_ms: u64,
+    /// Nothing received for this long = dead peer (15 s = three missed heartbeats).
+    pub heartbeat_timeout_ms: u64,
+    /// Failed authentications allowed at once from one source address.
+    pub auth_failure_burst: u32,
+    /// ... refilled at this many per minute.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams_per_edge: 65_536,
+            max_pending_handshakes: 256,
+            handshake_timeout_ms: 10_000,
+            target_connect_timeout_ms: 5_000,
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 15_000,
+            auth_failure_burst: 30,
+            auth_failures_per_minute: 30,
+        }
+    }
+}
+
+impl Limits {
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, v: u64| {
+            if v == 0 {
+                Err(Error::InvalidConfig(format!("limits.{name}: must be positive")))
+            } else {
+                Ok(())
+            }
+        };
+        pos("maxStreamsPerEdge", self.max_streams_per_edge.into())?;
+        pos("maxPendingHandshakes", self.max_pending_handshakes.into())?;
+        pos("handshakeTimeoutMs", self.handshake_timeout_ms)?;
+        pos("targetConnectTimeoutMs", self.target_connect_timeout_ms)?;
+        pos("heartbeatIntervalMs", self.heartbeat_interval_ms)?;
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(Error::InvalidConfig(format!(
+                "limits.heartbeatTimeoutMs: {} must exceed heartbeatIntervalMs {}",
+                self.heartbeat_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubOptions {
+    pub tunnel_port: u16,
+    #[serde(default = "default_bind_host")]
+    pub bind_host: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    #[serde(default)]
+    pub performance: Performance,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_bind_host() -> String {
+    "0.0.0.0".into()
+}
+
+/// One forwarded port of an allowed edge.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    pub port: u16,
+    pub target_host: String,
+    pub target_port: u16,
+    pub proxy_protocol: ProxyVersion,
+}
+
+/// One allowed edge, normalised by the JS layer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeSpec {
+    pub id: String,
+    pub secret: String,
+    #[serde(default)]
+    pub bind_address: Option<String>,
+    #[serde(default)]
+    pub tcp: Vec<PortSpec>,
+    #[serde(default)]
+    pub udp: Vec<PortSpec>,
+    #[serde(default)]
+    pub firewall: Option<serde_json::Value>,
+    #[serde(default)]
+    pub stun_interval_secs: Option<u32>,
+}
+
+/// Minimum secret length: 16 characters is the floor below which an HMAC secret is guessable
+/// by the rate-limited online attack the hub allows.
+pub const MIN_SECRET_LEN: usize = 16;
+
+pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
+    let mut ids = std::collections::HashSet::new();
+    for e in edges {
+        let name = &e.id;
+        if e.id.is_empty()
+            || e.id.len() > 64
+            || !e
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "edge {name:?}: id must be 1-64 characters of [A-Za-z0-9._-]"
+            )));
+        }
+        if !ids.insert(e.id.as_str()) {
+            return Err(Error::InvalidConfig(format!("edge {name:?}: duplicate id")));
+        }
+        if e.secret.len() < MIN_SECRET_LEN {
+            return Err(Error::InvalidConfig(format!(
+                "edge {name:?}: secret is shorter than {MIN_SECRET_LEN} characters"
+            )));
+        }
+        if let Some(b) = &e.bind_address {
+            b.parse::<IpAddr>().map_err(|_| {
+                Error::InvalidConfig(format!("edge {name:?}: bindAddress {b:?} is not an IP address"))
+            })?;
+        }
+        for (proto, ports) in [("listenPorts", &e.tcp), ("listenPortsUdp", &e.udp)] {
+            let mut seen = std::collections::HashSet::new();
+            for p in ports {
+                if p.port == 0 || p.target_port == 0 {
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: {proto} port {} / targetPort {} must be 1-65535",
+                        p.port, p.target_port
+                    )));
+                }
+                if !seen.insert(p.port) {
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: {proto} lists port {} twice",
+                        p.port
+                    )));
+                }
+                if p.target_host.is_empty() {
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: {proto} port {} has an empty targetHost",
+                        p.port
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReconnectOptions {
+    #[serde(default = "default_base_ms")]
+    pub base_ms: u64,
+    #[serde(default = "default_cap_ms")]
+    pub cap_ms: u64,
+}
+
+/// First retry after 500 ms: fast enough that a hub restart is barely noticed.
+fn default_base_ms() -> u64 {
+    500
+}
+/// Backoff stops growing at 30 s: a long outage is retried twice a minute, not hammered.
+fn default_cap_ms() -> u64 {
+    30_000
+}
+
+impl Default for ReconnectOptions {
+    fn default() -> Self {
+        ReconnectOptions {
+            base_ms: default_base_ms(),
+            cap_ms: default_cap_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeOptions {
+    pub hub_host: String,
+    pub hub_port: u16,
+    pub edge_id: String,
+    pub secret: String,
+    #[serde(default)]
+    pub hub_fingerprint: Option<String>,
+    #[serde(default)]
+    pub dangerously_disable_fingerprint_pinning: bool,
+    #[serde(default = "default_mode")]
+    pub transport_mode: String,
+    #[serde(default)]
+    pub reconnect: ReconnectOptions,
+    #[serde(default)]
+    pub performance: Performance,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_mode() -> String {
+    "quicWithFallback".into()
+}
+
+pub fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::InvalidConfig(format!("{what}: {e}")))
+}

@@ -1,0 +1,544 @@
+//! The hub engine: accepts edge tunnels, authenticates them, pushes each its configuration,
+//! and forwards every stream to its port's target behind a PROXY protocol header.
+
+use rand::RngCore;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::auth::{FailureLimiter, EXPORTER_LABEL};
+use crate::config::{validate_edges, EdgeSpec, HubOptions, Limits, Performance, PortSpec};
+use crate::error::{Error, Result};
+use crate::events::{log, EventSink};
+use crate::event;
+use crate::frame::FrameType;
+use crate::handshake::{self, HubVerdict, SessionParams};
+use crate::mux::{self, ClosedStream, Handler, MuxConfig, MuxHandle, RemoteStream, Side};
+use crate::proxy_protocol;
+use crate::tls::Identity;
+
+/// A running hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    events: EventSink,
+    fingerprint: String,
+    port: u16,
+    perf: Performance,
+    limits: Limits,
+    state: Mutex<State>,
+    limiter: Mutex<FailureLimiter>,
+    /// Random stand-in secret for unknown edge ids (equal-time failures).
+    dummy_secret: [u8; 32],
+    shutdown: watch::Sender<bool>,
+    stopped: AtomicBool,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+    session_serial: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    edges: HashMap<String, Arc<EdgeSpec>>,
+    generation: u64,
+    sessions: HashMap<String, Session>,
+}
+
+struct Session {
+    serial: u64,
+    mux: MuxHandle,
+    remote: SocketAddr,
+    since: SystemTime,
+    /// The secret this session authenticated with: a changed secret ends the session.
+    secret: String,
+}
+
+/// Stream reset codes → the stable codes JavaScript sees on `streamClosed`.
+pub fn reset_code(code: u16) -> &'static str {
+    match code {
+        mux::reset::IO => "ERR_STREAM_IO",
+        mux::reset::TARGET_UNREACHABLE => "ERR_TARGET_UNREACHABLE",
+        mux::reset::REFUSED => "ERR_REFUSED",
+        mux::reset::NO_ROUTE => "ERR_NO_ROUTE",
+        mux::reset::SHUTDOWN => "ERR_SHUTDOWN",
+        _ => "ERR_RESET",
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The CONFIG record pushed to an edge. Targets stay on the hub: the edge learns only what it
+/// must bind and enforce.
+fn config_json(spec: &EdgeSpec, generation: u64) -> Value {
+    let ports = |v: &[PortSpec]| v.iter().map(|p| p.port).collect::<Vec<_>>();
+    json!({
+        "generation": generation,
+        "tcp": ports(&spec.tcp),
+        "udp": ports(&spec.udp),
+        "bindAddress": spec.bind_address,
+        "firewall": spec.firewall,
+        "stunIntervalSecs": spec.stun_interval_secs,
+    })
+}
+
+impl Hub {
+    /// Binds the tunnel port and starts accepting edges. Must run inside the runtime.
+    pub async fn start(opts: HubOptions, events: EventSink) -> Result<Hub> {
+        opts.performance.validate()?;
+        opts.limits.validate()?;
+        let identity = Identity::from_pem(&opts.cert_pem, &opts.key_pem)?;
+        let tls = Arc::new(identity.server_config()?);
+        let addr = format!("{}:{}", opts.bind_host, opts.tunnel_port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| Error::Bind { addr: addr.clone(), source })?;
+        let port = listener.local_addr()?.port();
+        let mut dummy_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut dummy_secret);
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            events,
+            fingerprint: identity.fingerprint.clone(),
+            port,
+            perf: opts.performance.clone(),
+            limits: opts.limits.clone(),
+            state: Mutex::new(State::default()),
+            limiter: Mutex::new(FailureLimiter::new(
+                opts.limits.auth_failure_burst,
+                opts.limits.auth_failures_per_minute,
+            )),
+            dummy_secret,
+            shutdown,
+            stopped: AtomicBool::new(false),
+            accept_task: Mutex::new(None),
+            session_serial: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(accept_loop(inner.clone(), listener, tls));
+        *lock(&inner.accept_task) = Some(task);
+        log(&inner.events, "info", format!("hub listening on {}:{port}", opts.bind_host));
+        Ok(Hub { inner })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// Replaces the allowed edges with `edges` (the complete desired set). Invalid input is
+    /// rejected whole and nothing changes. Removed edges and edges whose secret changed are
+    /// disconnected; connected edges whose ports or firewall changed get a new CONFIG.
+    pub fn set_edges(&self, edges: Vec<EdgeSpec>) -> Result<u64> {
+        validate_edges(&edges)?;
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return Err(Error::State("the hub is stopped".into()));
+        }
+        let mut st = lock(&self.inner.state);
+        st.generation += 1;
+        let generation = st.generation;
+        let new: HashMap<String, Arc<EdgeSpec>> =
+            edges.into_iter().map(|e| (e.id.clone(), Arc::new(e))).collect();
+        let mut to_close = Vec::new();
+        let mut to_push = Vec::new();
+        for (id, session) in st.sessions.iter() {
+            match new.get(id) {
+                None => to_close.push((session.mux.clone(), "edge removed from the allowed edges")),
+                Some(spec) if spec.secret != session.secret => {
+                    to_close.push((session.mux.clone(), "edge secret changed"))
+                }
+                Some(spec) => {
+                    let old = st.edges.get(id);
+                    let changed = old.map_or(true, |o| {
+                        o.tcp != spec.tcp
+                            || o.udp != spec.udp
+                            || o.bind_address != spec.bind_address
+                            || o.firewall != spec.firewall
+                            || o.stun_interval_secs != spec.stun_interval_secs
+                    });
+                    if changed {
+                        to_push.push((session.mux.clone(), config_json(spec, generation)));
+                    }
+                }
+            }
+        }
+        st.edges = new;
+        drop(st);
+        for (mux, why) in to_close {
+            mux.close(why);
+        }
+        for (mux, cfg) in to_push {
+            mux.control(FrameType::Config, handshake::json_payload(&cfg));
+        }
+        Ok(generation)
+    }
+
+    pub fn status(&self) -> Value {
+        let st = lock(&self.inner.state);
+        let edges: Vec<Value> = st
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                let stats = &s.mux.stats;
+                json!({
+                    "edgeId": id,
+                    "remoteAddress": proxy_protocol::unmap(s.remote).ip().to_string(),
+                    "remotePort": s.remote.port(),
+                    "transport": "tcpTls",
+                    "connectedSince": millis(s.since),
+                    "openStreams": stats.open_streams.load(Ordering::Relaxed),
+                    "bytesIn": stats.bytes_in.load(Ordering::Relaxed),
+                    "bytesOut": stats.bytes_out.load(Ordering::Relaxed),
+                    "rttMs": stats.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                })
+            })
+            .collect();
+        json!({
+            "running": !self.inner.stopped.load(Ordering::Acquire),
+            "tunnelPort": self.inner.port,
+            "fingerprint": self.inner.fingerprint,
+            "allowedEdges": st.edges.len(),
+            "edges": edges,
+        })
+    }
+
+    /// Stops accepting, asks every edge to drain (GOAWAY), waits up to `grace` for open streams
+    /// to finish, then closes the rest. Idempotent; returns when everything is released.
+    pub async fn stop(&self, grace: Duration) {
+        let first = !self.inner.stopped.swap(true, Ordering::AcqRel);
+        if first {
+            let _ = self.inner.shutdown.send(true);
+        }
+        let accept = lock(&self.inner.accept_task).take();
+        if let Some(t) = accept {
+            let _ = t.await;
+        }
+        let muxes: Vec<MuxHandle> = lock(&self.inner.state)
+            .sessions
+            .values()
+            .map(|s| s.mux.clone())
+            .collect();
+        for m in &muxes {
+            m.go_away(0, "hub shutting down");
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && muxes.iter().any(|m| !m.is_closed() && m.open_streams() > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for m in &muxes {
+            m.close("hub shutting down");
+        }
+        // Each session's task unregisters it once its muxer has ended.
+        while !lock(&self.inner.state).sessions.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// `std::sync::Mutex::lock` that shrugs off poisoning: state stays consistent because every
+/// critical section here is a few map operations that cannot panic half-way.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshakes = Arc::new(Semaphore::new(inner.limits.max_pending_handshakes as usize));
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut last_busy_log = Instant::now() - Duration::from_secs(60);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    log(&inner.events, "warn", format!("accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let ip = proxy_protocol::unmap(peer).ip();
+        if !lock(&inner.limiter).allowed(&ip) {
+            // Refused before TLS so a guessing client cannot even make the hub do crypto.
+            drop(tcp);
+            continue;
+        }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            drop(tcp);
+            if last_busy_log.elapsed() > Duration::from_secs(10) {
+                last_busy_log = Instant::now();
+                log(&inner.events, "warn", format!(
+                    "{} handshakes already in progress; refusing new tunnel connections",
+                    inner.limits.max_pending_handshakes
+                ));
+            }
+            continue;
+        };
+        let inner = inner.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let hs = tokio::time::timeout(
+                inner.limits.handshake_timeout(),
+                handshake_edge(&inner, &acceptor, tcp, peer),
+            )
+            .await;
+            drop(permit);
+            let result = match hs {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout("edge did not finish the handshake in time".into())),
+            };
+            match result {
+                Ok(Some((tls, edge_id, secret))) => run_session(inner, tls, peer, edge_id, secret).await,
+                Ok(None) => {}
+                Err(e) => {
+                    inner.events.as_ref()(event!("authFailed", {
+                        "remoteAddress": ip.to_string(), "remotePort": peer.port(),
+                        "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
+                    }));
+                }
+            }
+        });
+    }
+}
+
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+async fn handshake_edge(
+    inner: &Arc<Inner>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<(ServerTls, String, String)>> {
+    let ip = proxy_protocol::unmap(peer).ip();
+    let mut tls = match acceptor.accept(tcp).await {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.to_string();
+            let reason = if msg.contains("BadCertificate") || msg.contains("alert") {
+                format!("edge rejected the hub's certificate or TLS parameters ({msg}); a wrong pinned fingerprint looks like this")
+            } else {
+                format!("TLS handshake failed: {msg}")
+            };
+            return Err(Error::Tls(reason));
+        }
+    };
+    let mut binding = [0u8; 32];
+    tls.get_ref()
+        .1
+        .export_keying_material(&mut binding, EXPORTER_LABEL, None)
+        .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
+    let params = session_params(&inner.perf, &inner.limits);
+    let state = &inner.state;
+    let verdict = handshake::hub(
+        &mut tls,
+        &binding,
+        |id| lock(state).edges.get(id).map(|e| e.secret.clone()),
+        &inner.dummy_secret,
+        params,
+    )
+    .await;
+    match verdict {
+        Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((tls, edge_id, secret))),
+        Ok(HubVerdict::Refused { edge_id, reason }) => {
+            lock(&inner.limiter).record_failure(ip);
+            inner.events.as_ref()(event!("authFailed", {
+                "remoteAddress": ip.to_string(), "remotePort": peer.port(),
+                "edgeId": edge_id, "code": "ERR_AUTH_FAILED",
+                "reason": format!("authentication failed: {reason}")
+            }));
+            let _ = tls.shutdown().await;
+            Ok(None)
+        }
+        Err(e) => {
+            lock(&inner.limiter).record_failure(ip);
+            Err(e)
+        }
+    }
+}
+
+fn session_params(perf: &Performance, limits: &Limits) -> SessionParams {
+    SessionParams {
+        stream_window: perf.stream_window,
+        connection_window: perf.connection_window,
+        heartbeat_ms: limits.heartbeat_interval_ms as u32,
+        max_streams: limits.max_streams_per_edge,
+        max_frame: perf.max_frame_payload,
+    }
+}
+
+async fn run_session(inner: Arc<Inner>, tls: ServerTls, peer: SocketAddr, edge_id: String, secret: String) {
+    let serial = inner.session_serial.fetch_add(1, Ordering::Relaxed) + 1;
+    let cfg = MuxConfig {
+        side: Side::Hub,
+        max_frame: inner.perf.max_frame_payload as usize,
+        stream_window: inner.perf.stream_window,
+        connection_window: inner.perf.connection_window,
+        max_streams: inner.limits.max_streams_per_edge,
+        heartbeat_interval: Duration::from_millis(inner.limits.heartbeat_interval_ms),
+        heartbeat_timeout: Duration::from_millis(inner.limits.heartbeat_timeout_ms),
+    };
+    let handler = HubHandler {
+        inner: inner.clone(),
+        edge_id: edge_id.clone(),
+        connect_timeout: Duration::from_millis(inner.limits.target_connect_timeout_ms),
+    };
+    let (mux, fut) = mux::start(tls, cfg, handler);
+    let task = tokio::spawn(fut);
+    if !register_session(&inner, &edge_id, serial, &mux, peer, secret) {
+        mux.close("edge no longer allowed");
+        let _ = task.await;
+        return;
+    }
+    inner.events.as_ref()(event!("edgeConnected", {
+        "edgeId": edge_id, "remoteAddress": proxy_protocol::unmap(peer).ip().to_string(),
+        "remotePort": peer.port(), "transport": "tcpTls"
+    }));
+    let why = match task.await {
+        Ok(e) => e,
+        Err(e) => Error::Protocol(format!("tunnel task failed: {e}")),
+    };
+    {
+        let mut st = lock(&inner.state);
+        if st.sessions.get(&edge_id).map(|s| s.serial) == Some(serial) {
+            st.sessions.remove(&edge_id);
+        }
+    }
+    inner.events.as_ref()(event!("edgeDisconnected", {
+        "edgeId": edge_id, "code": why.code(), "reason": why.to_string()
+    }));
+}
+
+/// Registers a freshly authenticated session and pushes its first CONFIG. Returns false if
+/// the edge was removed, its secret changed, or the hub stopped during the handshake.
+fn register_session(
+    inner: &Inner,
+    edge_id: &str,
+    serial: u64,
+    mux: &MuxHandle,
+    peer: SocketAddr,
+    secret: String,
+) -> bool {
+    let mut st = lock(&inner.state);
+    let spec = match st.edges.get(edge_id) {
+        Some(s) if s.secret == secret && !inner.stopped.load(Ordering::Acquire) => s.clone(),
+        _ => return false,
+    };
+    mux.control(FrameType::Config, handshake::json_payload(&config_json(&spec, st.generation)));
+    let old = st.sessions.insert(
+        edge_id.to_string(),
+        Session {
+            serial,
+            mux: mux.clone(),
+            remote: peer,
+            since: SystemTime::now(),
+            secret,
+        },
+    );
+    if let Some(old) = old {
+        // The same edge reconnected (its old tunnel may be half-open): the newest wins.
+        old.mux.close("replaced by a newer tunnel from the same edge");
+    }
+    true
+}
+
+struct HubHandler {
+    inner: Arc<Inner>,
+    edge_id: String,
+    connect_timeout: Duration,
+}
+
+impl Handler for HubHandler {
+    fn on_open(&mut self, stream: RemoteStream) {
+        let RemoteStream { record, ctx } = stream;
+        let route = lock(&self.inner.state)
+            .edges
+            .get(&self.edge_id)
+            .and_then(|e| e.tcp.iter().find(|p| p.port == record.listen_port).cloned());
+        let Some(route) = route else {
+            ctx.reset(mux::reset::NO_ROUTE, format!("port {} is not assigned to this edge", record.listen_port));
+            return;
+        };
+        let client = proxy_protocol::unmap(record.client);
+        self.inner.events.as_ref()(event!("streamOpened", {
+            "edgeId": self.edge_id, "streamId": ctx.id, "port": record.listen_port,
+            "clientAddress": client.ip().to_string(), "clientPort": client.port(),
+            "targetHost": route.target_host, "targetPort": route.target_port
+        }));
+        let timeout = self.connect_timeout;
+        tokio::spawn(async move {
+            let target = (route.target_host.as_str(), route.target_port);
+            let sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    ctx.reset(
+                        mux::reset::TARGET_UNREACHABLE,
+                        format!("target {}:{} refused: {e}", route.target_host, route.target_port),
+                    );
+                    return;
+                }
+                Err(_) => {
+                    ctx.reset(
+                        mux::reset::TARGET_UNREACHABLE,
+                        format!("target {}:{} did not answer within {timeout:?}", route.target_host, route.target_port),
+                    );
+                    return;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            if let Some(header) = proxy_protocol::stream_header(route.proxy_protocol, record.client, record.local) {
+                // One write before any payload: the target must see the header whole and first.
+                let mut sock = sock;
+                if let Err(e) = sock.write_all(&header).await {
+                    ctx.reset(mux::reset::IO, format!("writing the PROXY header failed: {e}"));
+                    return;
+                }
+                ctx.run_tcp(sock).await;
+            } else {
+                ctx.run_tcp(sock).await;
+            }
+        });
+    }
+
+    fn on_control(&mut self, frame: crate::frame::Frame) -> Result<()> {
+        match frame.kind {
+            FrameType::ConfigAck => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) {
+                    self.inner.events.as_ref()(event!("configApplied", {
+                        "edgeId": self.edge_id, "result": v
+                    }));
+                }
+                Ok(())
+            }
+            // UDP over the TLS tunnel arrives with the UDP work; until then a datagram is
+            // counted as unexpected but harmless.
+            FrameType::Datagram => Ok(()),
+            other => Err(Error::Protocol(format!("edge sent a {other:?} frame"))),
+        }
+    }
+
+    fn on_closed(&mut self, c: ClosedStream) {
+        let (code, reason) = match &c.reset {
+            None => (Value::Null, Value::Null),
+            Some((code, reason)) => (json!(reset_code(*code)), json!(reason)),
+        };
+        self.inner.events.as_ref()(event!("streamClosed", {
+            "edgeId": self.edge_id, "streamId": c.id, "port": c.listen_port,
+            "bytesIn": c.bytes_in, "bytesOut": c.bytes_out, "code": code, "reason": reason
+        }));
+    }
+}

@@ -1,0 +1,29 @@
+//! remoteingress tunnel core: everything that touches tunnel bytes, with no knowledge of Node.
+//!
+//! Layers, bottom up: [`frame`] (bytes ↔ frames), [`open`] and [`proxy_protocol`] (records),
+//! [`mux`] (streams over one tunnel), [`tls`] + [`auth`] (who is on the other end),
+//! [`hub`] and [`edge`] (the two daemons' engines). The optional `napi` module is the thin
+//! binding that the Node packages load.
+
+pub mod auth;
+pub mod config;
+pub mod edge;
+pub mod error;
+pub mod events;
+pub mod frame;
+pub mod handshake;
+pub mod hub;
+pub mod mux;
+pub mod open;
+pub mod proxy_protocol;
+pub mod runtime;
+pub mod tls;
+
+#[cfg(feature = "napi")]
+mod napi;
+
+pub use error::{Error, Result};
+
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}

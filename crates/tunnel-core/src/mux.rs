@@ -1,0 +1,1306 @@
+//! The frame muxer: many TCP streams over one ordered, reliable byte pipe (the TLS tunnel).
+//!
+//! One task per tunnel owns all stream state, so the hot path takes no locks:
+//!
+//! ```text
+//!  stream reader tasks ──Cmd──►┐                         ┌──► stream writer tasks (Inbound)
+//!                              │  mux task: decode,      │
+//!  hub / edge control  ──Cmd──►┤  flow control, round-   ├──► Handler (OPEN, CONFIG, closes)
+//!                              │  robin, heartbeats      │
+//!                   tunnel IO ◄┴─────────────────────────┘
+//! ```
+//!
+//! Flow control is credit based, per stream and per connection. A stream reader only reads from
+//! its socket while it holds send credit (an atomic the mux tops up on WINDOW frames), so a
+//! stream's queue inside the mux never exceeds the peer's window. Receive credit is returned
+//! when the stream writer has actually written bytes to its socket, so a slow target makes its
+//! own stream stall rather than the hub buffer without bound. Control frames always go out
+//! before data; data goes round-robin, one frame per ready stream per turn.
+//!
+//! The muxer is generic over the tunnel's IO, and its streams are driven through
+//! [`StreamCtx`], so tests run two muxers over an in-memory pipe with no sockets at all.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use crate::error::Error;
+use crate::frame::{self, Decoded, Frame, FrameType, FLAG_ACK, FLAG_FIN};
+use crate::open::OpenRecord;
+
+/// Which end of the tunnel this muxer is. Stream ids are split by parity so both ends can open
+/// streams without colliding: the edge opens odd ids (every client connection today); even ids
+/// are reserved for the hub (the hub dialing services on the edge side, a later feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Edge,
+    Hub,
+}
+
+/// RESET codes on the wire.
+pub mod reset {
+    /// The stream's socket failed (error or abortive close) on the sender's side.
+    pub const IO: u16 = 1;
+    /// The hub could not connect to the port's target.
+    pub const TARGET_UNREACHABLE: u16 = 2;
+    /// The receiver has too many streams open.
+    pub const REFUSED: u16 = 3;
+    /// The port is not assigned to this edge (config changed under the stream).
+    pub const NO_ROUTE: u16 = 4;
+    /// The tunnel is closing and the stream did not finish within the grace period.
+    pub const SHUTDOWN: u16 = 5;
+}
+
+/// Tunables shared by both ends (the hub announces them in AUTH_OK).
+#[derive(Debug, Clone)]
+pub struct MuxConfig {
+    pub side: Side,
+    pub max_frame: usize,
+    pub stream_window: u32,
+    pub connection_window: u32,
+    pub max_streams: u32,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+/// Target size of one batch written to the tunnel. 128 KiB = 8 TLS records per write call:
+/// enough to amortise the syscall and the scheduler hop, small enough that a PONG or WINDOW
+/// queued meanwhile waits for at most ~100 µs of loopback bandwidth.
+const WRITE_BATCH: usize = 128 * 1024;
+
+/// Read-buffer growth step for the tunnel socket (64 KiB = four TLS records per read).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// If the peer stops reading while we still owe it control frames (PONGs, WINDOWs), this much
+/// pending control data means it is hostile or dead; the tunnel is closed instead of queueing.
+const MAX_PENDING_CONTROL: usize = 4 * 1024 * 1024;
+
+/// What a stream writer receives.
+#[derive(Debug)]
+pub enum Inbound {
+    Data(Bytes),
+    /// The peer half-closed: no more data will come.
+    Fin,
+    /// The stream was aborted (by the peer, or because the tunnel died).
+    Reset,
+}
+
+/// State shared between the mux task and one stream's reader.
+#[derive(Debug)]
+pub struct StreamShared {
+    /// Bytes this stream may still send (peer's window). May go negative transiently never:
+    /// only the reader spends it, only after checking it.
+    credit: AtomicI64,
+    /// Wakes the reader when credit arrives or the stream is reset.
+    notify: Notify,
+    reset: AtomicBool,
+}
+
+impl StreamShared {
+    fn new(credit: u32) -> Arc<StreamShared> {
+        Arc::new(StreamShared {
+            credit: AtomicI64::new(i64::from(credit)),
+            notify: Notify::new(),
+            reset: AtomicBool::new(false),
+        })
+    }
+
+    fn abort(&self) {
+        self.reset.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// Commands from streams and from the owner to the mux task.
+pub(crate) enum Cmd {
+    Open {
+        id: u32,
+        record: OpenRecord,
+        tx: mpsc::UnboundedSender<Inbound>,
+        shared: Arc<StreamShared>,
+    },
+    Data {
+        id: u32,
+        bytes: Bytes,
+    },
+    Fin {
+        id: u32,
+    },
+    Reset {
+        id: u32,
+        code: u16,
+        reason: String,
+    },
+    Consumed {
+        id: u32,
+        n: u32,
+    },
+    Control {
+        kind: FrameType,
+        payload: Bytes,
+    },
+    GoAway {
+        code: u16,
+        reason: String,
+    },
+    /// Reset every stream and close the tunnel now.
+    Close {
+        reason: String,
+    },
+}
+
+/// Live counters, readable from any thread (status calls).
+#[derive(Debug, Default)]
+pub struct MuxStats {
+    pub open_streams: AtomicU64,
+    /// Payload bytes received from the peer.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes sent to the peer.
+    pub bytes_out: AtomicU64,
+    /// Last heartbeat round trip in microseconds (0 = none yet).
+    pub rtt_us: AtomicU64,
+}
+
+/// One stream's endpoint: what a socket pump (or a test) uses to move bytes.
+pub struct StreamCtx {
+    pub id: u32,
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    shared: Arc<StreamShared>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    max_frame: usize,
+}
+
+impl StreamCtx {
+    /// Waits until this stream may send at least one byte; returns how many (≤ max frame), or
+    /// `None` if the stream was reset.
+    pub async fn credit(&self) -> Option<usize> {
+        loop {
+            if self.shared.reset.load(Ordering::Acquire) {
+                return None;
+            }
+            let c = self.shared.credit.load(Ordering::Acquire);
+            if c > 0 {
+                return Some((c as usize).min(self.max_frame));
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    /// Sends bytes the caller obtained credit for (≤ the last `credit()` answer).
+    pub fn send(&self, bytes: Bytes) {
+        self.shared
+            .credit
+            .fetch_sub(bytes.len() as i64, Ordering::AcqRel);
+        let _ = self.cmd.send(Cmd::Data { id: self.id, bytes });
+    }
+
+    /// Convenience for tests and small writes: waits for credit and sends all of `data`.
+    pub async fn send_all(&self, mut data: Bytes) -> bool {
+        while !data.is_empty() {
+            let Some(n) = self.credit().await else {
+                return false;
+            };
+            let chunk = data.split_to(n.min(data.len()));
+            self.send(chunk);
+        }
+        true
+    }
+
+    /// Half-closes our sending direction.
+    pub fn fin(&self) {
+        let _ = self.cmd.send(Cmd::Fin { id: self.id });
+    }
+
+    /// Aborts the stream.
+    pub fn reset(&self, code: u16, reason: impl Into<String>) {
+        let _ = self.cmd.send(Cmd::Reset {
+            id: self.id,
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    /// Next thing the peer sent. `None` means the mux is gone (treat as reset).
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.rx.recv().await
+    }
+
+    /// Returns receive credit after the bytes were delivered to their socket.
+    pub fn consumed(&self, n: usize) {
+        let _ = self.cmd.send(Cmd::Consumed {
+            id: self.id,
+            n: n as u32,
+        });
+    }
+
+    /// Pumps bytes between a TCP socket and this stream until both directions are closed or
+    /// the stream is reset. The reader half waits for readability before allocating a buffer,
+    /// so an idle connection costs no user-space buffer at all.
+    pub async fn run_tcp(self, sock: TcpStream) {
+        let _ = sock.set_nodelay(true);
+        let (r, w) = sock.into_split();
+        let StreamCtx {
+            id,
+            rx,
+            shared,
+            cmd,
+            max_frame,
+        } = self;
+        let reader = tokio::spawn(pump_socket_to_mux(
+            r,
+            id,
+            shared.clone(),
+            cmd.clone(),
+            max_frame,
+        ));
+        let abort = pump_mux_to_socket(w, rx, id, shared.clone(), cmd.clone()).await;
+        if abort {
+            // Make the reader drop its half promptly so the RST goes out now.
+            shared.abort();
+        }
+        let _ = reader.await;
+    }
+}
+
+async fn pump_socket_to_mux(
+    r: tokio::net::tcp::OwnedReadHalf,
+    id: u32,
+    shared: Arc<StreamShared>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    max_frame: usize,
+) {
+    loop {
+        if shared.reset.load(Ordering::Acquire) {
+            return;
+        }
+        let credit = shared.credit.load(Ordering::Acquire);
+        if credit <= 0 {
+            shared.notify.notified().await;
+            continue;
+        }
+        tokio::select! {
+            ready = r.readable() => {
+                if let Err(e) = ready {
+                    let _ = cmd.send(Cmd::Reset { id, code: reset::IO, reason: e.to_string() });
+                    return;
+                }
+            }
+            _ = shared.notify.notified() => continue,
+        }
+        let want = (credit as usize).min(max_frame);
+        let mut buf = BytesMut::with_capacity(want);
+        let res = {
+            let mut limited = (&mut buf).limit(want);
+            r.try_read_buf(&mut limited)
+        };
+        match res {
+            Ok(0) => {
+                let _ = cmd.send(Cmd::Fin { id });
+                return;
+            }
+            Ok(n) => {
+                shared.credit.fetch_sub(n as i64, Ordering::AcqRel);
+                if cmd
+                    .send(Cmd::Data {
+                        id,
+                        bytes: buf.freeze(),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                let _ = cmd.send(Cmd::Reset {
+                    id,
+                    code: reset::IO,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// Returns true when the socket must be aborted (RST) rather than closed.
+async fn pump_mux_to_socket(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Inbound>,
+    id: u32,
+    shared: Arc<StreamShared>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+) -> bool {
+    loop {
+        match rx.recv().await {
+            Some(Inbound::Data(b)) => {
+                if let Err(e) = w.write_all(&b).await {
+                    let _ = cmd.send(Cmd::Reset {
+                        id,
+                        code: reset::IO,
+                        reason: format!("write failed: {e}"),
+                    });
+                    abortive_close(&w);
+                    return true;
+                }
+                let _ = cmd.send(Cmd::Consumed {
+                    id,
+                    n: b.len() as u32,
+                });
+            }
+            Some(Inbound::Fin) => {
+                let _ = w.shutdown().await;
+                // Keep the half alive until the reader is done: dropping it is harmless
+                // (shutdown already sent FIN) but we wait so an abort can still set linger.
+                while let Some(m) = rx.recv().await {
+                    if matches!(m, Inbound::Reset) {
+                        abortive_close(&w);
+                        return true;
+                    }
+                }
+                return shared.reset.load(Ordering::Acquire);
+            }
+            Some(Inbound::Reset) | None => {
+                abortive_close(&w);
+                return true;
+            }
+        }
+    }
+}
+
+/// SO_LINGER 0: the close that follows sends RST, which is what the client must see when the
+/// other side failed (a clean FIN would look like a complete, truncated reply).
+fn abortive_close(w: &tokio::net::tcp::OwnedWriteHalf) {
+    let s: &TcpStream = w.as_ref();
+    let _ = s.set_linger(Some(Duration::ZERO));
+}
+
+/// Writes as much of `buf` as the tunnel takes (`Some(n)`), or flushes when `buf` is empty
+/// (`None`). One future, so the select loop borrows the writer once.
+async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::Result<Option<usize>> {
+    if buf.is_empty() {
+        w.flush().await.map(|_| None)
+    } else {
+        w.write(buf).await.map(Some)
+    }
+}
+
+/// A stream the peer opened, handed to the [`Handler`].
+pub struct RemoteStream {
+    pub record: OpenRecord,
+    pub ctx: StreamCtx,
+}
+
+/// A stream that ended, with its totals.
+#[derive(Debug, Clone)]
+pub struct ClosedStream {
+    pub id: u32,
+    pub listen_port: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// `None` = both sides finished cleanly; otherwise the RESET code and reason.
+    pub reset: Option<(u16, String)>,
+}
+
+/// What the owner of a muxer (hub session or edge tunnel) reacts to. Called on the mux task:
+/// implementations spawn work and return quickly.
+pub trait Handler: Send + 'static {
+    fn on_open(&mut self, stream: RemoteStream);
+    /// CONFIG / CONFIG_ACK / DATAGRAM frames. An error closes the tunnel.
+    fn on_control(&mut self, frame: Frame) -> Result<(), Error>;
+    fn on_closed(&mut self, closed: ClosedStream);
+    fn on_goaway(&mut self, _code: u16, _reason: &str) {}
+}
+
+/// The owner's handle on a running muxer.
+#[derive(Clone)]
+pub struct MuxHandle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    next_id: Arc<AtomicU32>,
+    pub stats: Arc<MuxStats>,
+    config: Arc<MuxConfig>,
+    going_away: Arc<AtomicBool>,
+}
+
+impl MuxHandle {
+    /// Opens a local stream (edge: one per accepted client). `None` if the tunnel is closing.
+    pub fn open(&self, record: OpenRecord) -> Option<StreamCtx> {
+        if self.going_away.load(Ordering::Acquire) {
+            return None;
+        }
+        let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = StreamShared::new(self.config.stream_window);
+        self.cmd
+            .send(Cmd::Open {
+                id,
+                record,
+                tx,
+                shared: shared.clone(),
+            })
+            .ok()?;
+        Some(StreamCtx {
+            id,
+            rx,
+            shared,
+            cmd: self.cmd.clone(),
+            max_frame: self.config.max_frame,
+        })
+    }
+
+    /// Sends a control frame (CONFIG, CONFIG_ACK) ahead of all data.
+    pub fn control(&self, kind: FrameType, payload: Bytes) {
+        let _ = self.cmd.send(Cmd::Control { kind, payload });
+    }
+
+    /// Announces drain: the peer opens nothing new; open streams carry on.
+    pub fn go_away(&self, code: u16, reason: &str) {
+        self.going_away.store(true, Ordering::Release);
+        let _ = self.cmd.send(Cmd::GoAway {
+            code,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Resets all streams and closes the tunnel.
+    pub fn close(&self, reason: &str) {
+        let _ = self.cmd.send(Cmd::Close {
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.cmd.is_closed()
+    }
+
+    pub fn open_streams(&self) -> u64 {
+        self.stats.open_streams.load(Ordering::Relaxed)
+    }
+}
+
+struct StreamState {
+    tx: Option<mpsc::UnboundedSender<Inbound>>,
+    shared: Arc<StreamShared>,
+    listen_port: u16,
+    /// Bytes the peer may still send us on this stream.
+    recv_remaining: u32,
+    /// Bytes consumed but not yet returned with WINDOW.
+    recv_unacked: u32,
+    outq: VecDeque<Bytes>,
+    /// FIN to send once `outq` drains.
+    out_fin: bool,
+    in_ready: bool,
+    local_done: bool,
+    remote_done: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Creates a muxer over `io` and returns its handle plus the future that runs it. The future
+/// resolves when the tunnel ends, with why.
+pub fn start<IO, H>(
+    io: IO,
+    config: MuxConfig,
+    handler: H,
+) -> (MuxHandle, impl std::future::Future<Output = Error>)
+where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+    H: Handler,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let config = Arc::new(config);
+    let handle = MuxHandle {
+        cmd: tx.clone(),
+        next_id: Arc::new(AtomicU32::new(match config.side {
+            Side::Edge => 1,
+            Side::Hub => 2,
+        })),
+        stats: Arc::new(MuxStats::default()),
+        config: config.clone(),
+        going_away: Arc::new(AtomicBool::new(false)),
+    };
+    let mut mux = Mux {
+        cfg: config,
+        handler,
+        cmd_tx: tx,
+        streams: HashMap::new(),
+        ready: VecDeque::new(),
+        control: BytesMut::new(),
+        wbuf: BytesMut::with_capacity(WRITE_BATCH + frame::HEADER_LEN * 16),
+        conn_send_credit: 0,
+        conn_recv_remaining: 0,
+        conn_recv_unacked: 0,
+        last_remote_id: 0,
+        stats: handle.stats.clone(),
+        going_away: handle.going_away.clone(),
+        remote_going_away: false,
+        started: Instant::now(),
+        last_recv: Instant::now(),
+        ping_outstanding: None,
+    };
+    mux.conn_send_credit = i64::from(mux.cfg.connection_window);
+    mux.conn_recv_remaining = mux.cfg.connection_window;
+    let fut = async move { mux.run(io, rx).await };
+    (handle, fut)
+}
+
+struct Mux<H: Handler> {
+    cfg: Arc<MuxConfig>,
+    handler: H,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    streams: HashMap<u32, StreamState>,
+    ready: VecDeque<u32>,
+    /// Encoded control frames waiting to go out ahead of data.
+    control: BytesMut,
+    wbuf: BytesMut,
+    conn_send_credit: i64,
+    conn_recv_remaining: u32,
+    conn_recv_unacked: u32,
+    last_remote_id: u32,
+    stats: Arc<MuxStats>,
+    going_away: Arc<AtomicBool>,
+    remote_going_away: bool,
+    started: Instant,
+    last_recv: Instant,
+    ping_outstanding: Option<u64>,
+}
+
+impl<H: Handler> Mux<H> {
+    async fn run<IO>(&mut self, io: IO, mut rx: mpsc::UnboundedReceiver<Cmd>) -> Error
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut need_flush = false;
+        let why = loop {
+            if self.control.len() > MAX_PENDING_CONTROL {
+                break Error::Protocol("peer is not reading its control frames".into());
+            }
+            if self.wbuf.is_empty() {
+                self.fill();
+            }
+            if (self.going_away.load(Ordering::Acquire) || self.remote_going_away)
+                && self.streams.is_empty()
+                && self.wbuf.is_empty()
+                && self.control.is_empty()
+            {
+                let _ = wr.flush().await;
+                let _ = wr.shutdown().await;
+                break Error::GoAway("drained".into());
+            }
+            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            let has_out = !self.wbuf.is_empty();
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    // `rx` can't close: the mux itself holds a sender.
+                    let Some(cmd) = cmd else { break Error::LocalClosed("handle dropped".into()) };
+                    if let Err(e) = self.on_cmd(cmd) { break e; }
+                    // Drain what else is queued so one wakeup handles a burst.
+                    let mut n = 0;
+                    while n < 256 {
+                        match rx.try_recv() {
+                            Ok(cmd) => if let Err(e) = self.on_cmd(cmd) { return self.finish(e) },
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                res = write_or_flush(&mut wr, &self.wbuf), if has_out || need_flush => {
+                    match res {
+                        Ok(Some(0)) => break Error::PeerClosed("tunnel socket closed for writing".into()),
+                        Ok(Some(n)) => {
+                            let _ = self.wbuf.split_to(n);
+                            need_flush = true;
+                        }
+                        Ok(None) => need_flush = false,
+                        Err(e) => break Error::PeerClosed(format!("write: {e}")),
+                    }
+                }
+                res = rd.read_buf(&mut rbuf) => {
+                    match res {
+                        Ok(0) => break Error::PeerClosed("tunnel closed by peer".into()),
+                        Ok(_) => {
+                            self.last_recv = Instant::now();
+                            if let Err(e) = self.on_bytes(&mut rbuf) { break e; }
+                        }
+                        Err(e) => break Error::PeerClosed(format!("read: {e}")),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_recv.elapsed() > self.cfg.heartbeat_timeout {
+                        break Error::Timeout(format!(
+                            "no frame from the peer for {} ms (heartbeat timeout)",
+                            self.last_recv.elapsed().as_millis()
+                        ));
+                    }
+                    let stamp = self.started.elapsed().as_micros() as u64;
+                    if self.ping_outstanding.is_none() {
+                        self.ping_outstanding = Some(stamp);
+                    }
+                    frame::encode(&mut self.control, FrameType::Ping, 0, 0, &stamp.to_be_bytes());
+                }
+            }
+        };
+        // Best effort: tell the peer why, if it is a local decision.
+        if matches!(why, Error::Protocol(_) | Error::LocalClosed(_) | Error::Timeout(_)) {
+            let mut out = BytesMut::new();
+            let p = frame::goaway_payload(self.last_remote_id, 1, &why.to_string());
+            frame::encode(&mut out, FrameType::GoAway, 0, 0, &p);
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                let _ = wr.write_all(&out).await;
+                let _ = wr.flush().await;
+            })
+            .await;
+        }
+        self.finish(why)
+    }
+
+    /// Ends every stream (their sockets are aborted) and reports them closed.
+    fn finish(&mut self, why: Error) -> Error {
+        let reason = why.to_string();
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            if let Some(st) = self.streams.remove(&id) {
+                self.drop_stream(id, st, Some((reset::SHUTDOWN, reason.clone())));
+            }
+        }
+        why
+    }
+
+    fn drop_stream(&mut self, id: u32, st: StreamState, reset: Option<(u16, String)>) {
+        if reset.is_some() {
+            st.shared.abort();
+            if let Some(tx) = &st.tx {
+                let _ = tx.send(Inbound::Reset);
+            }
+        }
+        self.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.handler.on_closed(ClosedStream {
+            id,
+            listen_port: st.listen_port,
+            bytes_in: st.bytes_in,
+            bytes_out: st.bytes_out,
+            reset,
+        });
+    }
+
+    fn maybe_remove(&mut self, id: u32) {
+        let done = matches!(self.streams.get(&id), Some(st) if st.local_done && st.remote_done);
+        if done {
+            if let Some(st) = self.streams.remove(&id) {
+                self.drop_stream(id, st, None);
+            }
+        }
+    }
+
+    fn new_stream(
+        &mut self,
+        id: u32,
+        listen_port: u16,
+        tx: mpsc::UnboundedSender<Inbound>,
+        shared: Arc<StreamShared>,
+    ) {
+        self.stats.open_streams.fetch_add(1, Ordering::Relaxed);
+        self.streams.insert(
+            id,
+            StreamState {
+                tx: Some(tx),
+                shared,
+                listen_port,
+                recv_remaining: self.cfg.stream_window,
+                recv_unacked: 0,
+                outq: VecDeque::new(),
+                out_fin: false,
+                in_ready: false,
+                local_done: false,
+                remote_done: false,
+                bytes_in: 0,
+                bytes_out: 0,
+            },
+        );
+    }
+
+    fn mark_ready(&mut self, id: u32) {
+        if let Some(st) = self.streams.get_mut(&id) {
+            if !st.in_ready {
+                st.in_ready = true;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) -> Result<(), Error> {
+        match cmd {
+            Cmd::Open {
+                id,
+                record,
+                tx,
+                shared,
+            } => {
+                if self.streams.len() as u32 >= self.cfg.max_streams {
+                    shared.abort();
+                    let _ = tx.send(Inbound::Reset);
+                    return Ok(());
+                }
+                let mut p = BytesMut::with_capacity(frame::OPEN_RECORD_MAX);
+                record.encode(&mut p);
+                frame::encode(&mut self.control, FrameType::Open, 0, id, &p);
+                self.new_stream(id, record.listen_port, tx, shared);
+            }
+            Cmd::Data { id, bytes } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if !st.local_done && !st.out_fin {
+                        st.outq.push_back(bytes);
+                        self.mark_ready(id);
+                    }
+                }
+            }
+            Cmd::Fin { id } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    if !st.local_done {
+                        st.out_fin = true;
+                        self.mark_ready(id);
+                    }
+                }
+            }
+            Cmd::Reset { id, code, reason } => {
+                if let Some(st) = self.streams.remove(&id) {
+                    if !(st.local_done && st.remote_done) {
+                        let p = frame::reset_payload(code, &reason);
+                        frame::encode(&mut self.control, FrameType::Reset, 0, id, &p);
+                    }
+                    self.drop_stream(id, st, Some((code, reason)));
+                }
+            }
+            Cmd::Consumed { id, n } => {
+                self.conn_recv_unacked += n;
+                if self.conn_recv_unacked >= self.cfg.connection_window / 4 {
+                    let inc = std::mem::take(&mut self.conn_recv_unacked);
+                    self.conn_recv_remaining += inc;
+                    frame::encode(&mut self.control, FrameType::Window, 0, 0, &inc.to_be_bytes());
+                }
+                let threshold = self.cfg.stream_window / 4;
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.recv_unacked += n;
+                    // Returning credit in quarter-window steps keeps WINDOW frames rare while
+                    // the sender never runs dry on a fast path.
+                    if st.recv_unacked >= threshold && !st.remote_done {
+                        let inc = std::mem::take(&mut st.recv_unacked);
+                        st.recv_remaining += inc;
+                        frame::encode(&mut self.control, FrameType::Window, 0, id, &inc.to_be_bytes());
+                    }
+                }
+            }
+            Cmd::Control { kind, payload } => {
+                frame::encode(&mut self.control, kind, 0, 0, &payload);
+            }
+            Cmd::GoAway { code, reason } => {
+                self.going_away.store(true, Ordering::Release);
+                let p = frame::goaway_payload(self.last_remote_id, code, &reason);
+                frame::encode(&mut self.control, FrameType::GoAway, 0, 0, &p);
+            }
+            Cmd::Close { reason } => return Err(Error::LocalClosed(reason)),
+        }
+        Ok(())
+    }
+
+    /// Moves control frames, then round-robin data, into the write buffer.
+    fn fill(&mut self) {
+        if !self.control.is_empty() {
+            let c = self.control.split();
+            self.wbuf.unsplit(c);
+        }
+        while self.wbuf.len() < WRITE_BATCH {
+            let Some(id) = self.ready.pop_front() else { break };
+            let Some(st) = self.streams.get_mut(&id) else { continue };
+            st.in_ready = false;
+            let mut finished = false;
+            if let Some(chunk) = st.outq.front_mut() {
+                if self.conn_send_credit <= 0 {
+                    st.in_ready = true;
+                    self.ready.push_front(id);
+                    break;
+                }
+                let n = chunk
+                    .len()
+                    .min(self.cfg.max_frame)
+                    .min(self.conn_send_credit as usize);
+                let piece = chunk.split_to(n);
+                if chunk.is_empty() {
+                    st.outq.pop_front();
+                }
+                let fin = st.outq.is_empty() && st.out_fin;
+                frame::put_header(&mut self.wbuf, FrameType::Data, if fin { FLAG_FIN } else { 0 }, id, n);
+                self.wbuf.extend_from_slice(&piece);
+                self.conn_send_credit -= n as i64;
+                st.bytes_out += n as u64;
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                if fin {
+                    st.out_fin = false;
+                    st.local_done = true;
+                    finished = true;
+                }
+            } else if st.out_fin {
+                frame::put_header(&mut self.wbuf, FrameType::Data, FLAG_FIN, id, 0);
+                st.out_fin = false;
+                st.local_done = true;
+                finished = true;
+            }
+            if !st.outq.is_empty() || st.out_fin {
+                st.in_ready = true;
+                self.ready.push_back(id);
+            }
+            if finished {
+                self.maybe_remove(id);
+            }
+        }
+    }
+
+    fn on_bytes(&mut self, rbuf: &mut BytesMut) -> Result<(), Error> {
+        loop {
+            match frame::decode(rbuf) {
+                Ok(Some(Decoded::Frame(f))) => self.on_frame(f)?,
+                Ok(Some(Decoded::Skipped)) => {}
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, f: Frame) -> Result<(), Error> {
+        match f.kind {
+            FrameType::Data => self.on_data(f),
+            FrameType::Open => self.on_open(f),
+            FrameType::Window => {
+                let inc = frame::read_u32(&f.payload);
+                if f.stream == 0 {
+                    self.conn_send_credit += i64::from(inc);
+                    if self.conn_send_credit > i64::from(u32::MAX) * 4 {
+                        return Err(Error::Protocol("connection window overflow".into()));
+                    }
+                } else if let Some(st) = self.streams.get(&f.stream) {
+                    let c = st.shared.credit.fetch_add(i64::from(inc), Ordering::AcqRel);
+                    if c + i64::from(inc) > i64::from(u32::MAX) {
+                        return Err(Error::Protocol(format!("stream {} window overflow", f.stream)));
+                    }
+                    st.shared.notify.notify_one();
+                }
+                Ok(())
+            }
+            FrameType::Reset => {
+                let (code, reason) = frame::parse_reset(&f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+                if let Some(st) = self.streams.remove(&f.stream) {
+                    self.drop_stream(f.stream, st, Some((code, reason)));
+                }
+                Ok(())
+            }
+            FrameType::Ping => {
+                if f.flags & FLAG_ACK != 0 {
+                    let stamp = frame::read_u64(&f.payload);
+                    if self.ping_outstanding == Some(stamp) {
+                        self.ping_outstanding = None;
+                        let now = self.started.elapsed().as_micros() as u64;
+                        self.stats.rtt_us.store(now.saturating_sub(stamp).max(1), Ordering::Relaxed);
+                    }
+                } else {
+                    frame::encode(&mut self.control, FrameType::Ping, FLAG_ACK, 0, &f.payload);
+                }
+                Ok(())
+            }
+            FrameType::GoAway => {
+                let (_last, code, reason) =
+                    frame::parse_goaway(f.kind, &f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+                self.remote_going_away = true;
+                self.going_away.store(true, Ordering::Release);
+                self.handler.on_goaway(code, &reason);
+                Ok(())
+            }
+            FrameType::Config | FrameType::ConfigAck | FrameType::Datagram => self.handler.on_control(f),
+            FrameType::Challenge | FrameType::Auth | FrameType::AuthOk | FrameType::AuthFail => Err(
+                Error::Protocol(format!("{:?} frame after the handshake", f.kind)),
+            ),
+        }
+    }
+
+    fn on_data(&mut self, f: Frame) -> Result<(), Error> {
+        let n = f.payload.len() as u32;
+        if n > self.conn_recv_remaining {
+            return Err(Error::Protocol("peer exceeded the connection window".into()));
+        }
+        self.conn_recv_remaining -= n;
+        self.stats.bytes_in.fetch_add(u64::from(n), Ordering::Relaxed);
+        if !self.streams.contains_key(&f.stream) {
+            // Data for a stream we already reset: drop it but give the connection credit back.
+            self.give_back_connection_credit(n);
+            return Ok(());
+        }
+        let Some(st) = self.streams.get_mut(&f.stream) else {
+            return Ok(());
+        };
+        if st.remote_done {
+            return Err(Error::Protocol(format!("DATA on stream {} after its FIN", f.stream)));
+        }
+        if n > st.recv_remaining {
+            return Err(Error::Protocol(format!("peer exceeded stream {}'s window", f.stream)));
+        }
+        st.recv_remaining -= n;
+        st.bytes_in += u64::from(n);
+        let fin = f.flags & FLAG_FIN != 0;
+        let mut delivered = true;
+        if let Some(tx) = &st.tx {
+            if n > 0 && tx.send(Inbound::Data(f.payload)).is_err() {
+                delivered = false;
+            }
+            if fin {
+                let _ = tx.send(Inbound::Fin);
+            }
+        }
+        if fin {
+            st.remote_done = true;
+        }
+        if !delivered {
+            // The writer is gone (its socket failed and a RESET is on its way): the bytes
+            // will never be consumed, so return the connection credit now.
+            self.give_back_connection_credit(n);
+        }
+        if fin {
+            self.maybe_remove(f.stream);
+        }
+        Ok(())
+    }
+
+    fn give_back_connection_credit(&mut self, n: u32) {
+        self.conn_recv_unacked += n;
+        if self.conn_recv_unacked >= self.cfg.connection_window / 4 {
+            let inc = std::mem::take(&mut self.conn_recv_unacked);
+            self.conn_recv_remaining += inc;
+            frame::encode(&mut self.control, FrameType::Window, 0, 0, &inc.to_be_bytes());
+        }
+    }
+
+    fn on_open(&mut self, f: Frame) -> Result<(), Error> {
+        let theirs = match self.cfg.side {
+            Side::Hub => f.stream % 2 == 1,
+            Side::Edge => f.stream % 2 == 0,
+        };
+        if !theirs || f.stream <= self.last_remote_id {
+            return Err(Error::Protocol(format!("OPEN with invalid stream id {}", f.stream)));
+        }
+        self.last_remote_id = f.stream;
+        let record = OpenRecord::decode(&f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+        if self.going_away.load(Ordering::Acquire) || self.streams.len() as u32 >= self.cfg.max_streams {
+            let why = if self.going_away.load(Ordering::Acquire) {
+                "tunnel is draining"
+            } else {
+                "too many streams on this tunnel"
+            };
+            let p = frame::reset_payload(reset::REFUSED, why);
+            frame::encode(&mut self.control, FrameType::Reset, 0, f.stream, &p);
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = StreamShared::new(self.cfg.stream_window);
+        self.new_stream(f.stream, record.listen_port, tx, shared.clone());
+        let ctx = StreamCtx {
+            id: f.stream,
+            rx,
+            shared,
+            cmd: self.cmd_tx.clone(),
+            max_frame: self.cfg.max_frame,
+        };
+        self.handler.on_open(RemoteStream { record, ctx });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::open::KIND_TCP;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Collect {
+        opened: Arc<Mutex<Vec<RemoteStream>>>,
+        closed: Arc<Mutex<Vec<ClosedStream>>>,
+        notify: Arc<Notify>,
+    }
+
+    impl Handler for Collect {
+        fn on_open(&mut self, s: RemoteStream) {
+            self.opened.lock().unwrap().push(s);
+            self.notify.notify_one();
+        }
+        fn on_control(&mut self, _f: Frame) -> Result<(), Error> {
+            Ok(())
+        }
+        fn on_closed(&mut self, c: ClosedStream) {
+            self.closed.lock().unwrap().push(c);
+            self.notify.notify_one();
+        }
+    }
+
+    impl Collect {
+        async fn next_open(&self) -> RemoteStream {
+            loop {
+                if let Some(s) = self.opened.lock().unwrap().pop() {
+                    return s;
+                }
+                self.notify.notified().await;
+            }
+        }
+    }
+
+    fn cfg(side: Side) -> MuxConfig {
+        MuxConfig {
+            side,
+            max_frame: 1024,
+            stream_window: 8 * 1024,
+            connection_window: 64 * 1024,
+            max_streams: 100,
+            heartbeat_interval: Duration::from_millis(50),
+            heartbeat_timeout: Duration::from_millis(400),
+        }
+    }
+
+    fn record() -> OpenRecord {
+        OpenRecord {
+            kind: KIND_TCP,
+            service: 0,
+            listen_port: 80,
+            client: "127.0.0.2:5000".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+        }
+    }
+
+    fn pair() -> (MuxHandle, Collect, MuxHandle, Collect) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let ca = Collect::default();
+        let cb = Collect::default();
+        let (ha, fa) = start(a, cfg(Side::Edge), ca.clone());
+        let (hb, fb) = start(b, cfg(Side::Hub), cb.clone());
+        tokio::spawn(fa);
+        tokio::spawn(fb);
+        (ha, ca, hb, cb)
+    }
+
+    /// Reads everything until FIN, returning consumed credit as it goes.
+    async fn read_all(ctx: &mut StreamCtx) -> Result<Vec<u8>, ()> {
+        let mut out = Vec::new();
+        loop {
+            match ctx.recv().await {
+                Some(Inbound::Data(b)) => {
+                    ctx.consumed(b.len());
+                    out.extend_from_slice(&b);
+                }
+                Some(Inbound::Fin) => return Ok(out),
+                Some(Inbound::Reset) | None => return Err(()),
+            }
+        }
+    }
+
+    fn pattern(n: usize, seed: u8) -> Bytes {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<_>>().into()
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_with_half_close() {
+        let (edge, _ce, _hub, ch) = pair();
+        let mut local = edge.open(record()).unwrap();
+        let mut remote = ch.next_open().await;
+        assert_eq!(remote.record, record());
+        // 200 KiB is 25× the stream window: only works if WINDOW updates flow.
+        let up = pattern(200 * 1024, 1);
+        let sender = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                assert!(local.send_all(up).await);
+                local.fin();
+                // Half-closed: we still receive the reply.
+                let reply = read_all(&mut local).await.unwrap();
+                reply
+            })
+        };
+        let got = read_all(&mut remote.ctx).await.unwrap();
+        assert_eq!(got, up);
+        let down = pattern(100 * 1024, 7);
+        assert!(remote.ctx.send_all(down.clone()).await);
+        remote.ctx.fin();
+        assert_eq!(sender.await.unwrap(), down);
+        // Both sides report the stream closed cleanly, with byte counts.
+        tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Some(c) = ch.closed.lock().unwrap().first().cloned() {
+                    return c;
+                }
+                ch.notify.notified().await;
+            }
+        })
+        .await
+        .map(|c| {
+            assert!(c.reset.is_none());
+            assert_eq!(c.bytes_in, 200 * 1024);
+            assert_eq!(c.bytes_out, 100 * 1024);
+        })
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn reset_reaches_the_other_side() {
+        let (edge, _ce, _hub, ch) = pair();
+        let mut local = edge.open(record()).unwrap();
+        let remote = ch.next_open().await;
+        remote.ctx.reset(reset::TARGET_UNREACHABLE, "connection refused");
+        match local.recv().await {
+            Some(Inbound::Reset) => {}
+            other => panic!("expected reset, got {other:?}"),
+        }
+        assert_eq!(local.credit().await, None);
+    }
+
+    #[tokio::test]
+    async fn round_robin_lets_a_mouse_past_an_elephant() {
+        let (edge, _ce, _hub, ch) = pair();
+        let elephant = edge.open(record()).unwrap();
+        let mut el_remote = ch.next_open().await;
+        // Fill the elephant's whole window before the mouse starts.
+        let big = pattern(8 * 1024, 3);
+        assert!(elephant.send_all(big).await);
+        let mouse = edge.open(record()).unwrap();
+        let mut mouse_remote = ch.next_open().await;
+        mouse.send_all(Bytes::from_static(b"hi")).await;
+        mouse.fin();
+        // The mouse's bytes arrive even though nobody consumes the elephant's.
+        let got = tokio::time::timeout(Duration::from_secs(2), read_all(&mut mouse_remote.ctx))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"hi");
+        // And the elephant is stuck at exactly its window: flow control holds.
+        let mut held = 0;
+        while let Ok(Some(Inbound::Data(b))) =
+            tokio::time::timeout(Duration::from_millis(100), el_remote.ctx.recv()).await
+        {
+            held += b.len();
+        }
+        assert_eq!(held, 8 * 1024);
+        assert!(tokio::time::timeout(Duration::from_millis(100), elephant.credit())
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn many_streams_interleave_byte_exact() {
+        let (edge, _ce, _hub, ch) = pair();
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let mut local = edge.open(record()).unwrap();
+            let data = pattern(10_000 + usize::from(i) * 3_000, i);
+            tasks.push(tokio::spawn(async move {
+                local.send_all(data.clone()).await;
+                local.fin();
+                let echo = read_all(&mut local).await.unwrap();
+                assert_eq!(echo, data);
+            }));
+        }
+        for _ in 0..20 {
+            let mut r = ch.next_open().await;
+            tokio::spawn(async move {
+                let got = read_all(&mut r.ctx).await.unwrap();
+                r.ctx.send_all(got.into()).await;
+                r.ctx.fin();
+            });
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_closes_the_tunnel_with_a_reason() {
+        let (a, mut b) = tokio::io::duplex(4096);
+        let (_h, fut) = start(a, cfg(Side::Hub), Collect::default());
+        let task = tokio::spawn(fut);
+        b.write_all(&[0, 0, 5, 0x1e, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5]).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        assert_eq!(why.code(), "ERR_PROTOCOL");
+        assert!(why.to_string().contains("0x1e"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn window_violation_is_a_protocol_error() {
+        let (a, mut b) = tokio::io::duplex(256 * 1024);
+        let c = Collect::default();
+        let (_h, fut) = start(a, cfg(Side::Hub), c.clone());
+        let task = tokio::spawn(fut);
+        let mut out = BytesMut::new();
+        let mut p = BytesMut::new();
+        record().encode(&mut p);
+        frame::encode(&mut out, FrameType::Open, 0, 1, &p);
+        // 9 frames of 1 KiB = 9 KiB > the 8 KiB stream window.
+        for _ in 0..9 {
+            frame::encode(&mut out, FrameType::Data, 0, 1, &[0u8; 1024]);
+        }
+        b.write_all(&out).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        assert!(why.to_string().contains("window"), "{why}");
+        // The open stream was reset when the tunnel died.
+        let closed = c.closed.lock().unwrap().clone();
+        assert_eq!(closed.len(), 1);
+        assert!(closed[0].reset.is_some());
+    }
+
+    #[tokio::test]
+    async fn silent_peer_times_out() {
+        let (a, _b) = tokio::io::duplex(4096);
+        let (_h, fut) = start(a, cfg(Side::Edge), Collect::default());
+        let why = tokio::time::timeout(Duration::from_secs(2), fut).await.unwrap();
+        assert_eq!(why.code(), "ERR_TIMEOUT");
+    }
+
+    #[tokio::test]
+    async fn heartbeat_measures_rtt_and_keeps_alive() {
+        let (edge, _ce, _hub, _ch) = pair();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!edge.is_closed(), "a live peer must not time out");
+        assert!(edge.stats.rtt_us.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn goaway_drains_then_closes() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let ce = Collect::default();
+        let ch = Collect::default();
+        let (edge, fe) = start(a, cfg(Side::Edge), ce);
+        let (hub, fh) = start(b, cfg(Side::Hub), ch.clone());
+        let te = tokio::spawn(fe);
+        let th = tokio::spawn(fh);
+        let mut local = edge.open(record()).unwrap();
+        let mut remote = ch.next_open().await;
+        hub.go_away(0, "hub stopping");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // No new streams after GOAWAY...
+        assert!(edge.open(record()).is_none());
+        // ...but the open one completes.
+        local.send_all(Bytes::from_static(b"last words")).await;
+        local.fin();
+        assert_eq!(read_all(&mut remote.ctx).await.unwrap(), b"last words");
+        remote.ctx.fin();
+        assert_eq!(read_all(&mut local).await.unwrap(), b"");
+        let e = tokio::time::timeout(Duration::from_secs(2), te).await.unwrap().unwrap();
+        let h = tokio::time::timeout(Duration::from_secs(2), th).await.unwrap().unwrap();
+        assert_eq!(e.code(), "ERR_GOAWAY", "{e}");
+        assert!(matches!(h.code(), "ERR_GOAWAY" | "ERR_PEER_CLOSED"), "{h}");
+    }
+}

@@ -1,0 +1,158 @@
+//! PROXY protocol v1 and v2 headers (haproxy's proxy-protocol.txt), written only on the
+//! hub→target leg and always as one buffer before any client byte.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Which header a port's target expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    None,
+    V1,
+    V2,
+}
+
+/// The v2 signature: "\r\n\r\n\0\r\nQUIT\n".
+pub const V2_SIGNATURE: [u8; 12] = [
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Stream,
+    Datagram,
+}
+
+/// Both addresses in one family: if they differ, the IPv4 one is written as IPv4-mapped IPv6
+/// (the spec requires one family per header).
+fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (src, dst),
+        _ => (to_v6(src), to_v6(dst)),
+    }
+}
+
+fn to_v6(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    }
+}
+
+/// Normalises an IPv4-mapped IPv6 address (from a dual-stack listener) back to IPv4, so a
+/// target sees `TCP4 1.2.3.4` rather than `TCP6 ::ffff:1.2.3.4`.
+pub fn unmap(a: SocketAddr) -> SocketAddr {
+    if let IpAddr::V6(v6) = a.ip() {
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return SocketAddr::new(IpAddr::V4(v4), a.port());
+        }
+    }
+    a
+}
+
+/// The v1 text header. v1 has no datagram form.
+pub fn v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (src, dst) = same_family(unmap(src), unmap(dst));
+    let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {fam} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
+}
+
+/// The v2 binary header (PROXY command, no TLVs).
+pub fn v2(src: SocketAddr, dst: SocketAddr, transport: Transport) -> Vec<u8> {
+    let (src, dst) = same_family(unmap(src), unmap(dst));
+    let proto: u8 = match transport {
+        Transport::Stream => 0x1,
+        Transport::Datagram => 0x2,
+    };
+    let mut out = Vec::with_capacity(16 + 36);
+    out.extend_from_slice(&V2_SIGNATURE);
+    out.push(0x21); // version 2, command PROXY
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            out.push(0x10 | proto);
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            out.push(0x20 | proto);
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&s.octets());
+            out.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!("same_family() returned one family"),
+    }
+    out.extend_from_slice(&src.port().to_be_bytes());
+    out.extend_from_slice(&dst.port().to_be_bytes());
+    out
+}
+
+/// The header for a TCP stream, or `None` when the port uses no PROXY protocol.
+pub fn stream_header(version: ProxyVersion, src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    match version {
+        ProxyVersion::None => None,
+        ProxyVersion::V1 => Some(v1(src, dst)),
+        ProxyVersion::V2 => Some(v2(src, dst, Transport::Stream)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn v1_ipv4_and_ipv6() {
+        assert_eq!(
+            v1(sa("127.0.0.2:4321"), sa("127.0.0.1:80")),
+            b"PROXY TCP4 127.0.0.2 127.0.0.1 4321 80\r\n"
+        );
+        assert_eq!(
+            v1(sa("[2001:db8::5]:1"), sa("[::1]:443")),
+            b"PROXY TCP6 2001:db8::5 ::1 1 443\r\n"
+        );
+        // A dual-stack listener reports mapped addresses; the target sees plain IPv4.
+        assert_eq!(
+            v1(sa("[::ffff:10.0.0.9]:77"), sa("[::ffff:10.0.0.1]:80")),
+            b"PROXY TCP4 10.0.0.9 10.0.0.1 77 80\r\n"
+        );
+        // Mixed families are written as one (IPv6) family.
+        assert_eq!(
+            v1(sa("10.0.0.9:77"), sa("[::1]:80")),
+            b"PROXY TCP6 ::ffff:10.0.0.9 ::1 77 80\r\n"
+        );
+        // The longest v1 header fits the spec's 107-byte limit.
+        let long = v1(
+            sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+            sa("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"),
+        );
+        assert!(long.len() <= 107, "{}", long.len());
+    }
+
+    #[test]
+    fn v2_layout() {
+        let h = v2(sa("127.0.0.2:4321"), sa("127.0.0.1:80"), Transport::Stream);
+        assert_eq!(&h[..12], &V2_SIGNATURE);
+        assert_eq!(h[12], 0x21);
+        assert_eq!(h[13], 0x11);
+        assert_eq!(u16::from_be_bytes([h[14], h[15]]), 12);
+        assert_eq!(&h[16..20], &[127, 0, 0, 2]);
+        assert_eq!(&h[20..24], &[127, 0, 0, 1]);
+        assert_eq!(u16::from_be_bytes([h[24], h[25]]), 4321);
+        assert_eq!(u16::from_be_bytes([h[26], h[27]]), 80);
+        assert_eq!(h.len(), 28);
+        let h6 = v2(sa("[::2]:1"), sa("[::1]:2"), Transport::Datagram);
+        assert_eq!(h6[13], 0x22);
+        assert_eq!(h6.len(), 16 + 36);
+    }
+}
