@@ -176,8 +176,8 @@ impl Edge {
                 while Instant::now() < deadline && !m.is_closed() && m.open_streams() > 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                m.close("edge shutting down");
             }
+            // The run loop closes the tunnel in order (or abandons a dial in progress).
             let _ = self.inner.stop.send(true);
         }
         let task = lock(&self.inner.task).take();
@@ -216,10 +216,7 @@ async fn run(inner: Arc<Inner>) {
             st.attempts += 1;
         }
         let began = Instant::now();
-        let outcome = tokio::select! {
-            r = session(&inner) => r,
-            _ = stop.changed() => break,
-        };
+        let outcome = session(&inner, &mut stop).await;
         close_listeners(&inner);
         *lock(&inner.current) = None;
         let (err, was_up) = match outcome {
@@ -232,12 +229,14 @@ async fn run(inner: Arc<Inner>) {
             st.state = "backoff";
             st.last_error = Some(json!({ "code": err.code(), "message": err.to_string() }));
         }
+        if was_up || !inner.stopped.load(Ordering::Acquire) {
+            inner.events.as_ref()(event!("tunnelDisconnected", {
+                "code": err.code(), "reason": err.to_string(), "wasConnected": was_up
+            }));
+        }
         if inner.stopped.load(Ordering::Acquire) {
             break;
         }
-        inner.events.as_ref()(event!("tunnelDisconnected", {
-            "code": err.code(), "reason": err.to_string(), "wasConnected": was_up
-        }));
         if was_up && began.elapsed() >= HEALTHY_SESSION {
             attempt = 0;
         }
@@ -257,7 +256,57 @@ async fn run(inner: Arc<Inner>) {
 }
 
 /// One tunnel's life. `Err` = it never came up; `Ok(why)` = it came up and ended because `why`.
-async fn session(inner: &Arc<Inner>) -> std::result::Result<Error, Error> {
+async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::result::Result<Error, Error> {
+    let stopping = || Error::LocalClosed("edge stopped".into());
+    // Until the tunnel is up, stopping simply abandons the attempt.
+    let (tls, params, addr) = tokio::select! {
+        r = dial(inner) => r?,
+        _ = stop.changed() => return Err(stopping()),
+    };
+    let cfg = MuxConfig {
+        side: Side::Edge,
+        max_frame: params.max_frame as usize,
+        stream_window: params.stream_window,
+        connection_window: params.connection_window,
+        max_streams: params.max_streams,
+        heartbeat_interval: Duration::from_millis(u64::from(params.heartbeat_ms)),
+        // Three missed heartbeats: one lost PING is not a dead peer.
+        heartbeat_timeout: Duration::from_millis(u64::from(params.heartbeat_ms) * 3),
+    };
+    let (cfg_tx, mut cfg_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = EdgeHandler {
+        events: inner.events.clone(),
+        configs: cfg_tx,
+    };
+    let (mux, fut) = mux::start(tls, cfg, handler);
+    *lock(&inner.current) = Some(mux.clone());
+    {
+        let mut st = lock(&inner.status);
+        st.state = "connected";
+        st.connected_since = Some(SystemTime::now());
+        st.last_error = None;
+    }
+    inner.events.as_ref()(event!("tunnelConnected", {
+        "hubAddress": addr, "transport": "tcpTls"
+    }));
+    let mut fut = Box::pin(fut);
+    loop {
+        tokio::select! {
+            why = &mut fut => return Ok(why),
+            Some(cfg) = cfg_rx.recv() => apply_config(inner, &mux, cfg).await,
+            _ = stop.changed() => {
+                // stop() already drained; close in order (GOAWAY, close_notify) and return.
+                mux.close("edge stopped");
+                return Ok(fut.await);
+            }
+        }
+    }
+}
+
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// TCP connect, TLS with the pinned fingerprint, and authentication.
+async fn dial(inner: &Arc<Inner>) -> std::result::Result<(ClientTls, handshake::SessionParams, String), Error> {
     let addr = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
@@ -295,39 +344,7 @@ async fn session(inner: &Arc<Inner>) -> std::result::Result<Error, Error> {
     let (tls, params) = tokio::time::timeout(timeout, hs)
         .await
         .map_err(|_| Error::Timeout("hub did not finish the handshake in time".into()))??;
-    let cfg = MuxConfig {
-        side: Side::Edge,
-        max_frame: params.max_frame as usize,
-        stream_window: params.stream_window,
-        connection_window: params.connection_window,
-        max_streams: params.max_streams,
-        heartbeat_interval: Duration::from_millis(u64::from(params.heartbeat_ms)),
-        // Three missed heartbeats: one lost PING is not a dead peer.
-        heartbeat_timeout: Duration::from_millis(u64::from(params.heartbeat_ms) * 3),
-    };
-    let (cfg_tx, mut cfg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let handler = EdgeHandler {
-        events: inner.events.clone(),
-        configs: cfg_tx,
-    };
-    let (mux, fut) = mux::start(tls, cfg, handler);
-    *lock(&inner.current) = Some(mux.clone());
-    {
-        let mut st = lock(&inner.status);
-        st.state = "connected";
-        st.connected_since = Some(SystemTime::now());
-        st.last_error = None;
-    }
-    inner.events.as_ref()(event!("tunnelConnected", {
-        "hubAddress": addr, "transport": "tcpTls"
-    }));
-    let mut fut = Box::pin(fut);
-    loop {
-        tokio::select! {
-            why = &mut fut => return Ok(why),
-            Some(cfg) = cfg_rx.recv() => apply_config(inner, &mux, cfg).await,
-        }
-    }
+    Ok((tls, params, addr))
 }
 
 fn field(detail: &str, key: &str) -> String {

@@ -76,6 +76,9 @@ const WRITE_BATCH: usize = 128 * 1024;
 /// Read-buffer growth step for the tunnel socket (64 KiB = four TLS records per read).
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long a closing tunnel may spend telling the peer why (GOAWAY + close_notify).
+const CLOSE_LINGER: Duration = Duration::from_millis(200);
+
 /// If the peer stops reading while we still owe it control frames (PONGs, WINDOWs), this much
 /// pending control data means it is hostile or dead; the tunnel is closed instead of queueing.
 const MAX_PENDING_CONTROL: usize = 4 * 1024 * 1024;
@@ -538,7 +541,7 @@ where
         last_remote_id: 0,
         stats: handle.stats.clone(),
         going_away: handle.going_away.clone(),
-        remote_going_away: false,
+        remote_going_away: None,
         started: Instant::now(),
         last_recv: Instant::now(),
         ping_outstanding: None,
@@ -564,7 +567,8 @@ struct Mux<H: Handler> {
     last_remote_id: u32,
     stats: Arc<MuxStats>,
     going_away: Arc<AtomicBool>,
-    remote_going_away: bool,
+    /// The peer's GOAWAY reason, once it sent one.
+    remote_going_away: Option<String>,
     started: Instant,
     last_recv: Instant,
     ping_outstanding: Option<u64>,
@@ -587,14 +591,17 @@ impl<H: Handler> Mux<H> {
             if self.wbuf.is_empty() {
                 self.fill();
             }
-            if (self.going_away.load(Ordering::Acquire) || self.remote_going_away)
+            if (self.going_away.load(Ordering::Acquire) || self.remote_going_away.is_some())
                 && self.streams.is_empty()
                 && self.wbuf.is_empty()
                 && self.control.is_empty()
             {
                 let _ = wr.flush().await;
                 let _ = wr.shutdown().await;
-                break Error::GoAway("drained".into());
+                break Error::GoAway(match self.remote_going_away.take() {
+                    Some(r) => format!("drained after the peer's GOAWAY: {r}"),
+                    None => "drained".into(),
+                });
             }
             if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
                 rbuf.reserve(READ_CHUNK);
@@ -629,12 +636,19 @@ impl<H: Handler> Mux<H> {
                 }
                 res = rd.read_buf(&mut rbuf) => {
                     match res {
-                        Ok(0) => break Error::PeerClosed("tunnel closed by peer".into()),
+                        Ok(0) => break match self.remote_going_away.take() {
+                            Some(reason) => Error::GoAway(reason),
+                            None => Error::PeerClosed("tunnel closed by peer".into()),
+                        },
                         Ok(_) => {
                             self.last_recv = Instant::now();
                             if let Err(e) = self.on_bytes(&mut rbuf) { break e; }
                         }
-                        Err(e) => break Error::PeerClosed(format!("read: {e}")),
+                        Err(e) => break match self.remote_going_away.take() {
+                            // The peer said goodbye; how its socket then closed does not matter.
+                            Some(reason) => Error::GoAway(reason),
+                            None => Error::PeerClosed(format!("read: {e}")),
+                        },
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -652,17 +666,19 @@ impl<H: Handler> Mux<H> {
                 }
             }
         };
-        // Best effort: tell the peer why, if it is a local decision.
-        if matches!(why, Error::Protocol(_) | Error::LocalClosed(_) | Error::Timeout(_)) {
-            let mut out = BytesMut::new();
-            let p = frame::goaway_payload(self.last_remote_id, 1, &why.to_string());
-            frame::encode(&mut out, FrameType::GoAway, 0, 0, &p);
-            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        // Best effort: tell the peer why, if it is a local decision, then close the TLS
+        // session properly (close_notify) so the peer sees an orderly end, not a truncation.
+        // Bounded: a peer that stopped reading must not hold up the close.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            if matches!(why, Error::Protocol(_) | Error::LocalClosed(_) | Error::Timeout(_)) {
+                let mut out = BytesMut::new();
+                let p = frame::goaway_payload(self.last_remote_id, 1, &why.to_string());
+                frame::encode(&mut out, FrameType::GoAway, 0, 0, &p);
                 let _ = wr.write_all(&out).await;
-                let _ = wr.flush().await;
-            })
-            .await;
-        }
+            }
+            let _ = wr.shutdown().await;
+        })
+        .await;
         self.finish(why)
     }
 
@@ -921,7 +937,7 @@ impl<H: Handler> Mux<H> {
             FrameType::GoAway => {
                 let (_last, code, reason) =
                     frame::parse_goaway(f.kind, &f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
-                self.remote_going_away = true;
+                self.remote_going_away = Some(reason.clone());
                 self.going_away.store(true, Ordering::Release);
                 self.handler.on_goaway(code, &reason);
                 Ok(())

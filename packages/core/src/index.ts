@@ -1,0 +1,29 @@
+export { TunnelError, isTunnelError } from './errors.js';
+export type { TTunnelErrorCode, TDisconnectCode, IConfigIssue, ITunnelErrorDetails } from './errors.js';
+export type * from './types.js';
+export {
+  validateAllowedEdges,
+  validatePerformance,
+  validateLimits,
+  parseLimitsJson,
+  parseAllowedEdgesJson,
+  parsePerformanceJson,
+  isValidHost,
+  isValidIp,
+  isValidIpOrCidr,
+  isValidPort,
+  describeValue,
+  EDGE_ID_PATTERN,
+  MIN_SECRET_LENGTH,
+} from './validation.js';
+export type { IValidateEdgesOptions } from './validation.js';
+export { encodeConnectionToken, decodeConnectionToken, normaliseFingerprint } from './token.js';
+export type { IConnectionToken } from './token.js';
+export { loadOrCreateHubIdentity, certificateFingerprint, HUB_CERT_FILE, HUB_KEY_FILE } from './identity.js';
+export type { IHubIdentity } from './identity.js';
+export { loadNativeAddon, callNative, awaitNative, parseNativeJson, NATIVE_ADDON_PATH } from './native.js';
+export type { INativeAddon, NativeHandle, NativeEventCallback } from './native.js';
+export { createEventDispatcher, emitFailure, emitLog } from './events.js';
+export { diffAllowedEdges, describeDiff } from './reconcile.js';
+export type { IAllowedEdgesDiff, IEdgeChange } from './reconcile.js';
+export { DEFAULT_GRACE_MS } from './constants.js';

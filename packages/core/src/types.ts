@@ -1,0 +1,373 @@
+import type { TDisconnectCode } from './errors.js';
+
+// ---------------------------------------------------------------------------------------------
+// Allowed edges: what users write (in code, in the hub's allowed-edges file, or in
+// REMOTEINGRESS_ALLOWED_EDGES_JSON).
+// ---------------------------------------------------------------------------------------------
+
+/** PROXY protocol header the hub writes to the target before the client's bytes. */
+export type TProxyProtocol = 'v1' | 'v2' | 'none';
+export type TIpProtocol = 'tcp' | 'udp';
+
+/** A listen port: a bare number forwards to the hub's `targetHost` on the same port. */
+export type TListenPort =
+  | number
+  | {
+      port: number;
+      /** Default: the hub's `targetHost`. */
+      targetHost?: string;
+      /** Default: `port`. */
+      targetPort?: number;
+      /** Default: the edge's `proxyProtocol` (TCP) — see `TAllowedEdge.proxyProtocol`. */
+      proxyProtocol?: TProxyProtocol;
+    };
+
+export interface IFirewallRateLimit {
+  id: string;
+  port: number;
+  protocol: TIpProtocol;
+  /** `<count>/<second|minute|hour>`, e.g. `200/second`. */
+  rate: string;
+  burst?: number;
+  perSourceIP?: boolean;
+}
+
+export interface IFirewallRule {
+  id: string;
+  direction: 'input' | 'output';
+  action: 'accept' | 'drop' | 'reject';
+  /** An IPv4/IPv6 address or CIDR. */
+  sourceIP?: string;
+  destPort?: number;
+  protocol?: TIpProtocol;
+}
+
+export interface IFirewallConfig {
+  /** IPv4/IPv6 addresses or CIDRs dropped before anything else. Default `[]`. */
+  blockedIps?: string[];
+  rateLimits?: IFirewallRateLimit[];
+  rules?: IFirewallRule[];
+}
+
+export interface TAllowedEdge {
+  /** 1–64 characters of `A-Z a-z 0-9 . _ -`; unique among allowed edges. */
+  id: string;
+  /** Shared secret, at least 16 characters. Never sent over the wire. */
+  secret: string;
+  listenPorts: TListenPort[];
+  listenPortsUdp?: TListenPort[];
+  /** Address the edge binds its public ports on. Default: all addresses. */
+  bindAddress?: string;
+  /**
+   * Default header for this edge's ports, `'v1'` unless given. PROXY v1 cannot describe UDP,
+   * so UDP ports use `'v2'` unless this is `'none'` or the port says otherwise.
+   */
+  proxyProtocol?: TProxyProtocol;
+  firewallConfig?: IFirewallConfig;
+  stunIntervalSecs?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalised allowed edges: the addon's `edgesJson` shape (docs/native-api.md), defaults filled in.
+// ---------------------------------------------------------------------------------------------
+
+export interface INormalisedPort {
+  port: number;
+  targetHost: string;
+  targetPort: number;
+  proxyProtocol: TProxyProtocol;
+}
+
+export interface INormalisedFirewall {
+  blockedIps: string[];
+  rateLimits: Array<{
+    id: string;
+    port: number;
+    protocol: TIpProtocol;
+    rate: string;
+    burst: number | null;
+    perSourceIP: boolean;
+  }>;
+  rules: Array<{
+    id: string;
+    direction: 'input' | 'output';
+    action: 'accept' | 'drop' | 'reject';
+    sourceIP: string | null;
+    destPort: number | null;
+    protocol: TIpProtocol | null;
+  }>;
+}
+
+export interface INormalisedEdge {
+  id: string;
+  secret: string;
+  bindAddress: string | null;
+  tcp: INormalisedPort[];
+  udp: INormalisedPort[];
+  firewall: INormalisedFirewall | null;
+  stunIntervalSecs: number | null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub
+// ---------------------------------------------------------------------------------------------
+
+/** Tuning passed to the addon as is; every field optional, the addon has defaults. */
+export interface IPerformanceConfig {
+  /** Tokio worker threads; 0 = one per core. Only the first hub/edge in a process sets it. */
+  workerThreads?: number;
+  /** DATA payload per frame, bytes. */
+  maxFramePayload?: number;
+  /** Per-stream receive window, bytes. */
+  streamWindow?: number;
+  /** All streams' in-flight bytes together, bytes. */
+  connectionWindow?: number;
+  /** Tunnel socket send/receive buffer, bytes; 0 = kernel autotuning. */
+  socketBuffer?: number;
+}
+
+/** Resource bounds passed to the addon; every field optional, the addon's defaults suit production. */
+export interface ILimitsConfig {
+  maxStreamsPerEdge?: number;
+  maxPendingHandshakes?: number;
+  /** A peer must finish TLS and authentication within this. */
+  handshakeTimeoutMs?: number;
+  targetConnectTimeoutMs?: number;
+  /** PING interval. */
+  heartbeatIntervalMs?: number;
+  /** Nothing received for this long = dead peer; must exceed heartbeatIntervalMs. */
+  heartbeatTimeoutMs?: number;
+  authFailureBurst?: number;
+  authFailuresPerMinute?: number;
+}
+
+export interface IHubConfig {
+  /** Port the hub accepts edge tunnels on; `0` binds an ephemeral port (see `hub.tunnelPort`). */
+  tunnelPort: number;
+  /** Where tunneled connections go unless a port says otherwise. Default `127.0.0.1`. */
+  targetHost?: string;
+  /** Holds the hub's TLS identity (`hub-cert.pem`, `hub-key.pem`); created 0700 if absent. */
+  stateDir: string;
+  /** Address the tunnel port binds on. Default `0.0.0.0`. */
+  bindHost?: string;
+  allowedEdges?: TAllowedEdge[];
+  performance?: IPerformanceConfig;
+  limits?: ILimitsConfig;
+}
+
+export interface IHubStopOptions {
+  /** How long open streams may finish after GOAWAY before they are closed. Default 10 000 ms. */
+  graceMs?: number;
+}
+
+export interface IHubEdgeStatus {
+  edgeId: string;
+  remoteAddress: string;
+  remotePort: number;
+  transport: string;
+  connectedSince: number;
+  openStreams: number;
+  bytesIn: number;
+  bytesOut: number;
+  rttMs: number | null;
+}
+
+export interface IHubStatus {
+  running: boolean;
+  tunnelPort: number | null;
+  fingerprint: string | null;
+  allowedEdges: number;
+  edges: IHubEdgeStatus[];
+  [extra: string]: unknown;
+}
+
+export interface IHubEdgeConnectedEvent {
+  kind: 'edgeConnected';
+  edgeId: string;
+  remoteAddress: string;
+  remotePort: number;
+  transport: string;
+}
+export interface IHubEdgeDisconnectedEvent {
+  kind: 'edgeDisconnected';
+  edgeId: string;
+  code: TDisconnectCode | null;
+  reason: string;
+}
+export interface IHubAuthFailedEvent {
+  kind: 'authFailed';
+  remoteAddress: string;
+  code: TDisconnectCode;
+  reason: string;
+}
+export interface IHubStreamOpenedEvent {
+  kind: 'streamOpened';
+  edgeId: string;
+  streamId: number;
+  port: number;
+  clientAddress: string;
+  clientPort: number;
+  targetHost: string;
+  targetPort: number;
+}
+export interface IHubStreamClosedEvent {
+  kind: 'streamClosed';
+  edgeId: string;
+  streamId: number;
+  port: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** `null` when closed cleanly. */
+  code: TDisconnectCode | null;
+  reason: string | null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared events
+// ---------------------------------------------------------------------------------------------
+
+export type TLogLevel = 'info' | 'warn' | 'error';
+export interface ILogEvent {
+  kind: 'log';
+  level: TLogLevel;
+  message: string;
+}
+/** The addon dropped `count` events because JavaScript could not keep up. */
+export interface IEventsDroppedEvent {
+  kind: 'eventsDropped';
+  count: number;
+}
+/** The addon caught a panic and restarted what it names. */
+export interface ICrashRecoveredEvent {
+  kind: 'crashRecovered';
+  [detail: string]: unknown;
+}
+
+export interface IHubEvents {
+  edgeConnected: [IHubEdgeConnectedEvent];
+  edgeDisconnected: [IHubEdgeDisconnectedEvent];
+  authFailed: [IHubAuthFailedEvent];
+  streamOpened: [IHubStreamOpenedEvent];
+  streamClosed: [IHubStreamClosedEvent];
+  eventsDropped: [IEventsDroppedEvent];
+  crashRecovered: [ICrashRecoveredEvent];
+  log: [ILogEvent];
+  /** Emitted only while a listener is attached; otherwise the failure arrives as a `log` event. */
+  error: [Error];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edge
+// ---------------------------------------------------------------------------------------------
+
+export type TTransportMode = 'tcpTls' | 'quic' | 'quicWithFallback';
+
+export interface IReconnectConfig {
+  /** First retry delay; doubled per failed attempt, with jitter. */
+  baseMs?: number;
+  /** Longest retry delay. */
+  capMs?: number;
+}
+
+export interface IEdgeExplicitConfig {
+  hubHost: string;
+  hubPort: number;
+  edgeId: string;
+  secret: string;
+  /** SHA-256 of the hub certificate, 64 hex digits (colons allowed). */
+  hubFingerprint?: string;
+}
+
+export interface IEdgeCommonConfig {
+  /** Default `quicWithFallback`. */
+  transportMode?: TTransportMode;
+  /** Connect without checking the hub's certificate: anyone on the path can impersonate the hub. */
+  dangerouslyDisableFingerprintPinning?: boolean;
+  reconnect?: IReconnectConfig;
+  performance?: IPerformanceConfig;
+  limits?: ILimitsConfig;
+}
+
+export type IEdgeConfig = IEdgeCommonConfig & (IEdgeExplicitConfig | { token: string });
+
+export interface IEdgeStopOptions {
+  /** How long open streams may finish after GOAWAY before they are closed. Default 10 000 ms. */
+  graceMs?: number;
+}
+
+export type TEdgeState = 'connecting' | 'connected' | 'backoff' | 'stopped';
+
+export interface IEdgeStatus {
+  state: TEdgeState;
+  hubAddress: string | null;
+  transport: string | null;
+  connectedSince: number | null;
+  attempts: number;
+  lastError: string | null;
+  rttMs: number | null;
+  ports: { tcp: number[]; udp: number[] };
+  openStreams: number;
+  bytesIn: number;
+  bytesOut: number;
+  [extra: string]: unknown;
+}
+
+export interface IEdgeTunnelConnectedEvent {
+  kind: 'tunnelConnected';
+  hubAddress: string;
+  transport: string;
+}
+export interface IEdgeTunnelDisconnectedEvent {
+  kind: 'tunnelDisconnected';
+  code: TDisconnectCode;
+  reason: string;
+}
+export interface IPortFailure {
+  port: number;
+  protocol: TIpProtocol;
+  code: string;
+  reason: string;
+}
+export interface IEdgePortsAssignedEvent {
+  kind: 'portsAssigned';
+  tcp: number[];
+  udp: number[];
+  failed: IPortFailure[];
+}
+export interface IEdgePortBindFailedEvent extends IPortFailure {
+  kind: 'portBindFailed';
+}
+export interface IEdgeFirewallConfigUpdatedEvent {
+  kind: 'firewallConfigUpdated';
+  snapshot: INormalisedFirewall | null;
+}
+export interface IEdgeStreamOpenedEvent {
+  kind: 'streamOpened';
+  streamId: number;
+  port: number;
+  clientAddress: string;
+  clientPort: number;
+}
+export interface IEdgeStreamClosedEvent {
+  kind: 'streamClosed';
+  streamId: number;
+  bytesIn: number;
+  bytesOut: number;
+  code: TDisconnectCode | null;
+  reason: string | null;
+}
+
+export interface IEdgeEvents {
+  tunnelConnected: [IEdgeTunnelConnectedEvent];
+  tunnelDisconnected: [IEdgeTunnelDisconnectedEvent];
+  portsAssigned: [IEdgePortsAssignedEvent];
+  portBindFailed: [IEdgePortBindFailedEvent];
+  firewallConfigUpdated: [IEdgeFirewallConfigUpdatedEvent];
+  streamOpened: [IEdgeStreamOpenedEvent];
+  streamClosed: [IEdgeStreamClosedEvent];
+  eventsDropped: [IEventsDroppedEvent];
+  crashRecovered: [ICrashRecoveredEvent];
+  log: [ILogEvent];
+  /** Emitted only while a listener is attached; otherwise the failure arrives as a `log` event. */
+  error: [Error];
+}

@@ -1,0 +1,472 @@
+import { isIP } from 'node:net';
+import { TunnelError, type IConfigIssue } from './errors.js';
+import type {
+  INormalisedEdge,
+  INormalisedFirewall,
+  INormalisedPort,
+  ILimitsConfig,
+  IPerformanceConfig,
+  TIpProtocol,
+  TProxyProtocol,
+} from './types.js';
+
+/** Edge ids travel in tokens, logs and nftables comments, so they stay short and shell-safe. */
+export const EDGE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+/**
+ * 16 characters: shorter secrets make an offline guess against an observed handshake cheap;
+ * `openssl rand -hex 16` gives 32.
+ */
+export const MIN_SECRET_LENGTH = 16;
+const RATE_PATTERN = /^(\d+)\/(second|minute|hour)$/;
+const FIREWALL_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+const PROXY_PROTOCOLS: readonly TProxyProtocol[] = ['v1', 'v2', 'none'];
+const IP_PROTOCOLS: readonly TIpProtocol[] = ['tcp', 'udp'];
+/** RFC 1123 host names (labels of letters, digits, hyphens; `_` tolerated as in service names). */
+const HOSTNAME_PATTERN =
+  /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+
+const EDGE_KEYS = new Set([
+  'id',
+  'secret',
+  'listenPorts',
+  'listenPortsUdp',
+  'bindAddress',
+  'proxyProtocol',
+  'firewallConfig',
+  'stunIntervalSecs',
+]);
+const PORT_KEYS = new Set(['port', 'targetHost', 'targetPort', 'proxyProtocol']);
+const FIREWALL_KEYS = new Set(['blockedIps', 'rateLimits', 'rules']);
+const RATE_LIMIT_KEYS = new Set(['id', 'port', 'protocol', 'rate', 'burst', 'perSourceIP']);
+const RULE_KEYS = new Set(['id', 'direction', 'action', 'sourceIP', 'destPort', 'protocol']);
+const PERFORMANCE_KEYS = ['workerThreads', 'maxFramePayload', 'streamWindow', 'connectionWindow', 'socketBuffer'] as const;
+const LIMIT_KEYS = [
+  'maxStreamsPerEdge',
+  'maxPendingHandshakes',
+  'handshakeTimeoutMs',
+  'targetConnectTimeoutMs',
+  'heartbeatIntervalMs',
+  'heartbeatTimeoutMs',
+  'authFailureBurst',
+  'authFailuresPerMinute',
+] as const;
+
+export function isValidIp(value: unknown): value is string {
+  return typeof value === 'string' && isIP(value) !== 0;
+}
+
+/** An IPv4/IPv6 address, or one with a `/prefix` no longer than the address family allows. */
+export function isValidIpOrCidr(value: unknown): value is string {
+  if (typeof value !== 'string') return false;
+  const slash = value.indexOf('/');
+  if (slash === -1) return isIP(value) !== 0;
+  const family = isIP(value.slice(0, slash));
+  const prefix = value.slice(slash + 1);
+  if (family === 0 || !/^\d{1,3}$/.test(prefix)) return false;
+  return Number(prefix) <= (family === 4 ? 32 : 128);
+}
+
+export function isValidHost(value: unknown): value is string {
+  return typeof value === 'string' && (isIP(value) !== 0 || HOSTNAME_PATTERN.test(value));
+}
+
+export function isValidPort(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 65535;
+}
+
+/** Renders a value for an error message; long values are cut so one message stays one line. */
+export function describeValue(value: unknown): string {
+  if (value === undefined) return 'undefined';
+  let text: string;
+  try {
+    text = typeof value === 'string' ? JSON.stringify(value) : (JSON.stringify(value) ?? String(value));
+  } catch {
+    text = String(value);
+  }
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Collects every problem in one pass so a user fixes a file once, not once per error. */
+class Issues {
+  readonly list: IConfigIssue[] = [];
+
+  constructor(private readonly label: (field: string) => string) {}
+
+  add(field: string, value: unknown, problem: string, redact = false): void {
+    const shown = redact ? `<${typeof value === 'string' ? `${value.length} characters` : typeof value}>` : describeValue(value);
+    this.list.push({ field, value: redact ? undefined : value, message: `${this.label(field)} = ${shown}: ${problem}` });
+  }
+
+  unknownKeys(value: Record<string, unknown>, allowed: ReadonlySet<string>, path: string): void {
+    for (const key of Object.keys(value)) {
+      if (!allowed.has(key)) {
+        this.add(join(path, key), value[key], `unknown field (expected one of ${[...allowed].join(', ')})`);
+      }
+    }
+  }
+
+  throwIfAny(subject: string): void {
+    const [first] = this.list;
+    if (first === undefined) return;
+    const message =
+      this.list.length === 1
+        ? `invalid ${subject}: ${first.message}`
+        : `invalid ${subject} (${this.list.length} problems):\n${this.list.map((issue) => `  - ${issue.message}`).join('\n')}`;
+    throw new TunnelError('ERR_INVALID_CONFIG', message, { field: first.field, value: first.value, issues: this.list });
+  }
+}
+
+function join(path: string, key: string | number): string {
+  if (typeof key === 'number') return `${path}[${key}]`;
+  return path === '' ? key : `${path}.${key}`;
+}
+
+export interface IValidateEdgesOptions {
+  /** The hub's default target, filled into ports that name none. */
+  targetHost: string;
+}
+
+/**
+ * Validates a complete allowed-edge list and returns the addon's normalised `edgesJson` shape.
+ * Throws one `ERR_INVALID_CONFIG` listing every problem (edge id, field, value); nothing partial
+ * is ever returned, so a caller can apply the whole list or keep the old one.
+ */
+export function validateAllowedEdges(edges: unknown, options: IValidateEdgesOptions): INormalisedEdge[] {
+  const ids: string[] = [];
+  const issues = new Issues((field) => {
+    const match = /^allowedEdges\[(\d+)\]\.?(.*)$/.exec(field);
+    if (match === null) return field;
+    const id = ids[Number(match[1])];
+    const where = id === undefined ? `allowedEdges[${match[1]}]` : `edge "${id}"`;
+    return match[2] === '' ? where : `${where} ${match[2]}`;
+  });
+
+  if (!Array.isArray(edges)) {
+    issues.add('allowedEdges', edges, 'must be an array of allowed edges');
+    issues.throwIfAny('allowed edges');
+    return [];
+  }
+  // Ids first, so every later message can name the edge it is about.
+  edges.forEach((edge, index) => {
+    const id = isRecord(edge) ? edge.id : undefined;
+    if (typeof id === 'string' && EDGE_ID_PATTERN.test(id)) ids[index] = id;
+  });
+
+  const seen = new Map<string, number>();
+  const normalised = edges.map((edge, index) => {
+    const path = `allowedEdges[${index}]`;
+    if (!isRecord(edge)) {
+      issues.add(path, edge, 'must be an object like {"id": "edge-1", "secret": "…", "listenPorts": [443]}');
+      return undefined;
+    }
+    const id = ids[index];
+    if (id === undefined) {
+      issues.add(join(path, 'id'), edge.id, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+    } else if (seen.has(id)) {
+      issues.add(join(path, 'id'), edge.id, `duplicate id (also allowedEdges[${seen.get(id)}])`);
+    } else {
+      seen.set(id, index);
+    }
+    return normaliseEdge(edge, path, options, issues);
+  });
+  issues.throwIfAny('allowed edges');
+  return normalised as INormalisedEdge[];
+}
+
+function normaliseEdge(
+  edge: Record<string, unknown>,
+  path: string,
+  options: IValidateEdgesOptions,
+  issues: Issues,
+): INormalisedEdge {
+  issues.unknownKeys(edge, EDGE_KEYS, path);
+
+  const secret = edge.secret;
+  if (typeof secret !== 'string' || secret.length < MIN_SECRET_LENGTH) {
+    issues.add(join(path, 'secret'), secret, `must be a string of at least ${MIN_SECRET_LENGTH} characters`, true);
+  }
+
+  let edgeProxy: TProxyProtocol | undefined;
+  if (edge.proxyProtocol !== undefined) {
+    if (PROXY_PROTOCOLS.includes(edge.proxyProtocol as TProxyProtocol)) edgeProxy = edge.proxyProtocol as TProxyProtocol;
+    else issues.add(join(path, 'proxyProtocol'), edge.proxyProtocol, "must be 'v1', 'v2' or 'none'");
+  }
+
+  let bindAddress: string | null = null;
+  if (edge.bindAddress !== undefined && edge.bindAddress !== null) {
+    if (isValidIp(edge.bindAddress)) bindAddress = edge.bindAddress;
+    else issues.add(join(path, 'bindAddress'), edge.bindAddress, 'must be an IPv4 or IPv6 address');
+  }
+
+  if (edge.listenPorts === undefined) {
+    issues.add(join(path, 'listenPorts'), undefined, 'is required (an array of ports, may be empty)');
+  }
+  const tcp = normalisePorts(edge.listenPorts ?? [], join(path, 'listenPorts'), 'tcp', edgeProxy ?? 'v1', options, issues);
+  // PROXY v1 has no way to say "UDP", so UDP ports take v2 unless the edge turned headers off.
+  const udpDefault: TProxyProtocol = edgeProxy === 'none' ? 'none' : 'v2';
+  const udp = normalisePorts(edge.listenPortsUdp ?? [], join(path, 'listenPortsUdp'), 'udp', udpDefault, options, issues);
+
+  let firewall: INormalisedFirewall | null = null;
+  if (edge.firewallConfig !== undefined && edge.firewallConfig !== null) {
+    firewall = normaliseFirewall(edge.firewallConfig, join(path, 'firewallConfig'), issues);
+  }
+
+  let stunIntervalSecs: number | null = null;
+  if (edge.stunIntervalSecs !== undefined && edge.stunIntervalSecs !== null) {
+    const value = edge.stunIntervalSecs;
+    if (typeof value === 'number' && Number.isSafeInteger(value) && value > 0) stunIntervalSecs = value;
+    else issues.add(join(path, 'stunIntervalSecs'), value, 'must be a positive integer number of seconds');
+  }
+
+  return {
+    id: typeof edge.id === 'string' ? edge.id : '',
+    secret: typeof secret === 'string' ? secret : '',
+    bindAddress,
+    tcp,
+    udp,
+    firewall,
+    stunIntervalSecs,
+  };
+}
+
+function normalisePorts(
+  value: unknown,
+  path: string,
+  protocol: TIpProtocol,
+  defaultProxy: TProxyProtocol,
+  options: IValidateEdgesOptions,
+  issues: Issues,
+): INormalisedPort[] {
+  if (!Array.isArray(value)) {
+    issues.add(path, value, 'must be an array of ports (numbers or {port, targetHost?, targetPort?, proxyProtocol?})');
+    return [];
+  }
+  const seen = new Map<number, number>();
+  const ports: INormalisedPort[] = [];
+  value.forEach((entry, index) => {
+    const entryPath = join(path, index);
+    const spec: Record<string, unknown> = typeof entry === 'number' ? { port: entry } : isRecord(entry) ? entry : {};
+    if (typeof entry !== 'number' && !isRecord(entry)) {
+      issues.add(entryPath, entry, 'must be a port number or {port, targetHost?, targetPort?, proxyProtocol?}');
+      return;
+    }
+    issues.unknownKeys(spec, PORT_KEYS, entryPath);
+    const portPath = typeof entry === 'number' ? entryPath : join(entryPath, 'port');
+    const port = spec.port;
+    if (!isValidPort(port)) {
+      issues.add(portPath, port, 'must be an integer from 1 to 65535');
+    } else if (seen.has(port)) {
+      issues.add(portPath, port, `duplicate ${protocol.toUpperCase()} port (also ${join(path, seen.get(port) ?? 0)})`);
+    } else {
+      seen.set(port, index);
+    }
+
+    let targetHost = options.targetHost;
+    if (spec.targetHost !== undefined) {
+      if (isValidHost(spec.targetHost)) targetHost = spec.targetHost;
+      else issues.add(join(entryPath, 'targetHost'), spec.targetHost, 'must be a non-empty host name or IP address');
+    }
+    let targetPort = isValidPort(port) ? port : 0;
+    if (spec.targetPort !== undefined) {
+      if (isValidPort(spec.targetPort)) targetPort = spec.targetPort;
+      else issues.add(join(entryPath, 'targetPort'), spec.targetPort, 'must be an integer from 1 to 65535');
+    }
+    let proxyProtocol = defaultProxy;
+    if (spec.proxyProtocol !== undefined) {
+      if (!PROXY_PROTOCOLS.includes(spec.proxyProtocol as TProxyProtocol)) {
+        issues.add(join(entryPath, 'proxyProtocol'), spec.proxyProtocol, "must be 'v1', 'v2' or 'none'");
+      } else if (protocol === 'udp' && spec.proxyProtocol === 'v1') {
+        issues.add(join(entryPath, 'proxyProtocol'), spec.proxyProtocol, "PROXY v1 cannot carry UDP; use 'v2' or 'none'");
+      } else {
+        proxyProtocol = spec.proxyProtocol as TProxyProtocol;
+      }
+    }
+    ports.push({ port: isValidPort(port) ? port : 0, targetHost, targetPort, proxyProtocol });
+  });
+  return ports;
+}
+
+function normaliseFirewall(value: unknown, path: string, issues: Issues): INormalisedFirewall {
+  const firewall: INormalisedFirewall = { blockedIps: [], rateLimits: [], rules: [] };
+  if (!isRecord(value)) {
+    issues.add(path, value, 'must be an object {blockedIps, rateLimits, rules}');
+    return firewall;
+  }
+  issues.unknownKeys(value, FIREWALL_KEYS, path);
+
+  const blockedIps = value.blockedIps ?? [];
+  if (!Array.isArray(blockedIps)) {
+    issues.add(join(path, 'blockedIps'), blockedIps, 'must be an array of IP addresses or CIDRs');
+  } else {
+    blockedIps.forEach((ip, index) => {
+      if (isValidIpOrCidr(ip)) firewall.blockedIps.push(ip);
+      else issues.add(join(join(path, 'blockedIps'), index), ip, 'must be an IPv4/IPv6 address or CIDR (e.g. 203.0.113.0/24)');
+    });
+  }
+
+  const rateLimits = value.rateLimits ?? [];
+  const rateIds = new Set<string>();
+  if (!Array.isArray(rateLimits)) {
+    issues.add(join(path, 'rateLimits'), rateLimits, 'must be an array of {id, port, protocol, rate, burst?, perSourceIP?}');
+  } else {
+    rateLimits.forEach((limit, index) => {
+      const at = join(join(path, 'rateLimits'), index);
+      if (!isRecord(limit)) {
+        issues.add(at, limit, 'must be an object {id, port, protocol, rate, burst?, perSourceIP?}');
+        return;
+      }
+      issues.unknownKeys(limit, RATE_LIMIT_KEYS, at);
+      const id = firewallId(limit.id, join(at, 'id'), rateIds, issues);
+      if (!isValidPort(limit.port)) issues.add(join(at, 'port'), limit.port, 'must be an integer from 1 to 65535');
+      if (!IP_PROTOCOLS.includes(limit.protocol as TIpProtocol)) {
+        issues.add(join(at, 'protocol'), limit.protocol, "must be 'tcp' or 'udp'");
+      }
+      const rate = typeof limit.rate === 'string' ? RATE_PATTERN.exec(limit.rate) : null;
+      if (rate === null || Number(rate[1]) === 0) {
+        issues.add(join(at, 'rate'), limit.rate, "must look like '200/second' (a positive count per second, minute or hour)");
+      }
+      let burst: number | null = null;
+      if (limit.burst !== undefined && limit.burst !== null) {
+        if (typeof limit.burst === 'number' && Number.isSafeInteger(limit.burst) && limit.burst > 0) burst = limit.burst;
+        else issues.add(join(at, 'burst'), limit.burst, 'must be a positive integer');
+      }
+      if (limit.perSourceIP !== undefined && typeof limit.perSourceIP !== 'boolean') {
+        issues.add(join(at, 'perSourceIP'), limit.perSourceIP, 'must be true or false');
+      }
+      firewall.rateLimits.push({
+        id,
+        port: isValidPort(limit.port) ? limit.port : 0,
+        protocol: limit.protocol === 'udp' ? 'udp' : 'tcp',
+        rate: typeof limit.rate === 'string' ? limit.rate : '',
+        burst,
+        perSourceIP: limit.perSourceIP === true,
+      });
+    });
+  }
+
+  const rules = value.rules ?? [];
+  const ruleIds = new Set<string>();
+  if (!Array.isArray(rules)) {
+    issues.add(join(path, 'rules'), rules, 'must be an array of {id, direction, action, sourceIP?, destPort?, protocol?}');
+  } else {
+    rules.forEach((rule, index) => {
+      const at = join(join(path, 'rules'), index);
+      if (!isRecord(rule)) {
+        issues.add(at, rule, 'must be an object {id, direction, action, sourceIP?, destPort?, protocol?}');
+        return;
+      }
+      issues.unknownKeys(rule, RULE_KEYS, at);
+      const id = firewallId(rule.id, join(at, 'id'), ruleIds, issues);
+      if (rule.direction !== 'input' && rule.direction !== 'output') {
+        issues.add(join(at, 'direction'), rule.direction, "must be 'input' or 'output'");
+      }
+      if (rule.action !== 'accept' && rule.action !== 'drop' && rule.action !== 'reject') {
+        issues.add(join(at, 'action'), rule.action, "must be 'accept', 'drop' or 'reject'");
+      }
+      const sourceIP = rule.sourceIP ?? null;
+      if (sourceIP !== null && !isValidIpOrCidr(sourceIP)) {
+        issues.add(join(at, 'sourceIP'), sourceIP, 'must be an IPv4/IPv6 address or CIDR');
+      }
+      const destPort = rule.destPort ?? null;
+      if (destPort !== null && !isValidPort(destPort)) {
+        issues.add(join(at, 'destPort'), destPort, 'must be an integer from 1 to 65535');
+      }
+      const protocol = rule.protocol ?? null;
+      if (protocol !== null && !IP_PROTOCOLS.includes(protocol as TIpProtocol)) {
+        issues.add(join(at, 'protocol'), protocol, "must be 'tcp' or 'udp'");
+      }
+      firewall.rules.push({
+        id,
+        direction: rule.direction === 'output' ? 'output' : 'input',
+        action: rule.action === 'accept' || rule.action === 'reject' ? rule.action : 'drop',
+        sourceIP: typeof sourceIP === 'string' ? sourceIP : null,
+        destPort: typeof destPort === 'number' ? destPort : null,
+        protocol: protocol === 'tcp' || protocol === 'udp' ? protocol : null,
+      });
+    });
+  }
+  return firewall;
+}
+
+function firewallId(value: unknown, path: string, seen: Set<string>, issues: Issues): string {
+  if (typeof value !== 'string' || !FIREWALL_ID_PATTERN.test(value)) {
+    issues.add(path, value, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+    return '';
+  }
+  if (seen.has(value)) issues.add(path, value, 'duplicate id');
+  seen.add(value);
+  return value;
+}
+
+/** Parses the allowed-edges file or `REMOTEINGRESS_ALLOWED_EDGES_JSON`; `source` names where it came from. */
+export function parseAllowedEdgesJson(text: string, source: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (error) {
+    throw new TunnelError('ERR_INVALID_CONFIG', `${source} is not valid JSON: ${(error as Error).message}`, {
+      field: source,
+      cause: error,
+    });
+  }
+}
+
+function validateNumbers<T extends object>(
+  value: unknown,
+  field: string,
+  keys: readonly string[],
+  minimum: number,
+  subject: string,
+  example: string,
+): T {
+  const issues = new Issues((path) => path);
+  const result: Record<string, number> = {};
+  if (!isRecord(value)) {
+    issues.add(field, value, `must be an object like ${example}`);
+  } else {
+    issues.unknownKeys(value, new Set(keys), field);
+    for (const key of keys) {
+      const entry = value[key];
+      if (entry === undefined) continue;
+      if (typeof entry === 'number' && Number.isSafeInteger(entry) && entry >= minimum) result[key] = entry;
+      else issues.add(join(field, key), entry, minimum === 0 ? 'must be a non-negative integer' : 'must be a positive integer');
+    }
+  }
+  issues.throwIfAny(subject);
+  return result as T;
+}
+
+/**
+ * Validates tuning values (0 means "the addon's default" for workerThreads and socketBuffer);
+ * the addon checks how they relate to each other and names the field if they do not fit.
+ */
+export function validatePerformance(value: unknown, field = 'performance'): IPerformanceConfig {
+  return validateNumbers<IPerformanceConfig>(value, field, PERFORMANCE_KEYS, 0, 'performance settings', '{"workerThreads": 2}');
+}
+
+/** Validates resource limits; every limit is a positive count or duration. */
+export function validateLimits(value: unknown, field = 'limits'): ILimitsConfig {
+  return validateNumbers<ILimitsConfig>(value, field, LIMIT_KEYS, 1, 'limits', '{"heartbeatTimeoutMs": 15000}');
+}
+
+function parseJsonSetting(text: string, source: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (error) {
+    throw new TunnelError('ERR_INVALID_CONFIG', `${source} is not valid JSON: ${(error as Error).message}`, {
+      field: source,
+      cause: error,
+    });
+  }
+}
+
+export function parseLimitsJson(text: string, source: string): ILimitsConfig {
+  return validateLimits(parseJsonSetting(text, source), source);
+}
+
+export function parsePerformanceJson(text: string, source: string): IPerformanceConfig {
+  return validatePerformance(parseJsonSetting(text, source), source);
+}

@@ -1,0 +1,161 @@
+import {
+  EDGE_ID_PATTERN,
+  MIN_SECRET_LENGTH,
+  TunnelError,
+  decodeConnectionToken,
+  describeValue,
+  isValidHost,
+  isValidPort,
+  normaliseFingerprint,
+  validateLimits,
+  validatePerformance,
+  type IEdgeConfig,
+  type ILimitsConfig,
+  type IPerformanceConfig,
+  type TTransportMode,
+} from 'remoteingress-core';
+
+/** The addon's edge `optionsJson` (docs/native-api.md), every default filled in. */
+export interface INativeEdgeOptions {
+  hubHost: string;
+  hubPort: number;
+  edgeId: string;
+  secret: string;
+  /** Absent exactly when pinning is disabled. */
+  hubFingerprint?: string;
+  dangerouslyDisableFingerprintPinning: boolean;
+  transportMode: TTransportMode;
+  reconnect: { baseMs: number; capMs: number };
+  performance?: IPerformanceConfig;
+  limits?: ILimitsConfig;
+}
+
+export const TRANSPORT_MODES: readonly TTransportMode[] = ['tcpTls', 'quic', 'quicWithFallback'];
+/** QUIC where the network lets it through, TLS over TCP where it does not (DESIGN.md's edge default). */
+export const DEFAULT_TRANSPORT_MODE: TTransportMode = 'quicWithFallback';
+/** Half a second: a hub restart is usually back within that, so the first retry is not wasted. */
+export const DEFAULT_RECONNECT_BASE_MS = 500;
+/** 30 s (issue 3): a long outage costs a hub at most one attempt per edge every 30 s. */
+export const DEFAULT_RECONNECT_CAP_MS = 30_000;
+
+const CONFIG_KEYS = new Set([
+  'token',
+  'hubHost',
+  'hubPort',
+  'edgeId',
+  'secret',
+  'hubFingerprint',
+  'transportMode',
+  'dangerouslyDisableFingerprintPinning',
+  'reconnect',
+  'performance',
+  'limits',
+]);
+const TOKEN_FIELDS = ['hubHost', 'hubPort', 'edgeId', 'secret', 'hubFingerprint'] as const;
+
+function invalid(field: string, value: unknown, problem: string, redact = false): TunnelError {
+  const shown = redact ? '<hidden>' : describeValue(value);
+  return new TunnelError('ERR_INVALID_CONFIG', `invalid edge config: ${field} = ${shown}: ${problem}`, {
+    field,
+    value: redact ? undefined : value,
+  });
+}
+
+function positiveInteger(value: unknown, field: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value > 0) return value;
+  throw invalid(field, value, 'must be a positive integer number of milliseconds');
+}
+
+/**
+ * Validates an edge config (explicit fields or a token) and fills in the defaults. Throws
+ * `ERR_INVALID_TOKEN` for a bad token and `ERR_INVALID_CONFIG` naming the field otherwise,
+ * including when the hub's certificate would not be pinned.
+ */
+export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
+  if (typeof config !== 'object' || config === null) {
+    throw invalid('config', config, 'must be an object: {token} or {hubHost, hubPort, edgeId, secret, hubFingerprint}');
+  }
+  const raw = config as unknown as Record<string, unknown>;
+  for (const key of Object.keys(raw)) {
+    if (!CONFIG_KEYS.has(key)) throw invalid(key, raw[key], `unknown option (expected one of ${[...CONFIG_KEYS].join(', ')})`);
+  }
+
+  let hubHost: unknown, hubPort: unknown, edgeId: unknown, secret: unknown, fingerprintInput: unknown;
+  if (raw.token !== undefined) {
+    const extra = TOKEN_FIELDS.find((key) => raw[key] !== undefined);
+    if (extra !== undefined) {
+      throw invalid(extra, extra === 'secret' ? undefined : raw[extra], 'the token already carries this; give either token or the explicit fields, not both', extra === 'secret');
+    }
+    if (typeof raw.token !== 'string') throw invalid('token', raw.token, 'must be a string');
+    ({ hubHost, hubPort, edgeId, secret, hubFingerprint: fingerprintInput } = decodeConnectionToken(raw.token));
+  } else {
+    ({ hubHost, hubPort, edgeId, secret, hubFingerprint: fingerprintInput } = raw);
+  }
+
+  if (!isValidHost(hubHost)) throw invalid('hubHost', hubHost, 'must be a host name or IP address');
+  if (!isValidPort(hubPort)) throw invalid('hubPort', hubPort, 'must be an integer from 1 to 65535');
+  if (typeof edgeId !== 'string' || !EDGE_ID_PATTERN.test(edgeId)) {
+    throw invalid('edgeId', edgeId, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+  }
+  if (typeof secret !== 'string' || secret.length < MIN_SECRET_LENGTH) {
+    throw invalid('secret', secret, `must be a string of at least ${MIN_SECRET_LENGTH} characters`, true);
+  }
+
+  const dangerous = raw.dangerouslyDisableFingerprintPinning ?? false;
+  if (typeof dangerous !== 'boolean') throw invalid('dangerouslyDisableFingerprintPinning', dangerous, 'must be true or false');
+  let hubFingerprint: string | undefined;
+  if (fingerprintInput !== undefined && fingerprintInput !== null) {
+    const normalised = normaliseFingerprint(fingerprintInput);
+    if (normalised === null) throw invalid('hubFingerprint', fingerprintInput, 'must be 64 hex digits (SHA-256 of the hub certificate; colons allowed)');
+    hubFingerprint = normalised;
+  }
+  if (hubFingerprint === undefined && !dangerous) {
+    throw invalid(
+      'hubFingerprint',
+      fingerprintInput,
+      "required: the edge pins the hub's certificate so nobody on the path can pose as the hub. Use a connection token " +
+        "(remoteingress-hub token …), or pass hubFingerprint (the hub prints it at start). Only for a throwaway test, " +
+        'dangerouslyDisableFingerprintPinning: true skips the check',
+    );
+  }
+  if (hubFingerprint !== undefined && dangerous) {
+    throw invalid(
+      'dangerouslyDisableFingerprintPinning',
+      dangerous,
+      'conflicts with the hub fingerprint given (from the token or hubFingerprint); drop one of them',
+    );
+  }
+
+  const transportMode = raw.transportMode ?? DEFAULT_TRANSPORT_MODE;
+  if (!TRANSPORT_MODES.includes(transportMode as TTransportMode)) {
+    throw invalid('transportMode', transportMode, `must be one of ${TRANSPORT_MODES.join(', ')}`);
+  }
+
+  const reconnect = raw.reconnect ?? {};
+  if (typeof reconnect !== 'object' || reconnect === null || Array.isArray(reconnect)) {
+    throw invalid('reconnect', reconnect, 'must be an object {baseMs?, capMs?}');
+  }
+  const { baseMs: rawBase, capMs: rawCap, ...unknownReconnect } = reconnect as Record<string, unknown>;
+  const [unknownKey] = Object.keys(unknownReconnect);
+  if (unknownKey !== undefined) throw invalid(`reconnect.${unknownKey}`, unknownReconnect[unknownKey], 'unknown option (expected baseMs, capMs)');
+  const baseMs = positiveInteger(rawBase, 'reconnect.baseMs', DEFAULT_RECONNECT_BASE_MS);
+  const capMs = positiveInteger(rawCap, 'reconnect.capMs', Math.max(DEFAULT_RECONNECT_CAP_MS, baseMs));
+  if (capMs < baseMs) throw invalid('reconnect.capMs', capMs, `must not be below reconnect.baseMs (${baseMs})`);
+
+  const performance = raw.performance === undefined ? undefined : validatePerformance(raw.performance);
+  const limits = raw.limits === undefined ? undefined : validateLimits(raw.limits);
+
+  return {
+    hubHost,
+    hubPort,
+    edgeId,
+    secret,
+    ...(hubFingerprint === undefined ? {} : { hubFingerprint }),
+    dangerouslyDisableFingerprintPinning: dangerous,
+    transportMode: transportMode as TTransportMode,
+    reconnect: { baseMs, capMs },
+    ...(performance === undefined ? {} : { performance }),
+    ...(limits === undefined ? {} : { limits }),
+  };
+}

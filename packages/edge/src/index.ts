@@ -1,0 +1,38 @@
+export { RemoteIngressEdge } from './edge.js';
+export type { TEdgeLifecycle } from './edge.js';
+export {
+  resolveEdgeConfig,
+  TRANSPORT_MODES,
+  DEFAULT_TRANSPORT_MODE,
+  DEFAULT_RECONNECT_BASE_MS,
+  DEFAULT_RECONNECT_CAP_MS,
+} from './config.js';
+export type { INativeEdgeOptions } from './config.js';
+export { DEFAULT_GRACE_MS, TunnelError, isTunnelError, encodeConnectionToken, decodeConnectionToken, normaliseFingerprint } from 'remoteingress-core';
+export type {
+  IEdgeConfig,
+  IEdgeExplicitConfig,
+  IEdgeCommonConfig,
+  IEdgeStatus,
+  IEdgeEvents,
+  IEdgeStopOptions,
+  IReconnectConfig,
+  IPerformanceConfig,
+  ILimitsConfig,
+  TEdgeState,
+  TTransportMode,
+  IEdgeTunnelConnectedEvent,
+  IEdgeTunnelDisconnectedEvent,
+  IEdgePortsAssignedEvent,
+  IEdgePortBindFailedEvent,
+  IEdgeFirewallConfigUpdatedEvent,
+  IEdgeStreamOpenedEvent,
+  IEdgeStreamClosedEvent,
+  IPortFailure,
+  ILogEvent,
+  IEventsDroppedEvent,
+  ICrashRecoveredEvent,
+  IConnectionToken,
+  TTunnelErrorCode,
+  TDisconnectCode,
+} from 'remoteingress-core';

@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+import { runProgram } from 'remoteingress-core/cli';
+import { hubProgram } from './cli.js';
+
+await runProgram(hubProgram, process.argv.slice(2));

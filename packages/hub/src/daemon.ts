@@ -1,0 +1,87 @@
+import { watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
+import { formatEventLine, type IDaemon } from 'remoteingress-core/cli';
+import type { IHubEvents, TAllowedEdge } from 'remoteingress-core';
+import { readAllowedEdges } from './allowed-edges-source.js';
+import type { IHubCommandOptions } from './commands/hub.js';
+import { RemoteIngressHub } from './hub.js';
+
+/**
+ * Editors save in several steps (truncate, write, rename); waiting 250 ms after the last change
+ * turns one save into one reload instead of several, one of which might see a half-written file.
+ */
+const RELOAD_DEBOUNCE_MS = 250;
+const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered'] as const;
+
+function out(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+function err(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
+
+/** The `remoteingress-hub` command's work: start a hub, print its events, reload its allowed edges. */
+export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon> {
+  const source = { file: options.allowedEdgesFile, json: options.allowedEdgesJson };
+  const initial = await readAllowedEdges(source);
+
+  const hub = new RemoteIngressHub();
+  for (const kind of EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  hub.on('log', (event) => (event.level === 'info' ? out : err)(formatEventLine({ ...event })));
+
+  const started = await hub.start({
+    tunnelPort: options.tunnelPort,
+    targetHost: options.targetHost,
+    bindHost: options.bindHost,
+    stateDir: options.stateDir,
+    allowedEdges: initial.edges as TAllowedEdge[],
+    ...(options.performance === undefined ? {} : { performance: options.performance }),
+    ...(options.limits === undefined ? {} : { limits: options.limits }),
+  });
+  out(`hub listening on ${options.bindHost}:${started.tunnelPort} fingerprint ${started.fingerprint}`);
+
+  let lastText = initial.text;
+  let reloading = Promise.resolve();
+  const reload = (reason: string, force: boolean): void => {
+    reloading = reloading.then(async () => {
+      if (hub.state !== 'running') return;
+      try {
+        const next = await readAllowedEdges(source);
+        if (!force && next.text === lastText) return;
+        await hub.updateAllowedEdges(next.edges as TAllowedEdge[]);
+        lastText = next.text;
+        out(`allowed edges reloaded from ${next.origin} (${reason})`);
+      } catch (error) {
+        err(`allowed edges reload rejected (${reason}), keeping the previous set: ${(error as Error).message}`);
+      }
+    });
+  };
+
+  let watcher: FSWatcher | undefined;
+  let debounce: NodeJS.Timeout | undefined;
+  if (options.allowedEdgesFile !== undefined && options.watch) {
+    const file = resolve(options.allowedEdgesFile);
+    // Watch the directory, not the file: editors replace the file by renaming, which ends a file watch.
+    watcher = watch(dirname(file), { persistent: false }, (_event, name) => {
+      if (name !== null && name.toString() !== basename(file)) return;
+      clearTimeout(debounce);
+      debounce = setTimeout(() => reload('file changed', false), RELOAD_DEBOUNCE_MS);
+    });
+    watcher.on('error', (error) => err(`no longer watching ${file} (${error.message}); SIGHUP still reloads it`));
+  }
+
+  return {
+    async stop() {
+      watcher?.close();
+      clearTimeout(debounce);
+      await hub.stop({ graceMs: options.graceMs });
+    },
+    reload() {
+      if (options.allowedEdgesFile === undefined) {
+        err('SIGHUP ignored: the allowed edges came from REMOTEINGRESS_ALLOWED_EDGES_JSON, which cannot change');
+        return;
+      }
+      reload('SIGHUP', true);
+    },
+  };
+}
