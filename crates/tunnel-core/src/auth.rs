@@ -106,12 +106,30 @@ mod tests {
         let n = [1u8; 32];
         let b = [2u8; 32];
         let p = proof(b"secret-secret-secret", 1, &n, &b, "edge");
-        assert!(proofs_equal(&p, &proof(b"secret-secret-secret", 1, &n, &b, "edge")));
-        assert!(!proofs_equal(&p, &proof(b"secret-secret-secreT", 1, &n, &b, "edge")));
-        assert!(!proofs_equal(&p, &proof(b"secret-secret-secret", 2, &n, &b, "edge")));
-        assert!(!proofs_equal(&p, &proof(b"secret-secret-secret", 1, &[0; 32], &b, "edge")));
-        assert!(!proofs_equal(&p, &proof(b"secret-secret-secret", 1, &n, &[0; 32], "edge")));
-        assert!(!proofs_equal(&p, &proof(b"secret-secret-secret", 1, &n, &b, "edgf")));
+        assert!(proofs_equal(
+            &p,
+            &proof(b"secret-secret-secret", 1, &n, &b, "edge")
+        ));
+        assert!(!proofs_equal(
+            &p,
+            &proof(b"secret-secret-secreT", 1, &n, &b, "edge")
+        ));
+        assert!(!proofs_equal(
+            &p,
+            &proof(b"secret-secret-secret", 2, &n, &b, "edge")
+        ));
+        assert!(!proofs_equal(
+            &p,
+            &proof(b"secret-secret-secret", 1, &[0; 32], &b, "edge")
+        ));
+        assert!(!proofs_equal(
+            &p,
+            &proof(b"secret-secret-secret", 1, &n, &[0; 32], "edge")
+        ));
+        assert!(!proofs_equal(
+            &p,
+            &proof(b"secret-secret-secret", 1, &n, &b, "edgf")
+        ));
         assert!(!proofs_equal(&p, &p[..31]));
     }
 

@@ -88,12 +88,18 @@ impl Edge {
             return Err(Error::InvalidConfig("hubPort: 0 is not a port".into()));
         }
         if opts.edge_id.is_empty() || opts.edge_id.len() > 255 {
-            return Err(Error::InvalidConfig(format!("edgeId: {:?} must be 1-255 bytes", opts.edge_id)));
+            return Err(Error::InvalidConfig(format!(
+                "edgeId: {:?} must be 1-255 bytes",
+                opts.edge_id
+            )));
         }
         if opts.secret.is_empty() {
             return Err(Error::InvalidConfig("secret: empty".into()));
         }
-        if !matches!(opts.transport_mode.as_str(), "tcpTls" | "quic" | "quicWithFallback") {
+        if !matches!(
+            opts.transport_mode.as_str(),
+            "tcpTls" | "quic" | "quicWithFallback"
+        ) {
             return Err(Error::InvalidConfig(format!(
                 "transportMode: {:?} is not one of tcpTls, quic, quicWithFallback",
                 opts.transport_mode
@@ -107,7 +113,11 @@ impl Edge {
         }
         opts.performance.validate()?;
         if matches!(trust, Trust::DangerouslyAnyCertificate) {
-            log(&events, "warn", "hub fingerprint pinning is DISABLED: anyone on the path can impersonate the hub");
+            log(
+                &events,
+                "warn",
+                "hub fingerprint pinning is DISABLED: anyone on the path can impersonate the hub",
+            );
         }
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -306,7 +316,9 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// TCP connect, TLS with the pinned fingerprint, and authentication.
-async fn dial(inner: &Arc<Inner>) -> std::result::Result<(ClientTls, handshake::SessionParams, String), Error> {
+async fn dial(
+    inner: &Arc<Inner>,
+) -> std::result::Result<(ClientTls, handshake::SessionParams, String), Error> {
     let addr = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
@@ -349,7 +361,7 @@ async fn dial(inner: &Arc<Inner>) -> std::result::Result<(ClientTls, handshake::
 
 fn field(detail: &str, key: &str) -> String {
     detail
-        .split(|c: char| c == ',' || c == '"')
+        .split([',', '"'])
         .find_map(|part| part.trim().strip_prefix(key))
         .unwrap_or("?")
         .trim()
@@ -361,7 +373,12 @@ fn field(detail: &str, key: &str) -> String {
 async fn apply_config(inner: &Arc<Inner>, mux: &MuxHandle, cfg: Value) {
     let ports: Vec<u16> = cfg["tcp"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_u64()).filter_map(|p| u16::try_from(p).ok()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64())
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect()
+        })
         .unwrap_or_default();
     let bind_ip: Option<IpAddr> = cfg["bindAddress"].as_str().and_then(|s| s.parse().ok());
     let wanted: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
@@ -426,7 +443,12 @@ async fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
     for a in addrs {
         match TcpListener::bind(a).await {
             Ok(l) => return Ok(l),
-            Err(source) => last = Some(Error::Bind { addr: a.to_string(), source }),
+            Err(source) => {
+                last = Some(Error::Bind {
+                    addr: a.to_string(),
+                    source,
+                })
+            }
         }
     }
     Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind port {port}"))))
@@ -442,7 +464,9 @@ async fn accept_clients(listener: TcpListener, port: u16, mux: MuxHandle, events
                 continue;
             }
         };
-        let local = sock.local_addr().unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+        let local = sock
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
         let record = OpenRecord {
             kind: KIND_TCP,
             service: 0,
@@ -472,9 +496,10 @@ impl Handler for EdgeHandler {
     fn on_open(&mut self, stream: RemoteStream) {
         // Hub-initiated streams (the hub dialing services behind the edge) are a later
         // protocol feature; refuse them explicitly.
-        stream
-            .ctx
-            .reset(mux::reset::REFUSED, "this edge does not accept hub-initiated streams");
+        stream.ctx.reset(
+            mux::reset::REFUSED,
+            "this edge does not accept hub-initiated streams",
+        );
     }
 
     fn on_control(&mut self, frame: Frame) -> Result<()> {

@@ -129,11 +129,7 @@ pub enum FrameError {
     #[error("frame type 0x{0:02x} is not defined")]
     UnknownType(u8),
     #[error("{kind:?} frame of {len} bytes exceeds its cap of {max}")]
-    TooLong {
-        kind: FrameType,
-        len: usize,
-        max: usize,
-    },
+    TooLong { kind: FrameType, len: usize, max: usize },
     #[error("{kind:?} frame has invalid stream id {stream}")]
     BadStream { kind: FrameType, stream: u32 },
     #[error("malformed {0:?} payload: {1}")]
@@ -457,7 +453,10 @@ mod tests {
                 }
             }
         }
-        assert!(decoded > 1000, "mutations too destructive: {decoded} frames decoded");
+        assert!(
+            decoded > 1000,
+            "mutations too destructive: {decoded} frames decoded"
+        );
         assert!(errors > 1000, "mutations too gentle: {errors} errors");
     }
 }

@@ -70,9 +70,9 @@ impl SessionParams {
 
 async fn read_frame<S: AsyncRead + Unpin>(io: &mut S) -> Result<Frame> {
     let mut head = [0u8; frame::HEADER_LEN];
-    io.read_exact(&mut head).await.map_err(|e| {
-        Error::PeerClosed(format!("connection closed during the handshake ({e})"))
-    })?;
+    io.read_exact(&mut head)
+        .await
+        .map_err(|e| Error::PeerClosed(format!("connection closed during the handshake ({e})")))?;
     let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
     // Handshake frames are small; anything bigger is not our protocol.
     if len > 1024 {
@@ -101,9 +101,15 @@ async fn write_frame<S: AsyncWrite + Unpin>(io: &mut S, kind: FrameType, payload
 
 /// Outcome of the hub side of the exchange.
 pub enum HubVerdict {
-    Accepted { edge_id: String, secret: String },
+    Accepted {
+        edge_id: String,
+        secret: String,
+    },
     /// Refused; the peer was told `AUTH_FAILED_REASON` (or the version problem).
-    Refused { edge_id: String, reason: String },
+    Refused {
+        edge_id: String,
+        reason: String,
+    },
 }
 
 /// Hub side. `lookup` returns the secret of an allowed edge. `dummy` is a random per-process
@@ -151,7 +157,11 @@ pub async fn hub<S: AsyncRead + AsyncWrite + Unpin>(
     if !ok {
         let fail = frame::goaway_payload(0, FAIL_AUTH, AUTH_FAILED_REASON);
         write_frame(io, FrameType::AuthFail, &fail).await?;
-        let reason = if secret.is_some() { "wrong secret" } else { "unknown edge id" };
+        let reason = if secret.is_some() {
+            "wrong secret"
+        } else {
+            "unknown edge id"
+        };
         return Ok(HubVerdict::Refused {
             edge_id,
             reason: reason.into(),
@@ -228,7 +238,11 @@ mod tests {
         max_frame: 16384,
     };
 
-    async fn run(edge_secret: &str, edge_id: &str, edge_binding: [u8; 32]) -> (Result<SessionParams>, HubVerdict) {
+    async fn run(
+        edge_secret: &str,
+        edge_id: &str,
+        edge_binding: [u8; 32],
+    ) -> (Result<SessionParams>, HubVerdict) {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let hub_binding = [7u8; 32];
         let hub = tokio::spawn(async move {

@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use crate::auth::{FailureLimiter, EXPORTER_LABEL};
 use crate::config::{validate_edges, EdgeSpec, HubOptions, Limits, Performance, PortSpec};
 use crate::error::{Error, Result};
-use crate::events::{log, EventSink};
 use crate::event;
+use crate::events::{log, EventSink};
 use crate::frame::FrameType;
 use crate::handshake::{self, HubVerdict, SessionParams};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, MuxHandle, RemoteStream, Side};
@@ -75,7 +75,9 @@ pub fn reset_code(code: u16) -> &'static str {
 }
 
 fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The CONFIG record pushed to an edge. Targets stay on the hub: the edge learns only what it
@@ -100,9 +102,10 @@ impl Hub {
         let identity = Identity::from_pem(&opts.cert_pem, &opts.key_pem)?;
         let tls = Arc::new(identity.server_config()?);
         let addr = format!("{}:{}", opts.bind_host, opts.tunnel_port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| Error::Bind { addr: addr.clone(), source })?;
+        let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
         let port = listener.local_addr()?.port();
         let mut dummy_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut dummy_secret);
@@ -126,7 +129,11 @@ impl Hub {
         });
         let task = tokio::spawn(accept_loop(inner.clone(), listener, tls));
         *lock(&inner.accept_task) = Some(task);
-        log(&inner.events, "info", format!("hub listening on {}:{port}", opts.bind_host));
+        log(
+            &inner.events,
+            "info",
+            format!("hub listening on {}:{port}", opts.bind_host),
+        );
         Ok(Hub { inner })
     }
 
@@ -161,7 +168,7 @@ impl Hub {
                 }
                 Some(spec) => {
                     let old = st.edges.get(id);
-                    let changed = old.map_or(true, |o| {
+                    let changed = old.is_none_or(|o| {
                         o.tcp != spec.tcp
                             || o.udp != spec.udp
                             || o.bind_address != spec.bind_address
@@ -281,10 +288,14 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::
             drop(tcp);
             if last_busy_log.elapsed() > Duration::from_secs(10) {
                 last_busy_log = Instant::now();
-                log(&inner.events, "warn", format!(
-                    "{} handshakes already in progress; refusing new tunnel connections",
-                    inner.limits.max_pending_handshakes
-                ));
+                log(
+                    &inner.events,
+                    "warn",
+                    format!(
+                        "{} handshakes already in progress; refusing new tunnel connections",
+                        inner.limits.max_pending_handshakes
+                    ),
+                );
             }
             continue;
         };
@@ -438,7 +449,10 @@ fn register_session(
         Some(s) if s.secret == secret && !inner.stopped.load(Ordering::Acquire) => s.clone(),
         _ => return false,
     };
-    mux.control(FrameType::Config, handshake::json_payload(&config_json(&spec, st.generation)));
+    mux.control(
+        FrameType::Config,
+        handshake::json_payload(&config_json(&spec, st.generation)),
+    );
     let old = st.sessions.insert(
         edge_id.to_string(),
         Session {
@@ -470,7 +484,10 @@ impl Handler for HubHandler {
             .get(&self.edge_id)
             .and_then(|e| e.tcp.iter().find(|p| p.port == record.listen_port).cloned());
         let Some(route) = route else {
-            ctx.reset(mux::reset::NO_ROUTE, format!("port {} is not assigned to this edge", record.listen_port));
+            ctx.reset(
+                mux::reset::NO_ROUTE,
+                format!("port {} is not assigned to this edge", record.listen_port),
+            );
             return;
         };
         let client = proxy_protocol::unmap(record.client);
@@ -494,13 +511,18 @@ impl Handler for HubHandler {
                 Err(_) => {
                     ctx.reset(
                         mux::reset::TARGET_UNREACHABLE,
-                        format!("target {}:{} did not answer within {timeout:?}", route.target_host, route.target_port),
+                        format!(
+                            "target {}:{} did not answer within {timeout:?}",
+                            route.target_host, route.target_port
+                        ),
                     );
                     return;
                 }
             };
             let _ = sock.set_nodelay(true);
-            if let Some(header) = proxy_protocol::stream_header(route.proxy_protocol, record.client, record.local) {
+            if let Some(header) =
+                proxy_protocol::stream_header(route.proxy_protocol, record.client, record.local)
+            {
                 // One write before any payload: the target must see the header whole and first.
                 let mut sock = sock;
                 if let Err(e) = sock.write_all(&header).await {

@@ -196,9 +196,7 @@ impl StreamCtx {
 
     /// Sends bytes the caller obtained credit for (≤ the last `credit()` answer).
     pub fn send(&self, bytes: Bytes) {
-        self.shared
-            .credit
-            .fetch_sub(bytes.len() as i64, Ordering::AcqRel);
+        self.shared.credit.fetch_sub(bytes.len() as i64, Ordering::AcqRel);
         let _ = self.cmd.send(Cmd::Data { id: self.id, bytes });
     }
 
@@ -254,13 +252,7 @@ impl StreamCtx {
             cmd,
             max_frame,
         } = self;
-        let reader = tokio::spawn(pump_socket_to_mux(
-            r,
-            id,
-            shared.clone(),
-            cmd.clone(),
-            max_frame,
-        ));
+        let reader = tokio::spawn(pump_socket_to_mux(r, id, shared.clone(), cmd.clone(), max_frame));
         let abort = pump_mux_to_socket(w, rx, id, shared.clone(), cmd.clone()).await;
         if abort {
             // Make the reader drop its half promptly so the RST goes out now.
@@ -670,7 +662,10 @@ impl<H: Handler> Mux<H> {
         // session properly (close_notify) so the peer sees an orderly end, not a truncation.
         // Bounded: a peer that stopped reading must not hold up the close.
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            if matches!(why, Error::Protocol(_) | Error::LocalClosed(_) | Error::Timeout(_)) {
+            if matches!(
+                why,
+                Error::Protocol(_) | Error::LocalClosed(_) | Error::Timeout(_)
+            ) {
                 let mut out = BytesMut::new();
                 let p = frame::goaway_payload(self.last_remote_id, 1, &why.to_string());
                 frame::encode(&mut out, FrameType::GoAway, 0, 0, &p);
@@ -839,7 +834,9 @@ impl<H: Handler> Mux<H> {
         }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(id) = self.ready.pop_front() else { break };
-            let Some(st) = self.streams.get_mut(&id) else { continue };
+            let Some(st) = self.streams.get_mut(&id) else {
+                continue;
+            };
             st.in_ready = false;
             let mut finished = false;
             if let Some(chunk) = st.outq.front_mut() {
@@ -857,7 +854,13 @@ impl<H: Handler> Mux<H> {
                     st.outq.pop_front();
                 }
                 let fin = st.outq.is_empty() && st.out_fin;
-                frame::put_header(&mut self.wbuf, FrameType::Data, if fin { FLAG_FIN } else { 0 }, id, n);
+                frame::put_header(
+                    &mut self.wbuf,
+                    FrameType::Data,
+                    if fin { FLAG_FIN } else { 0 },
+                    id,
+                    n,
+                );
                 self.wbuf.extend_from_slice(&piece);
                 self.conn_send_credit -= n as i64;
                 st.bytes_out += n as u64;
@@ -915,7 +918,8 @@ impl<H: Handler> Mux<H> {
                 Ok(())
             }
             FrameType::Reset => {
-                let (code, reason) = frame::parse_reset(&f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+                let (code, reason) =
+                    frame::parse_reset(&f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
                 if let Some(st) = self.streams.remove(&f.stream) {
                     self.drop_stream(f.stream, st, Some((code, reason)));
                 }
@@ -927,7 +931,9 @@ impl<H: Handler> Mux<H> {
                     if self.ping_outstanding == Some(stamp) {
                         self.ping_outstanding = None;
                         let now = self.started.elapsed().as_micros() as u64;
-                        self.stats.rtt_us.store(now.saturating_sub(stamp).max(1), Ordering::Relaxed);
+                        self.stats
+                            .rtt_us
+                            .store(now.saturating_sub(stamp).max(1), Ordering::Relaxed);
                     }
                 } else {
                     frame::encode(&mut self.control, FrameType::Ping, FLAG_ACK, 0, &f.payload);
@@ -943,9 +949,9 @@ impl<H: Handler> Mux<H> {
                 Ok(())
             }
             FrameType::Config | FrameType::ConfigAck | FrameType::Datagram => self.handler.on_control(f),
-            FrameType::Challenge | FrameType::Auth | FrameType::AuthOk | FrameType::AuthFail => Err(
-                Error::Protocol(format!("{:?} frame after the handshake", f.kind)),
-            ),
+            FrameType::Challenge | FrameType::Auth | FrameType::AuthOk | FrameType::AuthFail => {
+                Err(Error::Protocol(format!("{:?} frame after the handshake", f.kind)))
+            }
         }
     }
 
@@ -965,10 +971,16 @@ impl<H: Handler> Mux<H> {
             return Ok(());
         };
         if st.remote_done {
-            return Err(Error::Protocol(format!("DATA on stream {} after its FIN", f.stream)));
+            return Err(Error::Protocol(format!(
+                "DATA on stream {} after its FIN",
+                f.stream
+            )));
         }
         if n > st.recv_remaining {
-            return Err(Error::Protocol(format!("peer exceeded stream {}'s window", f.stream)));
+            return Err(Error::Protocol(format!(
+                "peer exceeded stream {}'s window",
+                f.stream
+            )));
         }
         st.recv_remaining -= n;
         st.bytes_in += u64::from(n);
@@ -1007,11 +1019,14 @@ impl<H: Handler> Mux<H> {
 
     fn on_open(&mut self, f: Frame) -> Result<(), Error> {
         let theirs = match self.cfg.side {
-            Side::Hub => f.stream % 2 == 1,
-            Side::Edge => f.stream % 2 == 0,
+            Side::Hub => f.stream & 1 == 1,
+            Side::Edge => f.stream & 1 == 0,
         };
         if !theirs || f.stream <= self.last_remote_id {
-            return Err(Error::Protocol(format!("OPEN with invalid stream id {}", f.stream)));
+            return Err(Error::Protocol(format!(
+                "OPEN with invalid stream id {}",
+                f.stream
+            )));
         }
         self.last_remote_id = f.stream;
         let record = OpenRecord::decode(&f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
@@ -1127,7 +1142,10 @@ mod tests {
     }
 
     fn pattern(n: usize, seed: u8) -> Bytes {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<_>>().into()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<_>>()
+            .into()
     }
 
     #[tokio::test]
@@ -1211,9 +1229,11 @@ mod tests {
             held += b.len();
         }
         assert_eq!(held, 8 * 1024);
-        assert!(tokio::time::timeout(Duration::from_millis(100), elephant.credit())
-            .await
-            .is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), elephant.credit())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -1239,7 +1259,10 @@ mod tests {
             });
         }
         for t in tasks {
-            tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
 
@@ -1248,8 +1271,13 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(4096);
         let (_h, fut) = start(a, cfg(Side::Hub), Collect::default());
         let task = tokio::spawn(fut);
-        b.write_all(&[0, 0, 5, 0x1e, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5]).await.unwrap();
-        let why = tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        b.write_all(&[0, 0, 5, 0x1e, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(why.code(), "ERR_PROTOCOL");
         assert!(why.to_string().contains("0x1e"), "{why}");
     }
@@ -1269,7 +1297,10 @@ mod tests {
             frame::encode(&mut out, FrameType::Data, 0, 1, &[0u8; 1024]);
         }
         b.write_all(&out).await.unwrap();
-        let why = tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(why.to_string().contains("window"), "{why}");
         // The open stream was reset when the tunnel died.
         let closed = c.closed.lock().unwrap().clone();
@@ -1314,8 +1345,14 @@ mod tests {
         assert_eq!(read_all(&mut remote.ctx).await.unwrap(), b"last words");
         remote.ctx.fin();
         assert_eq!(read_all(&mut local).await.unwrap(), b"");
-        let e = tokio::time::timeout(Duration::from_secs(2), te).await.unwrap().unwrap();
-        let h = tokio::time::timeout(Duration::from_secs(2), th).await.unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(2), te)
+            .await
+            .unwrap()
+            .unwrap();
+        let h = tokio::time::timeout(Duration::from_secs(2), th)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(e.code(), "ERR_GOAWAY", "{e}");
         assert!(matches!(h.code(), "ERR_GOAWAY" | "ERR_PEER_CLOSED"), "{h}");
     }

@@ -54,7 +54,12 @@ extern "C" {
         data: *mut c_void,
         result: *mut napi_value,
     ) -> napi_status;
-    fn napi_set_named_property(env: napi_env, obj: napi_value, name: *const c_char, v: napi_value) -> napi_status;
+    fn napi_set_named_property(
+        env: napi_env,
+        obj: napi_value,
+        name: *const c_char,
+        v: napi_value,
+    ) -> napi_status;
     fn napi_get_cb_info(
         env: napi_env,
         info: napi_callback_info,
@@ -63,8 +68,19 @@ extern "C" {
         this: *mut napi_value,
         data: *mut *mut c_void,
     ) -> napi_status;
-    fn napi_get_value_string_utf8(env: napi_env, v: napi_value, buf: *mut c_char, size: usize, len: *mut usize) -> napi_status;
-    fn napi_create_string_utf8(env: napi_env, s: *const c_char, len: usize, result: *mut napi_value) -> napi_status;
+    fn napi_get_value_string_utf8(
+        env: napi_env,
+        v: napi_value,
+        buf: *mut c_char,
+        size: usize,
+        len: *mut usize,
+    ) -> napi_status;
+    fn napi_create_string_utf8(
+        env: napi_env,
+        s: *const c_char,
+        len: usize,
+        result: *mut napi_value,
+    ) -> napi_status;
     fn napi_get_value_double(env: napi_env, v: napi_value, result: *mut f64) -> napi_status;
     fn napi_get_undefined(env: napi_env, result: *mut napi_value) -> napi_status;
     fn napi_create_external(
@@ -76,10 +92,19 @@ extern "C" {
     ) -> napi_status;
     fn napi_get_value_external(env: napi_env, v: napi_value, result: *mut *mut c_void) -> napi_status;
     fn napi_typeof(env: napi_env, v: napi_value, result: *mut i32) -> napi_status;
-    fn napi_create_promise(env: napi_env, deferred: *mut napi_deferred, promise: *mut napi_value) -> napi_status;
+    fn napi_create_promise(
+        env: napi_env,
+        deferred: *mut napi_deferred,
+        promise: *mut napi_value,
+    ) -> napi_status;
     fn napi_resolve_deferred(env: napi_env, d: napi_deferred, v: napi_value) -> napi_status;
     fn napi_reject_deferred(env: napi_env, d: napi_deferred, v: napi_value) -> napi_status;
-    fn napi_create_error(env: napi_env, code: napi_value, msg: napi_value, result: *mut napi_value) -> napi_status;
+    fn napi_create_error(
+        env: napi_env,
+        code: napi_value,
+        msg: napi_value,
+        result: *mut napi_value,
+    ) -> napi_status;
     fn napi_throw(env: napi_env, error: napi_value) -> napi_status;
     fn napi_call_function(
         env: napi_env,
@@ -104,7 +129,11 @@ extern "C" {
         call_js_cb: napi_threadsafe_function_call_js,
         result: *mut napi_threadsafe_function,
     ) -> napi_status;
-    fn napi_call_threadsafe_function(f: napi_threadsafe_function, data: *mut c_void, blocking: i32) -> napi_status;
+    fn napi_call_threadsafe_function(
+        f: napi_threadsafe_function,
+        data: *mut c_void,
+        blocking: i32,
+    ) -> napi_status;
     fn napi_release_threadsafe_function(f: napi_threadsafe_function, mode: i32) -> napi_status;
     fn napi_ref_threadsafe_function(env: napi_env, f: napi_threadsafe_function) -> napi_status;
     fn napi_unref_threadsafe_function(env: napi_env, f: napi_threadsafe_function) -> napi_status;
@@ -163,7 +192,14 @@ unsafe fn throw(env: napi_env, e: &JsError) -> napi_value {
 unsafe fn args<const N: usize>(env: napi_env, info: napi_callback_info) -> [napi_value; N] {
     let mut argv = [ptr::null_mut(); N];
     let mut argc = N;
-    napi_get_cb_info(env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), ptr::null_mut());
+    napi_get_cb_info(
+        env,
+        info,
+        &mut argc,
+        argv.as_mut_ptr(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+    );
     argv
 }
 
@@ -181,7 +217,10 @@ unsafe fn arg_string(env: napi_env, v: napi_value, what: &str) -> Result<String,
 unsafe fn arg_number(env: napi_env, v: napi_value, what: &str) -> Result<f64, JsError> {
     let mut d = 0f64;
     if napi_get_value_double(env, v, &mut d) != NAPI_OK || !d.is_finite() {
-        return Err(js_err("ERR_INVALID_ARG", format!("{what}: expected a finite number")));
+        return Err(js_err(
+            "ERR_INVALID_ARG",
+            format!("{what}: expected a finite number"),
+        ));
     }
     Ok(d)
 }
@@ -214,7 +253,10 @@ unsafe fn guard(env: napi_env, f: impl FnOnce() -> Result<napi_value, JsError>) 
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            throw(env, &js_err("ERR_INTERNAL", format!("internal error (panic caught): {what}")))
+            throw(
+                env,
+                &js_err("ERR_INTERNAL", format!("internal error (panic caught): {what}")),
+            )
         }
     }
 }
@@ -455,7 +497,10 @@ unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_
     );
     if st != NAPI_OK {
         drop(Box::from_raw(handle_ptr));
-        return Err(js_err("ERR_INTERNAL", format!("napi_create_threadsafe_function failed ({st})")));
+        return Err(js_err(
+            "ERR_INTERNAL",
+            format!("napi_create_threadsafe_function failed ({st})"),
+        ));
     }
     // SAFETY: nothing else has seen `shared` yet; the tsfn pointer is written once, here.
     let shared_mut = Arc::as_ptr(&shared) as *mut Shared;
@@ -463,13 +508,25 @@ unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_
     // Idle handles must not keep Node alive.
     napi_unref_threadsafe_function(env, tsfn);
     let mut external = ptr::null_mut();
-    napi_create_external(env, handle_ptr as *mut c_void, Some(handle_finalized), ptr::null_mut(), &mut external);
+    napi_create_external(
+        env,
+        handle_ptr as *mut c_void,
+        Some(handle_finalized),
+        ptr::null_mut(),
+        &mut external,
+    );
     Ok(external)
 }
 
 /// Starts `work` on the runtime and returns a promise settled with its result. The handle is
 /// kept alive (ref'd) while the work runs; `on_ok_delta` is the keep-alive change after success.
-unsafe fn spawn_promise<F>(env: napi_env, handle: &Handle, workers: usize, on_ok_delta: i64, work: F) -> napi_value
+unsafe fn spawn_promise<F>(
+    env: napi_env,
+    handle: &Handle,
+    workers: usize,
+    on_ok_delta: i64,
+    work: F,
+) -> napi_value
 where
     F: std::future::Future<Output = Result<Option<String>, JsError>> + Send + 'static,
 {
@@ -482,7 +539,10 @@ where
     crate::runtime::get(workers).spawn(async move {
         let result = match tokio::spawn(work).await {
             Ok(r) => r,
-            Err(e) => Err(js_err("ERR_INTERNAL", format!("internal error (task failed): {e}"))),
+            Err(e) => Err(js_err(
+                "ERR_INTERNAL",
+                format!("internal error (task failed): {e}"),
+            )),
         };
         let ref_delta = if result.is_ok() { on_ok_delta - 1 } else { -1 };
         shared.post(Msg::Settle {
@@ -539,14 +599,20 @@ unsafe extern "C" fn js_hub_start(env: napi_env, info: napi_callback_info) -> na
 fn hub_of(handle: &Handle) -> Result<Hub, JsError> {
     match &*handle.engine.lock().unwrap_or_else(|p| p.into_inner()) {
         Engine::Hub(h) => Ok(h.clone()),
-        _ => Err(js_err("ERR_STATE", "the hub is not running (await start() first)")),
+        _ => Err(js_err(
+            "ERR_STATE",
+            "the hub is not running (await start() first)",
+        )),
     }
 }
 
 fn edge_of(handle: &Handle) -> Result<Edge, JsError> {
     match &*handle.engine.lock().unwrap_or_else(|p| p.into_inner()) {
         Engine::Edge(e) => Ok(e.clone()),
-        _ => Err(js_err("ERR_STATE", "the edge is not running (await start() first)")),
+        _ => Err(js_err(
+            "ERR_STATE",
+            "the edge is not running (await start() first)",
+        )),
     }
 }
 
@@ -581,14 +647,23 @@ unsafe extern "C" fn js_hub_stop(env: napi_env, info: napi_callback_info) -> nap
         let [h, g] = args::<2>(env, info);
         let handle = arg_handle(env, h)?;
         let grace = Duration::from_millis(arg_number(env, g, "graceMs")?.max(0.0) as u64);
-        let engine = std::mem::replace(&mut *handle.engine.lock().unwrap_or_else(|p| p.into_inner()), Engine::None);
+        let engine = std::mem::replace(
+            &mut *handle.engine.lock().unwrap_or_else(|p| p.into_inner()),
+            Engine::None,
+        );
         let was_running = matches!(engine, Engine::Hub(_));
-        Ok(spawn_promise(env, handle, 0, if was_running { -1 } else { 0 }, async move {
-            if let Engine::Hub(hub) = engine {
-                hub.stop(grace).await;
-            }
-            Ok(None)
-        }))
+        Ok(spawn_promise(
+            env,
+            handle,
+            0,
+            if was_running { -1 } else { 0 },
+            async move {
+                if let Engine::Hub(hub) = engine {
+                    hub.stop(grace).await;
+                }
+                Ok(None)
+            },
+        ))
     })
 }
 
@@ -629,20 +704,41 @@ unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> na
         let [h, g] = args::<2>(env, info);
         let handle = arg_handle(env, h)?;
         let grace = Duration::from_millis(arg_number(env, g, "graceMs")?.max(0.0) as u64);
-        let engine = std::mem::replace(&mut *handle.engine.lock().unwrap_or_else(|p| p.into_inner()), Engine::None);
+        let engine = std::mem::replace(
+            &mut *handle.engine.lock().unwrap_or_else(|p| p.into_inner()),
+            Engine::None,
+        );
         let was_running = matches!(engine, Engine::Edge(_));
-        Ok(spawn_promise(env, handle, 0, if was_running { -1 } else { 0 }, async move {
-            if let Engine::Edge(edge) = engine {
-                edge.stop(grace).await;
-            }
-            Ok(None)
-        }))
+        Ok(spawn_promise(
+            env,
+            handle,
+            0,
+            if was_running { -1 } else { 0 },
+            async move {
+                if let Engine::Edge(edge) = engine {
+                    edge.stop(grace).await;
+                }
+                Ok(None)
+            },
+        ))
     })
 }
 
-unsafe fn export(env: napi_env, exports: napi_value, name: &str, f: unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value) {
+unsafe fn export(
+    env: napi_env,
+    exports: napi_value,
+    name: &str,
+    f: unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value,
+) {
     let mut v = ptr::null_mut();
-    napi_create_function(env, name.as_ptr() as *const c_char, name.len(), Some(f), ptr::null_mut(), &mut v);
+    napi_create_function(
+        env,
+        name.as_ptr() as *const c_char,
+        name.len(),
+        Some(f),
+        ptr::null_mut(),
+        &mut v,
+    );
     // Names are static ASCII without NULs.
     let cname = CString::new(name).expect("export names contain no NUL");
     napi_set_named_property(env, exports, cname.as_ptr(), v);

@@ -67,7 +67,9 @@ impl Identity {
             .map_err(|e| Error::Tls(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key.clone())
-            .map_err(|e| Error::InvalidConfig(format!("certPem/keyPem do not form a usable identity: {e}")))?;
+            .map_err(|e| {
+                Error::InvalidConfig(format!("certPem/keyPem do not form a usable identity: {e}"))
+            })?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
     }
