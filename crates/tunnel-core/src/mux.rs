@@ -142,6 +142,14 @@ pub(crate) enum Cmd {
     Consumed {
         id: u32,
         n: u32,
+        /// True when the stream's writer task wrote these bytes (it had them queued); false
+        /// for the owner of a bare `StreamCtx` (tests).
+        by_writer: bool,
+    },
+    /// The stream's socket, for the direct-write fast path.
+    Attach {
+        id: u32,
+        sock: Arc<TcpStream>,
     },
     Control {
         kind: FrameType,
@@ -236,6 +244,7 @@ impl StreamCtx {
         let _ = self.cmd.send(Cmd::Consumed {
             id: self.id,
             n: n as u32,
+            by_writer: false,
         });
     }
 
@@ -244,7 +253,7 @@ impl StreamCtx {
     /// so an idle connection costs no user-space buffer at all.
     pub async fn run_tcp(self, sock: TcpStream) {
         let _ = sock.set_nodelay(true);
-        let (r, w) = sock.into_split();
+        let sock = Arc::new(sock);
         let StreamCtx {
             id,
             rx,
@@ -252,10 +261,21 @@ impl StreamCtx {
             cmd,
             max_frame,
         } = self;
-        let reader = tokio::spawn(pump_socket_to_mux(r, id, shared.clone(), cmd.clone(), max_frame));
-        let abort = pump_mux_to_socket(w, rx, id, shared.clone(), cmd.clone()).await;
+        // Let the mux write straight to this socket while the writer task is idle.
+        let _ = cmd.send(Cmd::Attach {
+            id,
+            sock: sock.clone(),
+        });
+        let reader = tokio::spawn(pump_socket_to_mux(
+            sock.clone(),
+            id,
+            shared.clone(),
+            cmd.clone(),
+            max_frame,
+        ));
+        let abort = pump_mux_to_socket(&sock, rx, id, &shared, &cmd).await;
         if abort {
-            // Make the reader drop its half promptly so the RST goes out now.
+            // Make the reader let go of the socket promptly so the RST goes out now.
             shared.abort();
         }
         let _ = reader.await;
@@ -263,7 +283,7 @@ impl StreamCtx {
 }
 
 async fn pump_socket_to_mux(
-    r: tokio::net::tcp::OwnedReadHalf,
+    sock: Arc<TcpStream>,
     id: u32,
     shared: Arc<StreamShared>,
     cmd: mpsc::UnboundedSender<Cmd>,
@@ -279,7 +299,7 @@ async fn pump_socket_to_mux(
             continue;
         }
         tokio::select! {
-            ready = r.readable() => {
+            ready = sock.readable() => {
                 if let Err(e) = ready {
                     let _ = cmd.send(Cmd::Reset { id, code: reset::IO, reason: e.to_string() });
                     return;
@@ -287,11 +307,12 @@ async fn pump_socket_to_mux(
             }
             _ = shared.notify.notified() => continue,
         }
+        // Allocated only once the socket is readable: an idle connection holds no buffer.
         let want = (credit as usize).min(max_frame);
         let mut buf = BytesMut::with_capacity(want);
         let res = {
             let mut limited = (&mut buf).limit(want);
-            r.try_read_buf(&mut limited)
+            sock.try_read_buf(&mut limited)
         };
         match res {
             Ok(0) => {
@@ -323,45 +344,59 @@ async fn pump_socket_to_mux(
     }
 }
 
+/// Writes all of `b` using readiness + `try_write` (the socket is shared with the reader and
+/// the mux, so no `&mut` writer exists).
+async fn write_all_shared(sock: &TcpStream, mut b: &[u8]) -> std::io::Result<()> {
+    while !b.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(b) {
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Returns true when the socket must be aborted (RST) rather than closed.
 async fn pump_mux_to_socket(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+    sock: &TcpStream,
     mut rx: mpsc::UnboundedReceiver<Inbound>,
     id: u32,
-    shared: Arc<StreamShared>,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    shared: &StreamShared,
+    cmd: &mpsc::UnboundedSender<Cmd>,
 ) -> bool {
     loop {
         match rx.recv().await {
             Some(Inbound::Data(b)) => {
-                if let Err(e) = w.write_all(&b).await {
+                if let Err(e) = write_all_shared(sock, &b).await {
                     let _ = cmd.send(Cmd::Reset {
                         id,
                         code: reset::IO,
                         reason: format!("write failed: {e}"),
                     });
-                    abortive_close(&w);
+                    abortive_close(sock);
                     return true;
                 }
                 let _ = cmd.send(Cmd::Consumed {
                     id,
                     n: b.len() as u32,
+                    by_writer: true,
                 });
             }
             Some(Inbound::Fin) => {
-                let _ = w.shutdown().await;
-                // Keep the half alive until the reader is done: dropping it is harmless
-                // (shutdown already sent FIN) but we wait so an abort can still set linger.
+                let _ = socket2::SockRef::from(sock).shutdown(std::net::Shutdown::Write);
+                // Stay until the stream ends so a later RESET can still abort the socket.
                 while let Some(m) = rx.recv().await {
                     if matches!(m, Inbound::Reset) {
-                        abortive_close(&w);
+                        abortive_close(sock);
                         return true;
                     }
                 }
                 return shared.reset.load(Ordering::Acquire);
             }
             Some(Inbound::Reset) | None => {
-                abortive_close(&w);
+                abortive_close(sock);
                 return true;
             }
         }
@@ -370,8 +405,7 @@ async fn pump_mux_to_socket(
 
 /// SO_LINGER 0: the close that follows sends RST, which is what the client must see when the
 /// other side failed (a clean FIN would look like a complete, truncated reply).
-fn abortive_close(w: &tokio::net::tcp::OwnedWriteHalf) {
-    let s: &TcpStream = w.as_ref();
+fn abortive_close(s: &TcpStream) {
     let _ = s.set_linger(Some(Duration::ZERO));
 }
 
@@ -494,6 +528,13 @@ struct StreamState {
     remote_done: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// The destination socket once attached: while `at_writer` is 0 the mux writes received
+    /// data to it directly (`try_write`), saving the hop through the writer task — the
+    /// difference between a tunnel that adds one scheduler wakeup per direction and one that
+    /// adds two.
+    sock: Option<Arc<TcpStream>>,
+    /// Bytes handed to the writer task and not yet reported written.
+    at_writer: u64,
 }
 
 /// Creates a muxer over `io` and returns its handle plus the future that runs it. The future
@@ -738,6 +779,8 @@ impl<H: Handler> Mux<H> {
                 remote_done: false,
                 bytes_in: 0,
                 bytes_out: 0,
+                sock: None,
+                at_writer: 0,
             },
         );
     }
@@ -794,24 +837,18 @@ impl<H: Handler> Mux<H> {
                     self.drop_stream(id, st, Some((code, reason)));
                 }
             }
-            Cmd::Consumed { id, n } => {
-                self.conn_recv_unacked += n;
-                if self.conn_recv_unacked >= self.cfg.connection_window / 4 {
-                    let inc = std::mem::take(&mut self.conn_recv_unacked);
-                    self.conn_recv_remaining += inc;
-                    frame::encode(&mut self.control, FrameType::Window, 0, 0, &inc.to_be_bytes());
-                }
-                let threshold = self.cfg.stream_window / 4;
+            Cmd::Attach { id, sock } => {
                 if let Some(st) = self.streams.get_mut(&id) {
-                    st.recv_unacked += n;
-                    // Returning credit in quarter-window steps keeps WINDOW frames rare while
-                    // the sender never runs dry on a fast path.
-                    if st.recv_unacked >= threshold && !st.remote_done {
-                        let inc = std::mem::take(&mut st.recv_unacked);
-                        st.recv_remaining += inc;
-                        frame::encode(&mut self.control, FrameType::Window, 0, id, &inc.to_be_bytes());
+                    st.sock = Some(sock);
+                }
+            }
+            Cmd::Consumed { id, n, by_writer } => {
+                if by_writer {
+                    if let Some(st) = self.streams.get_mut(&id) {
+                        st.at_writer = st.at_writer.saturating_sub(u64::from(n));
                     }
                 }
+                self.return_credit(id, n);
             }
             Cmd::Control { kind, payload } => {
                 frame::encode(&mut self.control, kind, 0, 0, &payload);
@@ -986,9 +1023,23 @@ impl<H: Handler> Mux<H> {
         st.bytes_in += u64::from(n);
         let fin = f.flags & FLAG_FIN != 0;
         let mut delivered = true;
+        let mut written_now = 0u32;
+        let mut payload = f.payload;
+        if n > 0 && st.at_writer == 0 {
+            if let Some(sock) = &st.sock {
+                // Fast path: the writer is idle, so writing here keeps the byte order.
+                if let Ok(k) = sock.try_write(&payload) {
+                    written_now = k as u32;
+                    let _ = payload.split_to(k);
+                }
+            }
+        }
         if let Some(tx) = &st.tx {
-            if n > 0 && tx.send(Inbound::Data(f.payload)).is_err() {
-                delivered = false;
+            if !payload.is_empty() {
+                st.at_writer += payload.len() as u64;
+                if tx.send(Inbound::Data(payload)).is_err() {
+                    delivered = false;
+                }
             }
             if fin {
                 let _ = tx.send(Inbound::Fin);
@@ -1000,12 +1051,30 @@ impl<H: Handler> Mux<H> {
         if !delivered {
             // The writer is gone (its socket failed and a RESET is on its way): the bytes
             // will never be consumed, so return the connection credit now.
-            self.give_back_connection_credit(n);
+            self.give_back_connection_credit(n - written_now);
+        }
+        if written_now > 0 {
+            self.return_credit(f.stream, written_now);
         }
         if fin {
             self.maybe_remove(f.stream);
         }
         Ok(())
+    }
+
+    /// Bytes of stream `id` reached their socket: return the receive credit, in quarter-window
+    /// steps so WINDOW frames stay rare while the sender never runs dry.
+    fn return_credit(&mut self, id: u32, n: u32) {
+        self.give_back_connection_credit(n);
+        let threshold = self.cfg.stream_window / 4;
+        if let Some(st) = self.streams.get_mut(&id) {
+            st.recv_unacked += n;
+            if st.recv_unacked >= threshold && !st.remote_done {
+                let inc = std::mem::take(&mut st.recv_unacked);
+                st.recv_remaining += inc;
+                frame::encode(&mut self.control, FrameType::Window, 0, id, &inc.to_be_bytes());
+            }
+        }
     }
 
     fn give_back_connection_credit(&mut self, n: u32) {

@@ -16,7 +16,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ type napi_value = *mut c_void;
 type napi_callback_info = *mut c_void;
 type napi_deferred = *mut c_void;
 type napi_threadsafe_function = *mut c_void;
+type napi_ref = *mut c_void;
 type napi_status = i32;
 type napi_callback = Option<unsafe extern "C" fn(napi_env, napi_callback_info) -> napi_value>;
 type napi_finalize = Option<unsafe extern "C" fn(napi_env, *mut c_void, *mut c_void)>;
@@ -136,6 +137,15 @@ extern "C" {
     ) -> napi_status;
     fn napi_release_threadsafe_function(f: napi_threadsafe_function, mode: i32) -> napi_status;
     fn napi_ref_threadsafe_function(env: napi_env, f: napi_threadsafe_function) -> napi_status;
+    fn napi_create_reference(
+        env: napi_env,
+        v: napi_value,
+        initial: u32,
+        result: *mut napi_ref,
+    ) -> napi_status;
+    fn napi_reference_ref(env: napi_env, r: napi_ref, result: *mut u32) -> napi_status;
+    fn napi_reference_unref(env: napi_env, r: napi_ref, result: *mut u32) -> napi_status;
+    fn napi_delete_reference(env: napi_env, r: napi_ref) -> napi_status;
     fn napi_unref_threadsafe_function(env: napi_env, f: napi_threadsafe_function) -> napi_status;
 }
 
@@ -236,8 +246,8 @@ unsafe fn arg_handle<'a>(env: napi_env, v: napi_value) -> Result<&'a Handle, JsE
     if p.is_null() {
         return Err(js_err("ERR_INVALID_ARG", "handle: null"));
     }
-    // The External owns a leaked Box<Handle> until its finalizer runs, which cannot happen
-    // while JS still passes the value to us.
+    // The External owns one share of the Arc<Handle> until its finalizer runs, which cannot
+    // happen while JS still passes the value to us.
     Ok(&*(p as *const Handle))
 }
 
@@ -341,13 +351,19 @@ enum Engine {
     Edge(Edge),
 }
 
+/// One per `createHub`/`createEdge`. Shared (an `Arc`) by the JS External and the thread-safe
+/// function, each of which drops its share in its own finalizer — so a queued event or promise
+/// settlement can never reach a freed handle, whatever order Node finalizes them in.
 struct Handle {
     shared: Arc<Shared>,
-    engine: Mutex<Engine>,
-    /// Keep-alive count, touched only on the JS thread.
+    engine: Arc<Mutex<Engine>>,
+    /// Keep-alive count (running + calls in flight), touched only on the JS thread.
     refs: AtomicI64,
     busy: AtomicBool,
-    serial: AtomicU64,
+    /// A reference to the handle's own JS object: weak while idle, strong while `refs > 0`, so
+    /// a running hub or edge is neither collected nor lets Node exit, even if the program
+    /// dropped every reference to it.
+    self_ref: SendPtr,
 }
 
 impl Handle {
@@ -362,10 +378,13 @@ impl Handle {
         }
         let before = self.refs.fetch_add(delta, Ordering::AcqRel);
         let after = before + delta;
+        let mut count = 0u32;
         if before <= 0 && after > 0 {
             napi_ref_threadsafe_function(env, self.shared.tsfn.0);
+            napi_reference_ref(env, self.self_ref.0, &mut count);
         } else if before > 0 && after <= 0 {
             napi_unref_threadsafe_function(env, self.shared.tsfn.0);
+            napi_reference_unref(env, self.self_ref.0, &mut count);
         }
     }
 }
@@ -435,25 +454,26 @@ unsafe fn deliver_events(env: napi_env, func: napi_value, handle: &Handle) {
     }
 }
 
+/// The tsfn is gone (released and drained, or env teardown): no more posts; drop its share.
 unsafe extern "C" fn tsfn_finalized(_env: napi_env, data: *mut c_void, _hint: *mut c_void) {
-    let shared = &*(data as *const Shared);
-    let _q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-    shared.closed.store(true, Ordering::Release);
+    let handle = Arc::from_raw(data as *const Handle);
+    let _q = handle.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    handle.shared.closed.store(true, Ordering::Release);
 }
 
-unsafe extern "C" fn handle_finalized(_env: napi_env, data: *mut c_void, _hint: *mut c_void) {
-    let handle = Box::from_raw(data as *mut Handle);
+/// The JS object was collected. Only possible while idle (a running handle holds a strong
+/// reference to itself), so release the tsfn and drop the External's share.
+unsafe extern "C" fn handle_finalized(env: napi_env, data: *mut c_void, _hint: *mut c_void) {
+    let handle = Arc::from_raw(data as *const Handle);
     {
         let _q = handle.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         if !handle.shared.closed.swap(true, Ordering::AcqRel) {
             napi_release_threadsafe_function(handle.shared.tsfn.0, NAPI_TSFN_RELEASE);
         }
     }
-    // `shared` lives on in engine closures (they see `closed` and stop posting); the tsfn's
-    // own finalizer still holds a pointer to it, so it is deliberately kept alive.
-    std::mem::forget(handle.shared.clone());
-    // A still-running engine keeps running (its tasks own it); only its events stop.
-    drop(handle);
+    if !env.is_null() && !handle.self_ref.0.is_null() {
+        napi_delete_reference(env, handle.self_ref.0);
+    }
 }
 
 unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_value, JsError> {
@@ -472,16 +492,19 @@ unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_
             dropped: 0,
         }),
     });
-    let handle = Box::new(Handle {
-        shared: shared.clone(),
-        engine: Mutex::new(Engine::None),
-        refs: AtomicI64::new(0),
-        busy: AtomicBool::new(false),
-        serial: AtomicU64::new(0),
-    });
-    let handle_ptr = Box::into_raw(handle);
     let mut tsfn = ptr::null_mut();
     let name = string(env, "remoteingress-events");
+    // The tsfn's context is a pointer to the handle, which does not exist yet: create the
+    // handle first with the tsfn slot filled in afterwards, before anything can post.
+    let handle = Handle {
+        shared: shared.clone(),
+        engine: Arc::new(Mutex::new(Engine::None)),
+        refs: AtomicI64::new(0),
+        busy: AtomicBool::new(false),
+        self_ref: SendPtr(ptr::null_mut()),
+    };
+    let handle = Arc::new(handle);
+    let for_tsfn = Arc::into_raw(handle.clone()) as *mut c_void;
     let st = napi_create_threadsafe_function(
         env,
         cb,
@@ -489,32 +512,36 @@ unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_
         name,
         0,
         1,
-        Arc::as_ptr(&shared) as *mut c_void,
+        for_tsfn,
         Some(tsfn_finalized),
-        handle_ptr as *mut c_void,
+        for_tsfn,
         Some(call_js),
         &mut tsfn,
     );
     if st != NAPI_OK {
-        drop(Box::from_raw(handle_ptr));
+        drop(Arc::from_raw(for_tsfn as *const Handle));
         return Err(js_err(
             "ERR_INTERNAL",
             format!("napi_create_threadsafe_function failed ({st})"),
         ));
     }
-    // SAFETY: nothing else has seen `shared` yet; the tsfn pointer is written once, here.
-    let shared_mut = Arc::as_ptr(&shared) as *mut Shared;
-    (*shared_mut).tsfn = SendPtr(tsfn);
+    // SAFETY: no other thread has seen `shared` or the handle yet; these slots are written
+    // exactly once, here, before any post or call_js can read them.
+    (*(Arc::as_ptr(&shared) as *mut Shared)).tsfn = SendPtr(tsfn);
     // Idle handles must not keep Node alive.
     napi_unref_threadsafe_function(env, tsfn);
+    let for_external = Arc::into_raw(handle.clone()) as *mut c_void;
     let mut external = ptr::null_mut();
     napi_create_external(
         env,
-        handle_ptr as *mut c_void,
+        for_external,
         Some(handle_finalized),
         ptr::null_mut(),
         &mut external,
     );
+    let mut self_ref = ptr::null_mut();
+    napi_create_reference(env, external, 0, &mut self_ref);
+    (*(Arc::as_ptr(&handle) as *mut Handle)).self_ref = SendPtr(self_ref);
     Ok(external)
 }
 
@@ -581,16 +608,12 @@ unsafe extern "C" fn js_hub_start(env: napi_env, info: napi_callback_info) -> na
         opts.performance.validate()?;
         claim(handle)?;
         let sink = handle.sink();
-        let engine = &handle.engine as *const Mutex<Engine> as usize;
+        let engine = handle.engine.clone();
         let workers = opts.performance.worker_threads;
-        handle.serial.fetch_add(1, Ordering::Relaxed);
         Ok(spawn_promise(env, handle, workers, 1, async move {
             let hub = Hub::start(opts, sink).await?;
             let out = serde_json::json!({ "tunnelPort": hub.port(), "fingerprint": hub.fingerprint() });
-            // SAFETY: the handle outlives every call made with it (JS holds it until stop()
-            // resolves), and the engine slot is behind a mutex.
-            let slot = &*(engine as *const Mutex<Engine>);
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Engine::Hub(hub);
+            *engine.lock().unwrap_or_else(|p| p.into_inner()) = Engine::Hub(hub);
             Ok(Some(out.to_string()))
         }))
     })
@@ -675,13 +698,11 @@ unsafe extern "C" fn js_edge_start(env: napi_env, info: napi_callback_info) -> n
         let opts: EdgeOptions = config::parse("edge options", &json)?;
         claim(handle)?;
         let sink = handle.sink();
-        let engine = &handle.engine as *const Mutex<Engine> as usize;
+        let engine = handle.engine.clone();
         let workers = opts.performance.worker_threads;
         Ok(spawn_promise(env, handle, workers, 1, async move {
             let edge = Edge::start(opts, sink)?;
-            // SAFETY: as in hubStart.
-            let slot = &*(engine as *const Mutex<Engine>);
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Engine::Edge(edge);
+            *engine.lock().unwrap_or_else(|p| p.into_inner()) = Engine::Edge(edge);
             Ok(None)
         }))
     })
