@@ -361,7 +361,7 @@ async fn dial(
 
 fn field(detail: &str, key: &str) -> String {
     detail
-        .split([',', '"'])
+        .split([',', '"', ':'])
         .find_map(|part| part.trim().strip_prefix(key))
         .unwrap_or("?")
         .trim()
