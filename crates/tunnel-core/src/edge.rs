@@ -21,6 +21,7 @@ use crate::frame::{Frame, FrameType};
 use crate::handshake;
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, MuxHandle, RemoteStream, Side};
 use crate::open::{OpenRecord, KIND_TCP};
+use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::{self, Trust};
 
 /// The TCP connect to the hub gives up after this (10 s: longer than any sane RTT plus SYN
@@ -138,7 +139,12 @@ impl Edge {
             current: Mutex::new(None),
             listeners: Mutex::new(BTreeMap::new()),
         });
-        let task = tokio::spawn(run(inner.clone()));
+        let task = {
+            let inner = inner.clone();
+            tokio::spawn(supervise(inner.events.clone(), "edge tunnel".into(), move || {
+                run(inner.clone())
+            }))
+        };
         *lock(&inner.task) = Some(task);
         Ok(Edge { inner })
     }
@@ -215,6 +221,9 @@ fn backoff(base_ms: u64, cap_ms: u64, attempt: u32) -> Duration {
 
 async fn run(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
+    // After a crash restart, nothing of the previous incarnation may linger.
+    close_listeners(&inner);
+    *lock(&inner.current) = None;
     let mut attempt: u32 = 0;
     loop {
         if inner.stopped.load(Ordering::Acquire) {
@@ -398,8 +407,14 @@ async fn apply_config(inner: &Arc<Inner>, mux: &MuxHandle, cfg: Value) {
         }
         match bind(bind_ip, *port).await {
             Ok(listener) => {
-                let task = tokio::spawn(accept_clients(listener, *port, mux.clone(), inner.events.clone()));
-                lock(&inner.listeners).insert(*port, task);
+                let listener = Arc::new(listener);
+                let (port, mux, events) = (*port, mux.clone(), inner.events.clone());
+                let task = tokio::spawn(supervise(
+                    inner.events.clone(),
+                    format!("edge listener on port {port}"),
+                    move || accept_clients(listener.clone(), port, mux.clone(), events.clone()),
+                ));
+                lock(&inner.listeners).insert(port, task);
             }
             Err(e) => {
                 let f = json!({ "port": port, "protocol": "tcp", "code": e.code(), "reason": e.to_string() });
@@ -454,10 +469,13 @@ async fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
     Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind port {port}"))))
 }
 
-async fn accept_clients(listener: TcpListener, port: u16, mux: MuxHandle, events: EventSink) {
+async fn accept_clients(listener: Arc<TcpListener>, port: u16, mux: MuxHandle, events: EventSink) {
     loop {
         let (sock, client) = match listener.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                supervise::check(FaultPoint::EdgeListener);
+                x
+            }
             Err(e) => {
                 log(&events, "warn", format!("accept on port {port} failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -476,6 +494,11 @@ async fn accept_clients(listener: TcpListener, port: u16, mux: MuxHandle, events
         };
         match mux.open(record) {
             Some(ctx) => {
+                let c = crate::proxy_protocol::unmap(client);
+                events.as_ref()(event!("streamOpened", {
+                    "streamId": ctx.id, "port": port,
+                    "clientAddress": c.ip().to_string(), "clientPort": c.port()
+                }));
                 tokio::spawn(ctx.run_tcp(sock));
             }
             None => {

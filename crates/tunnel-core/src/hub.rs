@@ -22,6 +22,7 @@ use crate::frame::FrameType;
 use crate::handshake::{self, HubVerdict, SessionParams};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, MuxHandle, RemoteStream, Side};
 use crate::proxy_protocol;
+use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::Identity;
 
 /// A running hub. Cheap to clone.
@@ -127,7 +128,23 @@ impl Hub {
             accept_task: Mutex::new(None),
             session_serial: AtomicU64::new(0),
         });
-        let task = tokio::spawn(accept_loop(inner.clone(), listener, tls));
+        let listener = Arc::new(listener);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let gates = Arc::new(Gates {
+            // Silent or slow clients may wait for their first bytes in large numbers (they cost
+            // a socket and a small task); only clients that actually started TLS compete for
+            // the few handshake slots. 16× keeps a real edge's chance high under a crowd of
+            // idle connections while still bounding them.
+            waiting: Arc::new(Semaphore::new(opts.limits.max_pending_handshakes as usize * 16)),
+            handshakes: Arc::new(Semaphore::new(opts.limits.max_pending_handshakes as usize)),
+        });
+        let sup = {
+            let inner = inner.clone();
+            supervise(inner.events.clone(), "hub listener".into(), move || {
+                accept_loop(inner.clone(), listener.clone(), acceptor.clone(), gates.clone())
+            })
+        };
+        let task = tokio::spawn(sup);
         *lock(&inner.accept_task) = Some(task);
         log(
             &inner.events,
@@ -260,10 +277,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshakes = Arc::new(Semaphore::new(inner.limits.max_pending_handshakes as usize));
+/// Admission control for tunnel connections before they are authenticated.
+struct Gates {
+    waiting: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    listener: Arc<TcpListener>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    gates: Arc<Gates>,
+) {
     let mut shutdown = inner.shutdown.subscribe();
+    if *shutdown.borrow() {
+        return;
+    }
     let mut last_busy_log = Instant::now() - Duration::from_secs(60);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -278,13 +307,14 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::
             },
             _ = shutdown.changed() => return,
         };
+        supervise::check(FaultPoint::HubListener);
         let ip = proxy_protocol::unmap(peer).ip();
         if !lock(&inner.limiter).allowed(&ip) {
             // Refused before TLS so a guessing client cannot even make the hub do crypto.
             drop(tcp);
             continue;
         }
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+        let Ok(waiting) = gates.waiting.clone().try_acquire_owned() else {
             drop(tcp);
             if last_busy_log.elapsed() > Duration::from_secs(10) {
                 last_busy_log = Instant::now();
@@ -292,8 +322,8 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::
                     &inner.events,
                     "warn",
                     format!(
-                        "{} handshakes already in progress; refusing new tunnel connections",
-                        inner.limits.max_pending_handshakes
+                        "{} unauthenticated tunnel connections already pending; refusing new ones",
+                        16 * inner.limits.max_pending_handshakes as usize
                     ),
                 );
             }
@@ -301,13 +331,22 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, tls: Arc<rustls::
         };
         let inner = inner.clone();
         let acceptor = acceptor.clone();
+        let gates = gates.clone();
         tokio::spawn(async move {
+            let _waiting = waiting;
             let _ = tcp.set_nodelay(true);
-            let hs = tokio::time::timeout(
-                inner.limits.handshake_timeout(),
-                handshake_edge(&inner, &acceptor, tcp, peer),
-            )
+            let deadline = tokio::time::Instant::now() + inner.limits.handshake_timeout();
+            let admitted = tokio::time::timeout_at(deadline, async {
+                // A client holds no handshake slot until it has sent something (its ClientHello).
+                tcp.readable().await.ok()?;
+                gates.handshakes.clone().acquire_owned().await.ok()
+            })
             .await;
+            let Ok(Some(permit)) = admitted else {
+                // Silent until the deadline: not worth an event per connection.
+                return;
+            };
+            let hs = tokio::time::timeout_at(deadline, handshake_edge(&inner, &acceptor, tcp, peer)).await;
             drop(permit);
             let result = match hs {
                 Ok(r) => r,
@@ -421,7 +460,15 @@ async fn run_session(inner: Arc<Inner>, tls: ServerTls, peer: SocketAddr, edge_i
     }));
     let why = match task.await {
         Ok(e) => e,
-        Err(e) => Error::Protocol(format!("tunnel task failed: {e}")),
+        Err(e) if e.is_panic() => {
+            let what = supervise::panic_message(e.into_panic());
+            inner.events.as_ref()(event!("crashRecovered", {
+                "component": "tunnel", "edgeId": edge_id, "error": what, "restarted": true
+            }));
+            // The edge redials, which restarts the tunnel.
+            Error::LocalClosed(format!("tunnel task panicked ({what}); the edge will reconnect"))
+        }
+        Err(e) => Error::LocalClosed(format!("tunnel task cancelled: {e}")),
     };
     {
         let mut st = lock(&inner.state);
@@ -498,6 +545,7 @@ impl Handler for HubHandler {
         }));
         let timeout = self.connect_timeout;
         tokio::spawn(async move {
+            supervise::check(FaultPoint::HubStream);
             let target = (route.target_host.as_str(), route.target_port);
             let sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
                 Ok(Ok(s)) => s,

@@ -17,6 +17,7 @@ pub mod mux;
 pub mod open;
 pub mod proxy_protocol;
 pub mod runtime;
+pub mod supervise;
 pub mod tls;
 
 #[cfg(feature = "napi")]

@@ -184,6 +184,51 @@ pub struct StreamCtx {
     shared: Arc<StreamShared>,
     cmd: mpsc::UnboundedSender<Cmd>,
     max_frame: usize,
+    guard: ResetOnDrop,
+}
+
+/// Resets the stream if its owner goes away without ending it (a panicking task, a dropped
+/// future), so the mux never keeps a stream nobody serves.
+struct ResetOnDrop {
+    id: u32,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    armed: AtomicBool,
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if self.armed.load(Ordering::Relaxed) {
+            let _ = self.cmd.send(Cmd::Reset {
+                id: self.id,
+                code: reset::IO,
+                reason: "the stream's task ended abnormally".into(),
+            });
+        }
+    }
+}
+
+impl StreamCtx {
+    fn new(
+        id: u32,
+        rx: mpsc::UnboundedReceiver<Inbound>,
+        shared: Arc<StreamShared>,
+        cmd: mpsc::UnboundedSender<Cmd>,
+        max_frame: usize,
+    ) -> StreamCtx {
+        let guard = ResetOnDrop {
+            id,
+            cmd: cmd.clone(),
+            armed: AtomicBool::new(true),
+        };
+        StreamCtx {
+            id,
+            rx,
+            shared,
+            cmd,
+            max_frame,
+            guard,
+        }
+    }
 }
 
 impl StreamCtx {
@@ -220,13 +265,15 @@ impl StreamCtx {
         true
     }
 
-    /// Half-closes our sending direction.
+    /// Half-closes our sending direction. Dropping the endpoint afterwards is a proper close.
     pub fn fin(&self) {
+        self.guard.armed.store(false, Ordering::Relaxed);
         let _ = self.cmd.send(Cmd::Fin { id: self.id });
     }
 
     /// Aborts the stream.
     pub fn reset(&self, code: u16, reason: impl Into<String>) {
+        self.guard.armed.store(false, Ordering::Relaxed);
         let _ = self.cmd.send(Cmd::Reset {
             id: self.id,
             code,
@@ -260,6 +307,7 @@ impl StreamCtx {
             shared,
             cmd,
             max_frame,
+            guard,
         } = self;
         // Let the mux write straight to this socket while the writer task is idle.
         let _ = cmd.send(Cmd::Attach {
@@ -278,7 +326,10 @@ impl StreamCtx {
             // Make the reader let go of the socket promptly so the RST goes out now.
             shared.abort();
         }
-        let _ = reader.await;
+        // A panicked reader leaves the guard armed: the stream is reset instead of leaking.
+        if reader.await.is_ok() {
+            guard.armed.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -473,13 +524,13 @@ impl MuxHandle {
                 shared: shared.clone(),
             })
             .ok()?;
-        Some(StreamCtx {
+        Some(StreamCtx::new(
             id,
             rx,
             shared,
-            cmd: self.cmd.clone(),
-            max_frame: self.config.max_frame,
-        })
+            self.cmd.clone(),
+            self.config.max_frame,
+        ))
     }
 
     /// Sends a control frame (CONFIG, CONFIG_ACK) ahead of all data.
@@ -935,6 +986,7 @@ impl<H: Handler> Mux<H> {
     }
 
     fn on_frame(&mut self, f: Frame) -> Result<(), Error> {
+        crate::supervise::check(crate::supervise::FaultPoint::Tunnel);
         match f.kind {
             FrameType::Data => self.on_data(f),
             FrameType::Open => self.on_open(f),
@@ -1112,13 +1164,7 @@ impl<H: Handler> Mux<H> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = StreamShared::new(self.cfg.stream_window);
         self.new_stream(f.stream, record.listen_port, tx, shared.clone());
-        let ctx = StreamCtx {
-            id: f.stream,
-            rx,
-            shared,
-            cmd: self.cmd_tx.clone(),
-            max_frame: self.cfg.max_frame,
-        };
+        let ctx = StreamCtx::new(f.stream, rx, shared, self.cmd_tx.clone(), self.cfg.max_frame);
         self.handler.on_open(RemoteStream { record, ctx });
         Ok(())
     }

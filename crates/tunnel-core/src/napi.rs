@@ -258,11 +258,7 @@ unsafe fn guard(env: napi_env, f: impl FnOnce() -> Result<napi_value, JsError>) 
         Ok(Ok(v)) => v,
         Ok(Err(e)) => throw(env, &e),
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let what = crate::supervise::panic_message(p);
             throw(
                 env,
                 &js_err("ERR_INTERNAL", format!("internal error (panic caught): {what}")),
@@ -745,6 +741,31 @@ unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> na
     })
 }
 
+/// Test hook: arms a one-shot panic inside the addon (`hubListener`, `tunnel`, `edgeListener`,
+/// `hubStream`) so the test suite can prove containment. Harmless in production: nothing arms
+/// it but an explicit call.
+unsafe extern "C" fn js_inject_panic(env: napi_env, info: napi_callback_info) -> napi_value {
+    guard(env, || {
+        let [w] = args::<1>(env, info);
+        let what = arg_string(env, w, "component")?;
+        use crate::supervise::{arm, FaultPoint};
+        let point = match what.as_str() {
+            "hubListener" => FaultPoint::HubListener,
+            "tunnel" => FaultPoint::Tunnel,
+            "edgeListener" => FaultPoint::EdgeListener,
+            "hubStream" => FaultPoint::HubStream,
+            other => {
+                return Err(js_err(
+                    "ERR_INVALID_ARG",
+                    format!("component: unknown fault point {other:?}"),
+                ))
+            }
+        };
+        arm(point);
+        Ok(undefined(env))
+    })
+}
+
 unsafe fn export(
     env: napi_env,
     exports: napi_value,
@@ -782,6 +803,7 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
         export(env, exports, "edgeStart", js_edge_start);
         export(env, exports, "edgeStatus", js_edge_status);
         export(env, exports, "edgeStop", js_edge_stop);
+        export(env, exports, "injectPanicForTest", js_inject_panic);
     }));
     exports
 }

@@ -19,6 +19,8 @@ export interface INativeAddon {
   edgeStart(handle: NativeHandle, optionsJson: string): Promise<void>;
   edgeStatus(handle: NativeHandle): string;
   edgeStop(handle: NativeHandle, graceMs: number): Promise<void>;
+  /** Test hook: arms one panic inside the addon to prove containment. Never called by the product. */
+  injectPanicForTest(component: 'hubListener' | 'tunnel' | 'edgeListener' | 'hubStream'): void;
 }
 
 const REQUIRED_FUNCTIONS: ReadonlyArray<keyof INativeAddon> = [
