@@ -11,6 +11,14 @@ import { Cleanups, connectFrom, echoRoundTrip, exchange, freePort, startEchoServ
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
 
+/** True when a fresh connection echoes exactly what it sent. */
+function echoWorks(port: number): Promise<boolean> {
+  return echoRoundTrip(port).then(
+    ({ sent, received }) => sent === received,
+    () => false,
+  );
+}
+
 async function pair() {
   const echo = await startEchoServer(cleanups);
   const port = await freePort();
@@ -33,7 +41,7 @@ describe('panic containment', () => {
     const crash = await p.edgeLog.waitFor('crashRecovered');
     expect(String(crash.component)).toBe(`edge listener on port ${p.port}`);
     expect(String(crash.error)).toContain('injected panic');
-    await expect.poll(() => echoRoundTrip(p.port).then(() => true, () => false), { timeout: 5000 }).toBe(true);
+    await expect.poll(() => echoWorks(p.port), { timeout: 5000 }).toBe(true);
     expect(p.edgeLog.of('tunnelDisconnected')).toHaveLength(0);
   });
 
@@ -46,7 +54,7 @@ describe('panic containment', () => {
       .toBeGreaterThan(0);
     const crash = [...p.log.of('crashRecovered'), ...p.edgeLog.of('crashRecovered')][0]!;
     expect(['tunnel', 'edge tunnel']).toContain(String(crash.component));
-    await expect.poll(() => echoRoundTrip(p.port).then(() => true, () => false), { timeout: 10_000 }).toBe(true);
+    await expect.poll(() => echoWorks(p.port), { timeout: 10_000 }).toBe(true);
     expect(p.hub.getStatus().edges.map((e) => e.edgeId)).toEqual([p.edgeId]);
   });
 
@@ -60,16 +68,20 @@ describe('panic containment', () => {
     const crash = await p.log.waitFor('crashRecovered', () => true, 10_000, since);
     expect(crash.component).toBe('hub listener');
     await p.log.waitFor('edgeConnected', () => true, 15_000, since);
-    await expect.poll(() => echoRoundTrip(p.port).then(() => true, () => false), { timeout: 10_000 }).toBe(true);
+    await expect.poll(() => echoWorks(p.port), { timeout: 10_000 }).toBe(true);
   });
 
   it('a panic in one stream task resets that stream only', async () => {
     const p = await pair();
     const other = await connectFrom(p.port);
     loadNativeAddon().injectPanicForTest('hubStream');
-    const victim = await connectFrom(p.port);
-    const result = await exchange(victim, 'hello');
-    expect(result.reply.length).toBe(0);
+    // The reset can come before Node even reports the connect (ECONNRESET on connect); either
+    // way the victim gets no data.
+    const victim = await connectFrom(p.port).catch(() => undefined);
+    if (victim !== undefined) {
+      const result = await exchange(victim, 'hello');
+      expect(result.reply.length).toBe(0);
+    }
     const closed = await p.log.waitFor('streamClosed', (e) => e.reason !== null);
     expect(String(closed.reason)).toContain('ended abnormally');
     // The connection opened before, and new ones, are unaffected.

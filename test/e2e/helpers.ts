@@ -397,6 +397,9 @@ export function connectFrom(port: number, localAddress?: string, host = '127.0.0
     const socket = net.connect({ host, port, allowHalfOpen: true, ...(localAddress === undefined ? {} : { localAddress }) });
     socket.once('connect', () => {
       socket.off('error', reject);
+      // An RST can arrive before the caller attaches its own listener; without one Node would
+      // throw it as an uncaught exception. Callers still see the error through 'close'.
+      socket.on('error', () => {});
       done(socket);
     });
     socket.once('error', reject);

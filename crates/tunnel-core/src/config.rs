@@ -25,6 +25,12 @@ pub struct Performance {
     pub connection_window: u32,
     /// Socket send/receive buffer for tunnel sockets, 0 = kernel default (autotuning).
     pub socket_buffer: u32,
+    /// Largest UDP payload QUIC sends before path MTU is known. 1452 fits a 1500-byte Ethernet
+    /// MTU over IPv4 or IPv6 (1500 − 40 − 8), which is what tunnels between cloud hosts see,
+    /// and lets a 1,200-byte client datagram plus headers travel as one QUIC datagram. Lower it
+    /// (≥ 1200) on paths with smaller MTUs (PPPoE, nested VPNs); larger datagrams then take
+    /// the reliable path rather than being dropped.
+    pub quic_max_udp_payload: u16,
 }
 
 impl Default for Performance {
@@ -35,6 +41,7 @@ impl Default for Performance {
             stream_window: 512 * 1024,
             connection_window: 16 * 1024 * 1024,
             socket_buffer: 0,
+            quic_max_udp_payload: 1452,
         }
     }
 }
@@ -58,6 +65,12 @@ impl Performance {
             return Err(Error::InvalidConfig(format!(
                 "performance.connectionWindow: {} is smaller than streamWindow {}",
                 self.connection_window, self.stream_window
+            )));
+        }
+        if !(1200..=65_527).contains(&self.quic_max_udp_payload) {
+            return Err(Error::InvalidConfig(format!(
+                "performance.quicMaxUdpPayload: {} is outside 1200..=65527 (QUIC needs at least 1200)",
+                self.quic_max_udp_payload
             )));
         }
         if self.worker_threads > 256 {
@@ -93,6 +106,12 @@ pub struct Limits {
     pub auth_failure_burst: u32,
     /// ... refilled at this many per minute.
     pub auth_failures_per_minute: u32,
+    /// A UDP flow with no datagram either way for this long is forgotten (60 s: longer than
+    /// typical NAT/DNS/game keep-alive intervals, short enough that a scan's one-packet flows
+    /// do not pile up). Sent to edges in CONFIG so both ends agree.
+    pub udp_flow_idle_ms: u64,
+    /// UDP flows at once per edge: each costs an upstream socket at the hub.
+    pub max_udp_flows_per_edge: u32,
 }
 
 impl Default for Limits {
@@ -106,6 +125,8 @@ impl Default for Limits {
             heartbeat_timeout_ms: 15_000,
             auth_failure_burst: 30,
             auth_failures_per_minute: 30,
+            udp_flow_idle_ms: 60_000,
+            max_udp_flows_per_edge: 16_384,
         }
     }
 }
@@ -124,6 +145,8 @@ impl Limits {
         pos("handshakeTimeoutMs", self.handshake_timeout_ms)?;
         pos("targetConnectTimeoutMs", self.target_connect_timeout_ms)?;
         pos("heartbeatIntervalMs", self.heartbeat_interval_ms)?;
+        pos("udpFlowIdleMs", self.udp_flow_idle_ms)?;
+        pos("maxUdpFlowsPerEdge", self.max_udp_flows_per_edge.into())?;
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return Err(Error::InvalidConfig(format!(
                 "limits.heartbeatTimeoutMs: {} must exceed heartbeatIntervalMs {}",
@@ -289,6 +312,21 @@ pub struct EdgeOptions {
     pub performance: Performance,
     #[serde(default)]
     pub limits: Limits,
+    /// quicWithFallback: how long QUIC may take to come up before the edge uses TLS instead.
+    /// 3 s: a QUIC handshake on any working path takes one or two RTTs; a blocked UDP port
+    /// shows as silence, and waiting longer only delays service.
+    #[serde(default = "default_quic_timeout")]
+    pub quic_connect_timeout_ms: u64,
+    /// quicWithFallback: while on TLS, how often QUIC is tried again (30 s).
+    #[serde(default = "default_quic_probe")]
+    pub quic_probe_interval_ms: u64,
+}
+
+fn default_quic_timeout() -> u64 {
+    3_000
+}
+fn default_quic_probe() -> u64 {
+    30_000
 }
 
 fn default_mode() -> String {

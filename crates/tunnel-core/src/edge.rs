@@ -1,15 +1,17 @@
-//! The edge engine: dials the hub, proves its identity, binds the ports the hub assigns and
-//! carries every accepted client connection as one stream. Reconnects with backoff and jitter.
+//! The edge engine: dials the hub (QUIC, TLS, or QUIC with TLS fallback), proves its identity,
+//! binds the TCP and UDP ports the hub assigns, and carries every accepted client connection as
+//! one stream and every UDP client as one flow. Reconnects with backoff and jitter; while on the
+//! TLS fallback it keeps probing QUIC and moves new streams over once QUIC works.
 
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::EXPORTER_LABEL;
@@ -19,10 +21,13 @@ use crate::event;
 use crate::events::{log, EventSink};
 use crate::frame::{Frame, FrameType};
 use crate::handshake;
-use crate::mux::{self, ClosedStream, Handler, MuxConfig, MuxHandle, RemoteStream, Side};
+use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::open::{OpenRecord, KIND_TCP};
+use crate::quic;
 use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::{self, Trust};
+use crate::tunnel::Tunnel;
+use crate::udp::{EdgeUdp, FlowTunnel};
 
 /// The TCP connect to the hub gives up after this (10 s: longer than any sane RTT plus SYN
 /// retries for one lost packet, short enough that the backoff loop keeps moving).
@@ -40,6 +45,8 @@ pub struct Edge {
     inner: Arc<Inner>,
 }
 
+type Current = Arc<RwLock<Option<Tunnel>>>;
+
 struct Inner {
     opts: EdgeOptions,
     trust: Trust,
@@ -48,8 +55,11 @@ struct Inner {
     stop: watch::Sender<bool>,
     stopped: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
-    current: Mutex<Option<MuxHandle>>,
+    /// The tunnel new streams and datagrams use. Listeners read it per connection, so a move
+    /// from TLS to QUIC needs no re-bind.
+    current: Current,
     listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
+    udp: Arc<EdgeUdp>,
 }
 
 struct Status {
@@ -59,10 +69,23 @@ struct Status {
     last_error: Option<Value>,
     config: Option<Value>,
     failed: Vec<Value>,
+    transport_reason: Option<String>,
+    quic_probe: Option<Value>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn current(c: &Current) -> Option<Tunnel> {
+    c.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn set_current(inner: &Inner, t: Option<Tunnel>) {
+    *inner.current.write().unwrap_or_else(|p| p.into_inner()) = t.clone();
+    inner
+        .udp
+        .set_tunnel(t.map(|t| Arc::new(t) as Arc<dyn FlowTunnel>));
 }
 
 impl Edge {
@@ -113,6 +136,12 @@ impl Edge {
             )));
         }
         opts.performance.validate()?;
+        if opts.quic_connect_timeout_ms == 0 || opts.quic_probe_interval_ms == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "quicConnectTimeoutMs {} and quicProbeIntervalMs {} must be positive",
+                opts.quic_connect_timeout_ms, opts.quic_probe_interval_ms
+            )));
+        }
         if matches!(trust, Trust::DangerouslyAnyCertificate) {
             log(
                 &events,
@@ -121,6 +150,7 @@ impl Edge {
             );
         }
         let (stop, _) = watch::channel(false);
+        let udp = EdgeUdp::new(events.clone());
         let inner = Arc::new(Inner {
             opts,
             trust,
@@ -132,12 +162,15 @@ impl Edge {
                 last_error: None,
                 config: None,
                 failed: Vec::new(),
+                transport_reason: None,
+                quic_probe: None,
             }),
             stop,
             stopped: AtomicBool::new(false),
             task: Mutex::new(None),
-            current: Mutex::new(None),
+            current: Arc::new(RwLock::new(None)),
             listeners: Mutex::new(BTreeMap::new()),
+            udp,
         });
         let task = {
             let inner = inner.clone();
@@ -151,32 +184,45 @@ impl Edge {
 
     pub fn status(&self) -> Value {
         let st = lock(&self.inner.status);
-        let mux = lock(&self.inner.current).clone();
-        let (open, bin, bout, rtt) = match &mux {
-            Some(m) => (
-                m.stats.open_streams.load(Ordering::Relaxed),
-                m.stats.bytes_in.load(Ordering::Relaxed),
-                m.stats.bytes_out.load(Ordering::Relaxed),
-                m.stats.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
-            ),
-            None => (0, 0, 0, 0.0),
+        let tunnel = current(&self.inner.current);
+        let (open, bin, bout, rtt, dropped) = match &tunnel {
+            Some(t) => {
+                let s = t.stats();
+                (
+                    s.open_streams.load(Ordering::Relaxed),
+                    s.bytes_in.load(Ordering::Relaxed),
+                    s.bytes_out.load(Ordering::Relaxed),
+                    t.rtt_ms(),
+                    s.datagrams_dropped.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, 0, 0, 0.0, 0),
         };
         let tcp: Vec<u16> = lock(&self.inner.listeners).keys().copied().collect();
+        let u = &self.inner.udp.stats;
         json!({
             "state": st.state,
             "hubAddress": format!("{}:{}", self.inner.opts.hub_host, self.inner.opts.hub_port),
-            "transport": "tcpTls",
+            "transport": tunnel.as_ref().map(|t| t.transport()),
             "transportMode": self.inner.opts.transport_mode,
+            "transportReason": st.transport_reason,
+            "quicProbe": st.quic_probe,
             "connectedSince": st.connected_since.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
             "attempts": st.attempts,
             "lastError": st.last_error,
             "rttMs": rtt,
-            "ports": { "tcp": tcp, "udp": [] },
+            "ports": { "tcp": tcp, "udp": self.inner.udp.ports() },
             "failedPorts": st.failed,
             "config": st.config,
             "openStreams": open,
             "bytesIn": bin,
             "bytesOut": bout,
+            "udp": {
+                "flows": u.flows.load(Ordering::Relaxed),
+                "datagramsIn": u.datagrams_in.load(Ordering::Relaxed),
+                "datagramsOut": u.datagrams_out.load(Ordering::Relaxed),
+                "dropped": u.dropped.load(Ordering::Relaxed) + dropped,
+            },
         })
     }
 
@@ -185,11 +231,11 @@ impl Edge {
     pub async fn stop(&self, grace: Duration) {
         if !self.inner.stopped.swap(true, Ordering::AcqRel) {
             close_listeners(&self.inner);
-            let mux = lock(&self.inner.current).clone();
-            if let Some(m) = &mux {
-                m.go_away(0, "edge shutting down");
+            self.inner.udp.close_all();
+            if let Some(t) = current(&self.inner.current) {
+                t.go_away(0, "edge shutting down");
                 let deadline = Instant::now() + grace;
-                while Instant::now() < deadline && !m.is_closed() && m.open_streams() > 0 {
+                while Instant::now() < deadline && !t.is_closed() && t.open_streams() > 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -223,7 +269,8 @@ async fn run(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
     // After a crash restart, nothing of the previous incarnation may linger.
     close_listeners(&inner);
-    *lock(&inner.current) = None;
+    inner.udp.close_all();
+    set_current(&inner, None);
     let mut attempt: u32 = 0;
     loop {
         if inner.stopped.load(Ordering::Acquire) {
@@ -237,7 +284,8 @@ async fn run(inner: Arc<Inner>) {
         let began = Instant::now();
         let outcome = session(&inner, &mut stop).await;
         close_listeners(&inner);
-        *lock(&inner.current) = None;
+        inner.udp.close_all();
+        set_current(&inner, None);
         let (err, was_up) = match outcome {
             Ok(e) => (e, true),
             Err(e) => (e, false),
@@ -272,16 +320,122 @@ async fn run(inner: Arc<Inner>) {
         }
     }
     close_listeners(&inner);
+    inner.udp.close_all();
 }
 
-/// One tunnel's life. `Err` = it never came up; `Ok(why)` = it came up and ended because `why`.
+type TunnelFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Error> + Send>>;
+
+/// Dials per the transport mode. Returns the tunnel, its driver, and why this transport.
+async fn connect(
+    inner: &Arc<Inner>,
+    cfg_tx: &mpsc::UnboundedSender<Value>,
+) -> Result<(Tunnel, TunnelFuture, String)> {
+    match inner.opts.transport_mode.as_str() {
+        "tcpTls" => dial_tls(inner, cfg_tx)
+            .await
+            .map(|(t, f)| (t, f, "transportMode tcpTls".into())),
+        "quic" => dial_quic(inner, cfg_tx)
+            .await
+            .map(|(t, f)| (t, f, "transportMode quic".into())),
+        _ => {
+            let limit = Duration::from_millis(inner.opts.quic_connect_timeout_ms);
+            let quic_err = match tokio::time::timeout(limit, dial_quic(inner, cfg_tx)).await {
+                Ok(Ok((t, f))) => return Ok((t, f, "QUIC connected".into())),
+                Ok(Err(e)) => e,
+                Err(_) => Error::Timeout(format!("QUIC did not come up within {} ms", limit.as_millis())),
+            };
+            // Authentication problems are not transport problems: TLS would fail the same way.
+            if matches!(quic_err, Error::AuthFailed(_) | Error::FingerprintMismatch { .. }) {
+                return Err(quic_err);
+            }
+            note_probe(inner, &quic_err);
+            let (t, f) = dial_tls(inner, cfg_tx).await?;
+            Ok((t, f, format!("falling back to TLS: {quic_err}")))
+        }
+    }
+}
+
+fn note_probe(inner: &Inner, e: &Error) {
+    lock(&inner.status).quic_probe = Some(json!({
+        "at": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "code": e.code(), "message": e.to_string()
+    }));
+}
+
+/// One connected period: the first tunnel, possibly replaced by QUIC after a successful probe.
+/// `Err` = it never came up; `Ok(why)` = it came up and ended because `why`.
 async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::result::Result<Error, Error> {
-    let stopping = || Error::LocalClosed("edge stopped".into());
-    // Until the tunnel is up, stopping simply abandons the attempt.
-    let (tls, params, addr) = tokio::select! {
-        r = dial(inner) => r?,
-        _ = stop.changed() => return Err(stopping()),
+    let (cfg_tx, mut cfg_rx) = mpsc::unbounded_channel();
+    let (mut tunnel, mut fut, reason) = tokio::select! {
+        r = connect(inner, &cfg_tx) => r?,
+        _ = stop.changed() => return Err(Error::LocalClosed("edge stopped".into())),
     };
+    set_current(inner, Some(tunnel.clone()));
+    {
+        let mut st = lock(&inner.status);
+        st.state = "connected";
+        st.connected_since = Some(SystemTime::now());
+        st.last_error = None;
+        st.transport_reason = Some(reason.clone());
+    }
+    let hub = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
+    inner.events.as_ref()(event!("tunnelConnected", {
+        "hubAddress": hub, "transport": tunnel.transport(), "reason": reason
+    }));
+    let probe_every = Duration::from_millis(inner.opts.quic_probe_interval_ms);
+    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
+    loop {
+        let probing = inner.opts.transport_mode == "quicWithFallback" && matches!(tunnel, Tunnel::Tls(_));
+        tokio::select! {
+            why = &mut fut => return Ok(why),
+            Some(cfg) = cfg_rx.recv() => apply_config(inner, cfg).await,
+            _ = probe.tick(), if probing => {
+                let limit = Duration::from_millis(inner.opts.quic_connect_timeout_ms);
+                match tokio::time::timeout(limit, dial_quic(inner, &cfg_tx)).await {
+                    Ok(Ok((quic, quic_fut))) => {
+                        // New streams go to QUIC from now on; the TLS tunnel drains its open
+                        // streams and closes (GOAWAY), driven by its own task.
+                        let old = std::mem::replace(&mut tunnel, quic);
+                        let old_fut = std::mem::replace(&mut fut, Box::pin(quic_fut));
+                        set_current(inner, Some(tunnel.clone()));
+                        old.go_away(0, "edge moved to QUIC");
+                        tokio::spawn(old_fut);
+                        let why = "QUIC probe succeeded; new streams use QUIC, open TLS streams finish";
+                        lock(&inner.status).transport_reason = Some(why.into());
+                        inner.events.as_ref()(event!("transportChanged", {
+                            "from": old.transport(), "to": tunnel.transport(), "reason": why
+                        }));
+                    }
+                    Ok(Err(e)) => note_probe(inner, &e),
+                    Err(_) => note_probe(inner, &Error::Timeout(format!("QUIC probe did not complete within {} ms", limit.as_millis()))),
+                }
+            }
+            _ = stop.changed() => {
+                // stop() already drained; close in order (GOAWAY, close_notify) and return.
+                tunnel.close("edge stopped");
+                return Ok(fut.await);
+            }
+        }
+    }
+}
+
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+fn pin_error(msg: &str) -> Option<Error> {
+    let i = msg.find(tls::PIN_MISMATCH)?;
+    let detail = &msg[i + tls::PIN_MISMATCH.len()..];
+    Some(Error::FingerprintMismatch {
+        pinned: field(detail, "pinned "),
+        actual: field(detail, "got "),
+    })
+}
+
+/// TCP connect, TLS with the pinned fingerprint, authentication, and the muxer.
+async fn dial_tls(
+    inner: &Arc<Inner>,
+    cfg_tx: &mpsc::UnboundedSender<Value>,
+) -> Result<(Tunnel, TunnelFuture)> {
+    let (tls, params) = tls_handshake(inner).await?;
     let cfg = MuxConfig {
         side: Side::Edge,
         max_frame: params.max_frame as usize,
@@ -292,66 +446,32 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
         // Three missed heartbeats: one lost PING is not a dead peer.
         heartbeat_timeout: Duration::from_millis(u64::from(params.heartbeat_ms) * 3),
     };
-    let (cfg_tx, mut cfg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let handler = EdgeHandler {
+    let (mux, fut) = mux::start(tls, cfg, handler(inner, cfg_tx));
+    Ok((Tunnel::Tls(mux), Box::pin(fut)))
+}
+
+fn handler(inner: &Arc<Inner>, cfg_tx: &mpsc::UnboundedSender<Value>) -> EdgeHandler {
+    EdgeHandler {
         events: inner.events.clone(),
-        configs: cfg_tx,
-    };
-    let (mux, fut) = mux::start(tls, cfg, handler);
-    *lock(&inner.current) = Some(mux.clone());
-    {
-        let mut st = lock(&inner.status);
-        st.state = "connected";
-        st.connected_since = Some(SystemTime::now());
-        st.last_error = None;
-    }
-    inner.events.as_ref()(event!("tunnelConnected", {
-        "hubAddress": addr, "transport": "tcpTls"
-    }));
-    let mut fut = Box::pin(fut);
-    loop {
-        tokio::select! {
-            why = &mut fut => return Ok(why),
-            Some(cfg) = cfg_rx.recv() => apply_config(inner, &mux, cfg).await,
-            _ = stop.changed() => {
-                // stop() already drained; close in order (GOAWAY, close_notify) and return.
-                mux.close("edge stopped");
-                return Ok(fut.await);
-            }
-        }
+        configs: cfg_tx.clone(),
+        udp: inner.udp.clone(),
     }
 }
 
-type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
-
-/// TCP connect, TLS with the pinned fingerprint, and authentication.
-async fn dial(
-    inner: &Arc<Inner>,
-) -> std::result::Result<(ClientTls, handshake::SessionParams, String), Error> {
+async fn tls_handshake(inner: &Arc<Inner>) -> Result<(ClientTls, handshake::SessionParams)> {
     let addr = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(Error::Connect { addr, source }),
-        Err(_) => {
-            return Err(Error::Timeout(format!("connecting to the hub at {addr}")));
-        }
+        Err(_) => return Err(Error::Timeout(format!("connecting to the hub at {addr}"))),
     };
     let _ = tcp.set_nodelay(true);
-    let cfg = Arc::new(tls::client_config(inner.trust.clone()));
-    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(inner.trust.clone())));
     let name = rustls::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
     let hs = async {
         let mut tls = connector.connect(name, tcp).await.map_err(|e| {
             let msg = e.to_string();
-            if let Some(i) = msg.find(tls::PIN_MISMATCH) {
-                let detail = &msg[i + tls::PIN_MISMATCH.len()..];
-                Error::FingerprintMismatch {
-                    pinned: field(detail, "pinned "),
-                    actual: field(detail, "got "),
-                }
-            } else {
-                Error::Tls(format!("handshake with {addr} failed: {msg}"))
-            }
+            pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
         })?;
         let mut binding = [0u8; 32];
         tls.get_ref()
@@ -362,10 +482,62 @@ async fn dial(
         Ok::<_, Error>((tls, params))
     };
     let timeout = Duration::from_millis(inner.opts.limits.handshake_timeout_ms);
-    let (tls, params) = tokio::time::timeout(timeout, hs)
+    tokio::time::timeout(timeout, hs)
         .await
-        .map_err(|_| Error::Timeout("hub did not finish the handshake in time".into()))??;
-    Ok((tls, params, addr))
+        .map_err(|_| Error::Timeout("hub did not finish the handshake in time".into()))?
+}
+
+/// QUIC connect (same pinning), control stream, authentication.
+async fn dial_quic(
+    inner: &Arc<Inner>,
+    cfg_tx: &mpsc::UnboundedSender<Value>,
+) -> Result<(Tunnel, TunnelFuture)> {
+    let addr = quic::resolve(&inner.opts.hub_host, inner.opts.hub_port).await?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(local).map_err(|source| Error::Bind {
+        addr: format!("udp {local}"),
+        source,
+    })?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_config(inner.trust.clone())));
+    cfg.transport_config(Arc::new(quic::transport_config(
+        &inner.opts.performance,
+        Duration::from_millis(inner.opts.limits.heartbeat_interval_ms),
+        inner.opts.limits.max_streams_per_edge,
+    )));
+    let hs = async {
+        let conn = endpoint
+            .connect_with(cfg, addr, SNI)
+            .map_err(|e| Error::Tls(format!("QUIC connect to {addr}: {e}")))?
+            .await
+            .map_err(|e| {
+                let msg = e.to_string();
+                pin_error(&msg).unwrap_or_else(|| match e {
+                    quinn::ConnectionError::TimedOut => Error::Timeout(format!("QUIC to {addr} timed out")),
+                    _ => Error::Tls(format!("QUIC handshake with {addr} failed: {msg}")),
+                })
+            })?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::PeerClosed(format!("QUIC control stream: {e}")))?;
+        send.write_all(quic::PREAMBLE)
+            .await
+            .map_err(|e| Error::PeerClosed(format!("QUIC control stream: {e}")))?;
+        let binding = quic::binding(&conn)?;
+        let mut control = quic::Duplex { send, recv };
+        handshake::edge(&mut control, &binding, &inner.opts.edge_id, &inner.opts.secret).await?;
+        Ok::<_, Error>((conn, control))
+    };
+    let timeout = Duration::from_millis(inner.opts.limits.handshake_timeout_ms);
+    let (conn, control) = tokio::time::timeout(timeout, hs)
+        .await
+        .map_err(|_| Error::Timeout("hub did not finish the QUIC handshake in time".into()))??;
+    let (q, fut) = quic::start(conn, Some(endpoint), control, handler(inner, cfg_tx), false);
+    Ok((Tunnel::Quic(q), Box::pin(fut)))
 }
 
 fn field(detail: &str, key: &str) -> String {
@@ -378,19 +550,22 @@ fn field(detail: &str, key: &str) -> String {
 }
 
 /// Applies a CONFIG: binds new ports, closes removed ones, leaves unchanged ones (and their
-/// streams) alone. A port that cannot be bound is reported and the others still work.
-async fn apply_config(inner: &Arc<Inner>, mux: &MuxHandle, cfg: Value) {
-    let ports: Vec<u16> = cfg["tcp"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_u64())
-                .filter_map(|p| u16::try_from(p).ok())
-                .collect()
-        })
-        .unwrap_or_default();
+/// streams and flows) alone. A port that cannot be bound is reported; the others still work.
+async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
+    let list = |key: &str| -> Vec<u16> {
+        cfg[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64())
+                    .filter_map(|p| u16::try_from(p).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (tcp_ports, udp_ports) = (list("tcp"), list("udp"));
     let bind_ip: Option<IpAddr> = cfg["bindAddress"].as_str().and_then(|s| s.parse().ok());
-    let wanted: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    let wanted: std::collections::BTreeSet<u16> = tcp_ports.iter().copied().collect();
     let mut failed = Vec::new();
     {
         let mut l = lock(&inner.listeners);
@@ -401,6 +576,12 @@ async fn apply_config(inner: &Arc<Inner>, mux: &MuxHandle, cfg: Value) {
             }
         }
     }
+    let mut report = |port: u16, protocol: &str, e: &Error| {
+        inner.events.as_ref()(event!("portBindFailed", {
+            "port": port, "protocol": protocol, "code": e.code(), "reason": e.to_string()
+        }));
+        failed.push(json!({ "port": port, "protocol": protocol, "code": e.code(), "reason": e.to_string() }));
+    };
     for port in &wanted {
         if lock(&inner.listeners).contains_key(port) {
             continue;
@@ -408,31 +589,31 @@ async fn apply_config(inner: &Arc<Inner>, mux: &MuxHandle, cfg: Value) {
         match bind(bind_ip, *port).await {
             Ok(listener) => {
                 let listener = Arc::new(listener);
-                let (port, mux, events) = (*port, mux.clone(), inner.events.clone());
+                let (port, cur, events) = (*port, inner.current.clone(), inner.events.clone());
                 let task = tokio::spawn(supervise(
                     inner.events.clone(),
                     format!("edge listener on port {port}"),
-                    move || accept_clients(listener.clone(), port, mux.clone(), events.clone()),
+                    move || accept_clients(listener.clone(), port, cur.clone(), events.clone()),
                 ));
                 lock(&inner.listeners).insert(port, task);
             }
-            Err(e) => {
-                let f = json!({ "port": port, "protocol": "tcp", "code": e.code(), "reason": e.to_string() });
-                inner.events.as_ref()(event!("portBindFailed", {
-                    "port": port, "protocol": "tcp", "code": e.code(), "reason": e.to_string()
-                }));
-                failed.push(f);
-            }
+            Err(e) => report(*port, "tcp", &e),
         }
     }
+    let idle = Duration::from_millis(cfg["udpIdleMs"].as_u64().unwrap_or(60_000).max(1));
+    let max_flows = cfg["maxUdpFlows"].as_u64().unwrap_or(16_384) as usize;
+    for (port, e) in inner.udp.apply(bind_ip, &udp_ports, idle, max_flows).await {
+        report(port, "udp", &e);
+    }
     let bound: Vec<u16> = lock(&inner.listeners).keys().copied().collect();
+    let bound_udp = inner.udp.ports();
     {
         let mut st = lock(&inner.status);
         st.config = Some(cfg.clone());
         st.failed = failed.clone();
     }
     inner.events.as_ref()(event!("portsAssigned", {
-        "tcp": bound, "udp": Vec::<u16>::new(), "failed": failed, "generation": cfg["generation"]
+        "tcp": bound, "udp": bound_udp, "failed": failed, "generation": cfg["generation"]
     }));
     if !cfg["firewall"].is_null() {
         inner.events.as_ref()(event!("firewallConfigUpdated", {
@@ -440,8 +621,10 @@ async fn apply_config(inner: &Arc<Inner>, mux: &MuxHandle, cfg: Value) {
             "reason": "nftables enforcement is not available in this build"
         }));
     }
-    let ack = json!({ "generation": cfg["generation"], "tcp": bound, "failed": failed });
-    mux.control(FrameType::ConfigAck, handshake::json_payload(&ack));
+    let ack = json!({ "generation": cfg["generation"], "tcp": bound, "udp": bound_udp, "failed": failed });
+    if let Some(t) = current(&inner.current) {
+        t.control(FrameType::ConfigAck, 0, handshake::json_payload(&ack));
+    }
 }
 
 /// Binds a listening port: on the configured address, or dual-stack `[::]` (falling back to
@@ -469,7 +652,7 @@ async fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
     Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind port {port}"))))
 }
 
-async fn accept_clients(listener: Arc<TcpListener>, port: u16, mux: MuxHandle, events: EventSink) {
+async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, events: EventSink) {
     loop {
         let (sock, client) = match listener.accept().await {
             Ok(x) => {
@@ -492,34 +675,49 @@ async fn accept_clients(listener: Arc<TcpListener>, port: u16, mux: MuxHandle, e
             client,
             local,
         };
-        match mux.open(record) {
-            Some(ctx) => {
-                let c = crate::proxy_protocol::unmap(client);
+        let c = crate::proxy_protocol::unmap(client);
+        let opened = {
+            let events = events.clone();
+            move |id: u64| {
                 events.as_ref()(event!("streamOpened", {
-                    "streamId": ctx.id, "port": port,
+                    "streamId": id, "port": port,
                     "clientAddress": c.ip().to_string(), "clientPort": c.port()
-                }));
-                tokio::spawn(ctx.run_tcp(sock));
+                }))
             }
-            None => {
-                // The tunnel is draining: refuse with RST so the client retries elsewhere.
-                let _ = sock.set_linger(Some(Duration::ZERO));
-                drop(sock);
+        };
+        match current(&cur) {
+            Some(Tunnel::Tls(mux)) => match mux.open(record) {
+                Some(ctx) => {
+                    opened(u64::from(ctx.id));
+                    tokio::spawn(ctx.run_tcp(sock));
+                }
+                None => refuse(sock),
+            },
+            Some(Tunnel::Quic(q)) if !q.is_going_away() => {
+                tokio::spawn(async move { q.carry(record, sock, opened).await });
             }
+            _ => refuse(sock),
         }
     }
 }
 
+/// No usable tunnel (draining or down): refuse with RST so the client retries elsewhere.
+fn refuse(sock: TcpStream) {
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    drop(sock);
+}
+
 struct EdgeHandler {
     events: EventSink,
-    configs: tokio::sync::mpsc::UnboundedSender<Value>,
+    configs: mpsc::UnboundedSender<Value>,
+    udp: Arc<EdgeUdp>,
 }
 
 impl Handler for EdgeHandler {
     fn on_open(&mut self, stream: RemoteStream) {
         // Hub-initiated streams (the hub dialing services behind the edge) are a later
         // protocol feature; refuse them explicitly.
-        stream.ctx.reset(
+        stream.io.reset(
             mux::reset::REFUSED,
             "this edge does not accept hub-initiated streams",
         );
@@ -536,7 +734,14 @@ impl Handler for EdgeHandler {
                 let _ = self.configs.send(v);
                 Ok(())
             }
-            FrameType::Datagram => Ok(()),
+            FrameType::Datagram => {
+                self.udp.to_client(frame.stream, &frame.payload);
+                Ok(())
+            }
+            FrameType::FlowClose => {
+                self.udp.closed_by_hub(frame.stream);
+                Ok(())
+            }
             other => Err(Error::Protocol(format!("hub sent a {other:?} frame"))),
         }
     }

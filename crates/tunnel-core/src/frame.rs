@@ -30,7 +30,8 @@ pub const MAX_CONTROL_PAYLOAD: usize = 1024 * 1024;
 /// Longest reason string carried in RESET/GOAWAY/AUTH_FAIL; reasons are for logs, not essays.
 pub const MAX_REASON_LEN: usize = 256;
 
-/// Frame types. 0x00..=0x1f are defined by this version; 0x20..=0xff are an extension range a
+/// Frame types (DATAGRAM, FLOW_OPEN and FLOW_CLOSE carry a UDP flow id in the stream id
+/// field). 0x00..=0x1f are defined by this version; 0x20..=0xff are an extension range a
 /// receiver ignores, so later versions can add frames without breaking older peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -44,6 +45,8 @@ pub enum FrameType {
     Config = 0x06,
     ConfigAck = 0x07,
     Datagram = 0x08,
+    FlowOpen = 0x09,
+    FlowClose = 0x0a,
     Challenge = 0x10,
     Auth = 0x11,
     AuthOk = 0x12,
@@ -62,6 +65,8 @@ impl FrameType {
             0x06 => FrameType::Config,
             0x07 => FrameType::ConfigAck,
             0x08 => FrameType::Datagram,
+            0x09 => FrameType::FlowOpen,
+            0x0a => FrameType::FlowClose,
             0x10 => FrameType::Challenge,
             0x11 => FrameType::Auth,
             0x12 => FrameType::AuthOk,
@@ -77,7 +82,8 @@ impl FrameType {
             FrameType::Ping => 8,
             FrameType::Reset => 2 + MAX_REASON_LEN,
             FrameType::GoAway | FrameType::AuthFail => 6 + MAX_REASON_LEN,
-            FrameType::Open => OPEN_RECORD_MAX,
+            FrameType::Open | FrameType::FlowOpen => OPEN_RECORD_MAX,
+            FrameType::FlowClose => 0,
             FrameType::Challenge => 4 + NONCE_LEN,
             FrameType::Auth => 2 + 1 + 255 + MAC_LEN,
             FrameType::AuthOk => AUTH_OK_LEN,
@@ -89,8 +95,13 @@ impl FrameType {
     /// (WINDOW uses 0 for the connection window).
     fn stream_rule(self) -> StreamRule {
         match self {
-            FrameType::Data | FrameType::Open | FrameType::Reset => StreamRule::NonZero,
-            FrameType::Window | FrameType::Datagram => StreamRule::Any,
+            FrameType::Data
+            | FrameType::Open
+            | FrameType::Reset
+            | FrameType::Datagram
+            | FrameType::FlowOpen
+            | FrameType::FlowClose => StreamRule::NonZero,
+            FrameType::Window => StreamRule::Any,
             _ => StreamRule::Zero,
         }
     }

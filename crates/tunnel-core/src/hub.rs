@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,10 +20,13 @@ use crate::event;
 use crate::events::{log, EventSink};
 use crate::frame::FrameType;
 use crate::handshake::{self, HubVerdict, SessionParams};
-use crate::mux::{self, ClosedStream, Handler, MuxConfig, MuxHandle, RemoteStream, Side};
+use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
+use crate::open::{OpenRecord, KIND_UDP};
 use crate::proxy_protocol;
 use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::Identity;
+use crate::tunnel::Tunnel;
+use crate::udp::HubFlows;
 
 /// A running hub. Cheap to clone.
 #[derive(Clone)]
@@ -44,6 +47,7 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     stopped: AtomicBool,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    quic: Mutex<Option<quinn::Endpoint>>,
     session_serial: AtomicU64,
 }
 
@@ -56,7 +60,8 @@ struct State {
 
 struct Session {
     serial: u64,
-    mux: MuxHandle,
+    tunnel: Tunnel,
+    flows: Arc<HubFlows>,
     remote: SocketAddr,
     since: SystemTime,
     /// The secret this session authenticated with: a changed secret ends the session.
@@ -83,10 +88,12 @@ fn millis(t: SystemTime) -> u64 {
 
 /// The CONFIG record pushed to an edge. Targets stay on the hub: the edge learns only what it
 /// must bind and enforce.
-fn config_json(spec: &EdgeSpec, generation: u64) -> Value {
+fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
     let ports = |v: &[PortSpec]| v.iter().map(|p| p.port).collect::<Vec<_>>();
     json!({
         "generation": generation,
+        "udpIdleMs": limits.udp_flow_idle_ms,
+        "maxUdpFlows": limits.max_udp_flows_per_edge,
         "tcp": ports(&spec.tcp),
         "udp": ports(&spec.udp),
         "bindAddress": spec.bind_address,
@@ -126,9 +133,30 @@ impl Hub {
             shutdown,
             stopped: AtomicBool::new(false),
             accept_task: Mutex::new(None),
+            quic: Mutex::new(None),
             session_serial: AtomicU64::new(0),
         });
         let listener = Arc::new(listener);
+        let quic_addr: SocketAddr = listener.local_addr()?;
+        let quic_cfg = {
+            let mut c = quinn::ServerConfig::with_crypto(tls.clone());
+            let heartbeat = Duration::from_millis(opts.limits.heartbeat_interval_ms);
+            c.transport_config(Arc::new(crate::quic::transport_config(
+                &opts.performance,
+                heartbeat,
+                opts.limits.max_streams_per_edge,
+            )));
+            c
+        };
+        let endpoint = quinn::Endpoint::server(quic_cfg, quic_addr).map_err(|source| Error::Bind {
+            addr: format!("udp {quic_addr}"),
+            source,
+        })?;
+        *lock(&inner.quic) = Some(endpoint.clone());
+        tokio::spawn(supervise(inner.events.clone(), "hub QUIC listener".into(), {
+            let inner = inner.clone();
+            move || quic_accept_loop(inner.clone(), endpoint.clone())
+        }));
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let gates = Arc::new(Gates {
             // Silent or slow clients may wait for their first bytes in large numbers (they cost
@@ -179,9 +207,9 @@ impl Hub {
         let mut to_push = Vec::new();
         for (id, session) in st.sessions.iter() {
             match new.get(id) {
-                None => to_close.push((session.mux.clone(), "edge removed from the allowed edges")),
+                None => to_close.push((session.tunnel.clone(), "edge removed from the allowed edges")),
                 Some(spec) if spec.secret != session.secret => {
-                    to_close.push((session.mux.clone(), "edge secret changed"))
+                    to_close.push((session.tunnel.clone(), "edge secret changed"))
                 }
                 Some(spec) => {
                     let old = st.edges.get(id);
@@ -193,7 +221,10 @@ impl Hub {
                             || o.stun_interval_secs != spec.stun_interval_secs
                     });
                     if changed {
-                        to_push.push((session.mux.clone(), config_json(spec, generation)));
+                        to_push.push((
+                            session.tunnel.clone(),
+                            config_json(spec, generation, &self.inner.limits),
+                        ));
                     }
                 }
             }
@@ -203,8 +234,8 @@ impl Hub {
         for (mux, why) in to_close {
             mux.close(why);
         }
-        for (mux, cfg) in to_push {
-            mux.control(FrameType::Config, handshake::json_payload(&cfg));
+        for (tunnel, cfg) in to_push {
+            tunnel.control(FrameType::Config, 0, handshake::json_payload(&cfg));
         }
         Ok(generation)
     }
@@ -215,12 +246,14 @@ impl Hub {
             .sessions
             .iter()
             .map(|(id, s)| {
-                let stats = &s.mux.stats;
+                let stats = s.tunnel.stats();
                 json!({
                     "edgeId": id,
                     "remoteAddress": proxy_protocol::unmap(s.remote).ip().to_string(),
                     "remotePort": s.remote.port(),
-                    "transport": "tcpTls",
+                    "transport": s.tunnel.transport(),
+                    "udp": s.flows.status(),
+                    "datagramsDropped": stats.datagrams_dropped.load(Ordering::Relaxed),
                     "connectedSince": millis(s.since),
                     "openStreams": stats.open_streams.load(Ordering::Relaxed),
                     "bytesIn": stats.bytes_in.load(Ordering::Relaxed),
@@ -249,10 +282,14 @@ impl Hub {
         if let Some(t) = accept {
             let _ = t.await;
         }
-        let muxes: Vec<MuxHandle> = lock(&self.inner.state)
+        if let Some(ep) = lock(&self.inner.quic).take() {
+            // No new QUIC connections; existing ones drain below.
+            ep.set_server_config(None);
+        }
+        let muxes: Vec<Tunnel> = lock(&self.inner.state)
             .sessions
             .values()
-            .map(|s| s.mux.clone())
+            .map(|s| s.tunnel.clone())
             .collect();
         for m in &muxes {
             m.go_away(0, "hub shutting down");
@@ -353,7 +390,7 @@ async fn accept_loop(
                 Err(_) => Err(Error::Timeout("edge did not finish the handshake in time".into())),
             };
             match result {
-                Ok(Some((tls, edge_id, secret))) => run_session(inner, tls, peer, edge_id, secret).await,
+                Ok(Some((tls, edge_id, secret))) => run_tls_session(inner, tls, peer, edge_id, secret).await,
                 Ok(None) => {}
                 Err(e) => {
                     inner.events.as_ref()(event!("authFailed", {
@@ -374,7 +411,6 @@ async fn handshake_edge(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<(ServerTls, String, String)>> {
-    let ip = proxy_protocol::unmap(peer).ip();
     let mut tls = match acceptor.accept(tcp).await {
         Ok(t) => t,
         Err(e) => {
@@ -392,18 +428,36 @@ async fn handshake_edge(
         .1
         .export_keying_material(&mut binding, EXPORTER_LABEL, None)
         .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
+    match authenticate(inner, &mut tls, &binding, peer).await? {
+        Some((edge_id, secret)) => Ok(Some((tls, edge_id, secret))),
+        None => {
+            let _ = tls.shutdown().await;
+            Ok(None)
+        }
+    }
+}
+
+/// The CHALLENGE/AUTH exchange on an established channel (TLS stream or QUIC control stream).
+/// `Ok(None)`: refused (reported, counted against the source's failure budget).
+async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    io: &mut S,
+    binding: &[u8; 32],
+    peer: SocketAddr,
+) -> Result<Option<(String, String)>> {
+    let ip = proxy_protocol::unmap(peer).ip();
     let params = session_params(&inner.perf, &inner.limits);
     let state = &inner.state;
     let verdict = handshake::hub(
-        &mut tls,
-        &binding,
+        io,
+        binding,
         |id| lock(state).edges.get(id).map(|e| e.secret.clone()),
         &inner.dummy_secret,
         params,
     )
     .await;
     match verdict {
-        Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((tls, edge_id, secret))),
+        Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((edge_id, secret))),
         Ok(HubVerdict::Refused { edge_id, reason }) => {
             lock(&inner.limiter).record_failure(ip);
             inner.events.as_ref()(event!("authFailed", {
@@ -411,13 +465,81 @@ async fn handshake_edge(
                 "edgeId": edge_id, "code": "ERR_AUTH_FAILED",
                 "reason": format!("authentication failed: {reason}")
             }));
-            let _ = tls.shutdown().await;
             Ok(None)
         }
         Err(e) => {
             lock(&inner.limiter).record_failure(ip);
             Err(e)
         }
+    }
+}
+
+/// Accepts QUIC tunnels: handshake on the edge's control stream, then a session like TLS's.
+async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    while let Some(connecting) = endpoint.accept().await {
+        supervise::check(FaultPoint::HubListener);
+        let peer = connecting.remote_address();
+        let ip = proxy_protocol::unmap(peer).ip();
+        if !lock(&inner.limiter).allowed(&ip) {
+            drop(connecting);
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let hs = tokio::time::timeout(inner.limits.handshake_timeout(), async {
+                let conn = connecting
+                    .await
+                    .map_err(|e| Error::Tls(format!("QUIC handshake failed: {e}")))?;
+                let (send, mut recv) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| Error::PeerClosed(format!("no control stream: {e}")))?;
+                let mut pre = [0u8; 4];
+                recv.read_exact(&mut pre)
+                    .await
+                    .map_err(|e| Error::Protocol(format!("control stream preamble: {e}")))?;
+                if &pre != crate::quic::PREAMBLE {
+                    return Err(Error::Protocol("bad QUIC control stream preamble".into()));
+                }
+                let binding = crate::quic::binding(&conn)?;
+                let mut control = crate::quic::Duplex { send, recv };
+                match authenticate(&inner, &mut control, &binding, peer).await? {
+                    Some((edge_id, secret)) => Ok(Some((conn, control, edge_id, secret))),
+                    None => {
+                        // Let AUTH_FAIL reach the edge before the connection goes.
+                        let _ = control.send.finish().await;
+                        conn.close(
+                            quinn::VarInt::from_u32(crate::quic::CLOSE_ERROR),
+                            b"authentication failed",
+                        );
+                        Ok(None)
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout(
+                    "edge did not finish the QUIC handshake in time".into(),
+                ))
+            });
+            match hs {
+                Ok(Some((conn, control, edge_id, secret))) => {
+                    let (handler, slot) = HubHandler::new(&inner, &edge_id);
+                    let flows = handler.flows.clone();
+                    let (quic, fut) = crate::quic::start(conn, None, control, handler, true);
+                    let tunnel = Tunnel::Quic(quic);
+                    let _ = slot.set(tunnel.clone());
+                    run_session(inner, tunnel, flows, Box::pin(fut), peer, edge_id, secret).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    inner.events.as_ref()(event!("authFailed", {
+                        "remoteAddress": ip.to_string(), "remotePort": peer.port(),
+                        "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
+                    }));
+                }
+            }
+        });
     }
 }
 
@@ -431,8 +553,14 @@ fn session_params(perf: &Performance, limits: &Limits) -> SessionParams {
     }
 }
 
-async fn run_session(inner: Arc<Inner>, tls: ServerTls, peer: SocketAddr, edge_id: String, secret: String) {
-    let serial = inner.session_serial.fetch_add(1, Ordering::Relaxed) + 1;
+/// Starts the TLS muxer for an authenticated edge and runs its session.
+async fn run_tls_session(
+    inner: Arc<Inner>,
+    tls: ServerTls,
+    peer: SocketAddr,
+    edge_id: String,
+    secret: String,
+) {
     let cfg = MuxConfig {
         side: Side::Hub,
         max_frame: inner.perf.max_frame_payload as usize,
@@ -442,21 +570,37 @@ async fn run_session(inner: Arc<Inner>, tls: ServerTls, peer: SocketAddr, edge_i
         heartbeat_interval: Duration::from_millis(inner.limits.heartbeat_interval_ms),
         heartbeat_timeout: Duration::from_millis(inner.limits.heartbeat_timeout_ms),
     };
-    let handler = HubHandler {
-        inner: inner.clone(),
-        edge_id: edge_id.clone(),
-        connect_timeout: Duration::from_millis(inner.limits.target_connect_timeout_ms),
-    };
+    let (handler, slot) = HubHandler::new(&inner, &edge_id);
+    let flows = handler.flows.clone();
     let (mux, fut) = mux::start(tls, cfg, handler);
+    let tunnel = Tunnel::Tls(mux);
+    let _ = slot.set(tunnel.clone());
+    run_session(inner, tunnel, flows, Box::pin(fut), peer, edge_id, secret).await;
+}
+
+type TunnelFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Error> + Send>>;
+
+/// One authenticated tunnel's life at the hub, whatever its transport.
+async fn run_session(
+    inner: Arc<Inner>,
+    tunnel: Tunnel,
+    flows: Arc<HubFlows>,
+    fut: TunnelFuture,
+    peer: SocketAddr,
+    edge_id: String,
+    secret: String,
+) {
+    let serial = inner.session_serial.fetch_add(1, Ordering::Relaxed) + 1;
     let task = tokio::spawn(fut);
-    if !register_session(&inner, &edge_id, serial, &mux, peer, secret) {
-        mux.close("edge no longer allowed");
+    if !register_session(&inner, &edge_id, serial, &tunnel, &flows, peer, secret) {
+        tunnel.close("edge no longer allowed");
         let _ = task.await;
+        flows.close_all();
         return;
     }
     inner.events.as_ref()(event!("edgeConnected", {
         "edgeId": edge_id, "remoteAddress": proxy_protocol::unmap(peer).ip().to_string(),
-        "remotePort": peer.port(), "transport": "tcpTls"
+        "remotePort": peer.port(), "transport": tunnel.transport()
     }));
     let why = match task.await {
         Ok(e) => e,
@@ -470,6 +614,8 @@ async fn run_session(inner: Arc<Inner>, tls: ServerTls, peer: SocketAddr, edge_i
         }
         Err(e) => Error::LocalClosed(format!("tunnel task cancelled: {e}")),
     };
+    // Every upstream UDP socket of this tunnel goes with it.
+    flows.close_all();
     {
         let mut st = lock(&inner.state);
         if st.sessions.get(&edge_id).map(|s| s.serial) == Some(serial) {
@@ -487,7 +633,8 @@ fn register_session(
     inner: &Inner,
     edge_id: &str,
     serial: u64,
-    mux: &MuxHandle,
+    tunnel: &Tunnel,
+    flows: &Arc<HubFlows>,
     peer: SocketAddr,
     secret: String,
 ) -> bool {
@@ -496,23 +643,27 @@ fn register_session(
         Some(s) if s.secret == secret && !inner.stopped.load(Ordering::Acquire) => s.clone(),
         _ => return false,
     };
-    mux.control(
+    tunnel.control(
         FrameType::Config,
-        handshake::json_payload(&config_json(&spec, st.generation)),
+        0,
+        handshake::json_payload(&config_json(&spec, st.generation, &inner.limits)),
     );
     let old = st.sessions.insert(
         edge_id.to_string(),
         Session {
             serial,
-            mux: mux.clone(),
+            tunnel: tunnel.clone(),
+            flows: flows.clone(),
             remote: peer,
             since: SystemTime::now(),
             secret,
         },
     );
     if let Some(old) = old {
-        // The same edge reconnected (its old tunnel may be half-open): the newest wins.
-        old.mux.close("replaced by a newer tunnel from the same edge");
+        // The same edge has a newer tunnel (it reconnected after a half-open tunnel, or moved
+        // from TLS to QUIC): the old one drains — its open streams finish, a dead one times out.
+        old.tunnel
+            .go_away(0, "replaced by a newer tunnel from the same edge");
     }
     true
 }
@@ -521,17 +672,42 @@ struct HubHandler {
     inner: Arc<Inner>,
     edge_id: String,
     connect_timeout: Duration,
+    flows: Arc<HubFlows>,
+    /// The tunnel this handler serves, set right after the transport starts (UDP replies go
+    /// back through it).
+    tunnel: Arc<OnceLock<Tunnel>>,
+}
+
+impl HubHandler {
+    fn new(inner: &Arc<Inner>, edge_id: &str) -> (HubHandler, Arc<OnceLock<Tunnel>>) {
+        let slot = Arc::new(OnceLock::new());
+        let h = HubHandler {
+            inner: inner.clone(),
+            edge_id: edge_id.to_string(),
+            connect_timeout: Duration::from_millis(inner.limits.target_connect_timeout_ms),
+            flows: HubFlows::new(
+                edge_id,
+                inner.limits.max_udp_flows_per_edge as usize,
+                inner.events.clone(),
+            ),
+            tunnel: slot.clone(),
+        };
+        (h, slot)
+    }
+
+    fn route(&self, udp: bool, port: u16) -> Option<PortSpec> {
+        lock(&self.inner.state).edges.get(&self.edge_id).and_then(|e| {
+            let ports = if udp { &e.udp } else { &e.tcp };
+            ports.iter().find(|p| p.port == port).cloned()
+        })
+    }
 }
 
 impl Handler for HubHandler {
     fn on_open(&mut self, stream: RemoteStream) {
-        let RemoteStream { record, ctx } = stream;
-        let route = lock(&self.inner.state)
-            .edges
-            .get(&self.edge_id)
-            .and_then(|e| e.tcp.iter().find(|p| p.port == record.listen_port).cloned());
-        let Some(route) = route else {
-            ctx.reset(
+        let RemoteStream { record, io } = stream;
+        let Some(route) = self.route(false, record.listen_port) else {
+            io.reset(
                 mux::reset::NO_ROUTE,
                 format!("port {} is not assigned to this edge", record.listen_port),
             );
@@ -539,7 +715,7 @@ impl Handler for HubHandler {
         };
         let client = proxy_protocol::unmap(record.client);
         self.inner.events.as_ref()(event!("streamOpened", {
-            "edgeId": self.edge_id, "streamId": ctx.id, "port": record.listen_port,
+            "edgeId": self.edge_id, "streamId": io.id(), "port": record.listen_port,
             "clientAddress": client.ip().to_string(), "clientPort": client.port(),
             "targetHost": route.target_host, "targetPort": route.target_port
         }));
@@ -547,17 +723,17 @@ impl Handler for HubHandler {
         tokio::spawn(async move {
             supervise::check(FaultPoint::HubStream);
             let target = (route.target_host.as_str(), route.target_port);
-            let sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+            let mut sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    ctx.reset(
+                    io.reset(
                         mux::reset::TARGET_UNREACHABLE,
                         format!("target {}:{} refused: {e}", route.target_host, route.target_port),
                     );
                     return;
                 }
                 Err(_) => {
-                    ctx.reset(
+                    io.reset(
                         mux::reset::TARGET_UNREACHABLE,
                         format!(
                             "target {}:{} did not answer within {timeout:?}",
@@ -572,15 +748,12 @@ impl Handler for HubHandler {
                 proxy_protocol::stream_header(route.proxy_protocol, record.client, record.local)
             {
                 // One write before any payload: the target must see the header whole and first.
-                let mut sock = sock;
                 if let Err(e) = sock.write_all(&header).await {
-                    ctx.reset(mux::reset::IO, format!("writing the PROXY header failed: {e}"));
+                    io.reset(mux::reset::IO, format!("writing the PROXY header failed: {e}"));
                     return;
                 }
-                ctx.run_tcp(sock).await;
-            } else {
-                ctx.run_tcp(sock).await;
             }
+            io.run_tcp(sock).await;
         });
     }
 
@@ -594,9 +767,27 @@ impl Handler for HubHandler {
                 }
                 Ok(())
             }
-            // UDP over the TLS tunnel arrives with the UDP work; until then a datagram is
-            // counted as unexpected but harmless.
-            FrameType::Datagram => Ok(()),
+            FrameType::FlowOpen => {
+                let record =
+                    OpenRecord::decode(&frame.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+                if record.kind != KIND_UDP {
+                    return Err(Error::Protocol("FLOW_OPEN for a non-UDP record".into()));
+                }
+                let Some(tunnel) = self.tunnel.get().cloned() else {
+                    return Ok(());
+                };
+                let route = self.route(true, record.listen_port);
+                self.flows.open(frame.stream, record, route, Arc::new(tunnel));
+                Ok(())
+            }
+            FrameType::Datagram => {
+                self.flows.datagram(frame.stream, frame.payload);
+                Ok(())
+            }
+            FrameType::FlowClose => {
+                self.flows.close(frame.stream);
+                Ok(())
+            }
             other => Err(Error::Protocol(format!("edge sent a {other:?} frame"))),
         }
     }

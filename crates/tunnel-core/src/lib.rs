@@ -16,9 +16,12 @@ pub mod hub;
 pub mod mux;
 pub mod open;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod runtime;
 pub mod supervise;
 pub mod tls;
+pub mod tunnel;
+pub mod udp;
 
 #[cfg(feature = "napi")]
 mod napi;

@@ -76,6 +76,10 @@ const WRITE_BATCH: usize = 128 * 1024;
 /// Read-buffer growth step for the tunnel socket (64 KiB = four TLS records per read).
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Datagrams queued for the tunnel beyond this are dropped: UDP must not build a standing
+/// queue (1 MiB ≈ 0.8 ms at 10 Gbit/s, ~800 full-size packets).
+const MAX_PENDING_DATAGRAMS: usize = 1024 * 1024;
+
 /// How long a closing tunnel may spend telling the peer why (GOAWAY + close_notify).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
@@ -153,6 +157,12 @@ pub(crate) enum Cmd {
     },
     Control {
         kind: FrameType,
+        stream: u32,
+        payload: Bytes,
+    },
+    /// An unreliable datagram: dropped (and counted) if the tunnel is backed up.
+    Datagram {
+        flow: u32,
         payload: Bytes,
     },
     GoAway {
@@ -175,6 +185,8 @@ pub struct MuxStats {
     pub bytes_out: AtomicU64,
     /// Last heartbeat round trip in microseconds (0 = none yet).
     pub rtt_us: AtomicU64,
+    /// Datagrams dropped because the tunnel was backed up.
+    pub datagrams_dropped: AtomicU64,
 }
 
 /// One stream's endpoint: what a socket pump (or a test) uses to move bytes.
@@ -473,13 +485,90 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io
 /// A stream the peer opened, handed to the [`Handler`].
 pub struct RemoteStream {
     pub record: OpenRecord,
-    pub ctx: StreamCtx,
+    pub io: StreamIo,
+}
+
+/// One stream's endpoint on either transport.
+pub enum StreamIo {
+    /// A stream of the TLS muxer.
+    Mux(StreamCtx),
+    /// A QUIC bidirectional stream; its end is reported to the driver through `closed`.
+    Quic {
+        id: u64,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        stats: Arc<MuxStats>,
+        closed: mpsc::UnboundedSender<ClosedStream>,
+        port: u16,
+    },
+}
+
+impl StreamIo {
+    pub fn id(&self) -> u64 {
+        match self {
+            StreamIo::Mux(c) => u64::from(c.id),
+            StreamIo::Quic { id, .. } => *id,
+        }
+    }
+
+    /// Aborts the stream (the peer's client sees RST).
+    pub fn reset(self, code: u16, reason: impl Into<String>) {
+        match self {
+            StreamIo::Mux(c) => c.reset(code, reason),
+            StreamIo::Quic {
+                id,
+                mut send,
+                mut recv,
+                closed,
+                port,
+                ..
+            } => {
+                let _ = send.reset(quinn::VarInt::from_u32(u32::from(code)));
+                let _ = recv.stop(quinn::VarInt::from_u32(u32::from(code)));
+                let _ = closed.send(ClosedStream {
+                    id,
+                    listen_port: port,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    reset: Some((code, reason.into())),
+                });
+            }
+        }
+    }
+
+    /// Pumps bytes between `sock` and the stream until it ends.
+    pub async fn run_tcp(self, sock: TcpStream) {
+        match self {
+            StreamIo::Mux(c) => c.run_tcp(sock).await,
+            StreamIo::Quic {
+                id,
+                send,
+                recv,
+                stats,
+                closed,
+                port,
+            } => {
+                stats.open_streams.fetch_add(1, Ordering::Relaxed);
+                let (bytes_in, bytes_out, reset) = crate::quic::pump(sock, send, recv).await;
+                stats.open_streams.fetch_sub(1, Ordering::Relaxed);
+                stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+                stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+                let _ = closed.send(ClosedStream {
+                    id,
+                    listen_port: port,
+                    bytes_in,
+                    bytes_out,
+                    reset,
+                });
+            }
+        }
+    }
 }
 
 /// A stream that ended, with its totals.
 #[derive(Debug, Clone)]
 pub struct ClosedStream {
-    pub id: u32,
+    pub id: u64,
     pub listen_port: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -533,9 +622,19 @@ impl MuxHandle {
         ))
     }
 
-    /// Sends a control frame (CONFIG, CONFIG_ACK) ahead of all data.
-    pub fn control(&self, kind: FrameType, payload: Bytes) {
-        let _ = self.cmd.send(Cmd::Control { kind, payload });
+    /// Sends a control frame (CONFIG, CONFIG_ACK, FLOW_OPEN, FLOW_CLOSE) ahead of all data.
+    /// `stream` is 0, or the flow id for flow frames.
+    pub fn control(&self, kind: FrameType, stream: u32, payload: Bytes) {
+        let _ = self.cmd.send(Cmd::Control {
+            kind,
+            stream,
+            payload,
+        });
+    }
+
+    /// Sends a UDP datagram for `flow` (dropped if the tunnel is backed up, like UDP).
+    pub fn datagram(&self, flow: u32, payload: Bytes) {
+        let _ = self.cmd.send(Cmd::Datagram { flow, payload });
     }
 
     /// Announces drain: the peer opens nothing new; open streams carry on.
@@ -618,6 +717,7 @@ where
         streams: HashMap::new(),
         ready: VecDeque::new(),
         control: BytesMut::new(),
+        dgrams: BytesMut::new(),
         wbuf: BytesMut::with_capacity(WRITE_BATCH + frame::HEADER_LEN * 16),
         conn_send_credit: 0,
         conn_recv_remaining: 0,
@@ -644,6 +744,8 @@ struct Mux<H: Handler> {
     ready: VecDeque<u32>,
     /// Encoded control frames waiting to go out ahead of data.
     control: BytesMut,
+    /// Encoded DATAGRAM frames (bounded; see MAX_PENDING_DATAGRAMS).
+    dgrams: BytesMut,
     wbuf: BytesMut,
     conn_send_credit: i64,
     conn_recv_remaining: u32,
@@ -675,10 +777,12 @@ impl<H: Handler> Mux<H> {
             if self.wbuf.is_empty() {
                 self.fill();
             }
+            let datagrams_waiting = !self.dgrams.is_empty();
             if (self.going_away.load(Ordering::Acquire) || self.remote_going_away.is_some())
                 && self.streams.is_empty()
                 && self.wbuf.is_empty()
                 && self.control.is_empty()
+                && !datagrams_waiting
             {
                 let _ = wr.flush().await;
                 let _ = wr.shutdown().await;
@@ -790,7 +894,7 @@ impl<H: Handler> Mux<H> {
         }
         self.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
         self.handler.on_closed(ClosedStream {
-            id,
+            id: u64::from(id),
             listen_port: st.listen_port,
             bytes_in: st.bytes_in,
             bytes_out: st.bytes_out,
@@ -901,8 +1005,19 @@ impl<H: Handler> Mux<H> {
                 }
                 self.return_credit(id, n);
             }
-            Cmd::Control { kind, payload } => {
-                frame::encode(&mut self.control, kind, 0, 0, &payload);
+            Cmd::Control {
+                kind,
+                stream,
+                payload,
+            } => {
+                frame::encode(&mut self.control, kind, 0, stream, &payload);
+            }
+            Cmd::Datagram { flow, payload } => {
+                if self.dgrams.len() + payload.len() > MAX_PENDING_DATAGRAMS {
+                    self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    frame::encode(&mut self.dgrams, FrameType::Datagram, 0, flow, &payload);
+                }
             }
             Cmd::GoAway { code, reason } => {
                 self.going_away.store(true, Ordering::Release);
@@ -919,6 +1034,19 @@ impl<H: Handler> Mux<H> {
         if !self.control.is_empty() {
             let c = self.control.split();
             self.wbuf.unsplit(c);
+        }
+        if !self.dgrams.is_empty() {
+            // Datagrams go before stream data (they are latency-sensitive and never wait for
+            // credit), but at most half a batch per turn so streams still move.
+            let mut take = 0;
+            while take < self.dgrams.len() && take < WRITE_BATCH / 2 {
+                let len = (usize::from(self.dgrams[take]) << 16)
+                    | (usize::from(self.dgrams[take + 1]) << 8)
+                    | usize::from(self.dgrams[take + 2]);
+                take += frame::HEADER_LEN + len;
+            }
+            let d = self.dgrams.split_to(take);
+            self.wbuf.extend_from_slice(&d);
         }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(id) = self.ready.pop_front() else { break };
@@ -1037,7 +1165,11 @@ impl<H: Handler> Mux<H> {
                 self.handler.on_goaway(code, &reason);
                 Ok(())
             }
-            FrameType::Config | FrameType::ConfigAck | FrameType::Datagram => self.handler.on_control(f),
+            FrameType::Config
+            | FrameType::ConfigAck
+            | FrameType::Datagram
+            | FrameType::FlowOpen
+            | FrameType::FlowClose => self.handler.on_control(f),
             FrameType::Challenge | FrameType::Auth | FrameType::AuthOk | FrameType::AuthFail => {
                 Err(Error::Protocol(format!("{:?} frame after the handshake", f.kind)))
             }
@@ -1165,7 +1297,10 @@ impl<H: Handler> Mux<H> {
         let shared = StreamShared::new(self.cfg.stream_window);
         self.new_stream(f.stream, record.listen_port, tx, shared.clone());
         let ctx = StreamCtx::new(f.stream, rx, shared, self.cmd_tx.clone(), self.cfg.max_frame);
-        self.handler.on_open(RemoteStream { record, ctx });
+        self.handler.on_open(RemoteStream {
+            record,
+            io: StreamIo::Mux(ctx),
+        });
         Ok(())
     }
 }
@@ -1198,14 +1333,25 @@ mod tests {
     }
 
     impl Collect {
-        async fn next_open(&self) -> RemoteStream {
+        async fn next_open(&self) -> Remote {
             loop {
                 if let Some(s) = self.opened.lock().unwrap().pop() {
-                    return s;
+                    let StreamIo::Mux(ctx) = s.io else {
+                        panic!("the TLS muxer hands out muxer streams")
+                    };
+                    return Remote {
+                        record: s.record,
+                        ctx,
+                    };
                 }
                 self.notify.notified().await;
             }
         }
+    }
+
+    struct Remote {
+        record: OpenRecord,
+        ctx: StreamCtx,
     }
 
     fn cfg(side: Side) -> MuxConfig {

@@ -1,7 +1,7 @@
 //! The stream-open record: what the edge tells the hub about a new client connection.
 //!
 //! ```text
-//! kind u8 (1 = TCP)  | flags u8 (reserved, 0) | service u32 (0 = route by listen port)
+//! kind u8 (1 = TCP, 2 = UDP)  | flags u8 (reserved, 0) | service u32 (0 = route by listen port)
 //! listen port u16    | client: family u8 (4|6), addr 4|16, port u16
 //!                    | local:  family u8 (4|6), addr 4|16, port u16
 //! ```
@@ -14,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::frame::{FrameError, FrameType};
 
 pub const KIND_TCP: u8 = 1;
+/// A UDP flow (FLOW_OPEN).
+pub const KIND_UDP: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRecord {
@@ -42,7 +44,7 @@ impl OpenRecord {
             return Err(bad("shorter than its fixed part"));
         }
         let kind = p[0];
-        if kind != KIND_TCP {
+        if kind != KIND_TCP && kind != KIND_UDP {
             return Err(bad("unknown stream kind"));
         }
         let service = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);

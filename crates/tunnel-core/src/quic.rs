@@ -1,0 +1,479 @@
+//! The QUIC transport (quinn): one connection per edge, no head-of-line blocking between TCP
+//! clients, and UDP as real unreliable datagrams.
+//!
+//! - **Control stream**: the first bidirectional stream, opened by the edge, which writes the
+//!   preamble `RIQ1` so the hub sees it at once. On it run the same CHALLENGE/AUTH handshake as
+//!   over TLS (channel binding = the QUIC connection's TLS exporter) and then control frames in
+//!   the TLS framing: CONFIG, CONFIG_ACK, FLOW_OPEN, FLOW_CLOSE, GOAWAY, and DATAGRAM frames for
+//!   UDP payloads too large for a QUIC datagram (the reliable path).
+//! - **TCP clients**: one bidirectional stream each, opened by the edge, starting with
+//!   `record length u8 ‖ OPEN record`, then the client's bytes. QUIC does the flow control.
+//! - **UDP**: QUIC datagrams (RFC 9221) of `flow id u32 ‖ payload`.
+//!
+//! Liveness is QUIC's own: keep-alives every heartbeat interval, idle timeout at three.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::config::Performance;
+use crate::error::{Error, Result};
+use crate::frame::{self, Decoded, Frame, FrameType};
+use crate::mux::{reset, ClosedStream, Handler, MuxStats, RemoteStream, StreamIo};
+use crate::open::OpenRecord;
+
+/// Written first on the control stream (QUIC streams are invisible to the peer until data
+/// flows on them) and doubles as a version check.
+pub const PREAMBLE: &[u8; 4] = b"RIQ1";
+
+/// The QUIC datagram header: flow id.
+pub const DATAGRAM_HEADER: usize = 4;
+
+/// Transport settings both ends use.
+pub fn transport_config(perf: &Performance, heartbeat: Duration, max_streams: u32) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_streams));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(perf.stream_window));
+    t.receive_window(quinn::VarInt::from_u32(perf.connection_window));
+    t.send_window(u64::from(perf.connection_window));
+    t.keep_alive_interval(Some(heartbeat));
+    // Three missed keep-alives = dead peer, as on the TLS transport. The conversion only fails
+    // beyond 2^62 ms.
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(heartbeat * 3).ok());
+    // Room for a burst of ~6,000 full-size datagrams each way before QUIC drops any: a
+    // 500 Mbit/s UDP flow is ~50k datagrams/s, so this absorbs ~100 ms of scheduling jitter.
+    t.datagram_receive_buffer_size(Some(8 * 1024 * 1024));
+    t.datagram_send_buffer_size(8 * 1024 * 1024);
+    t.initial_max_udp_payload_size(perf.quic_max_udp_payload);
+    t
+}
+
+/// The control stream as one AsyncRead + AsyncWrite (for the shared handshake code).
+pub struct Duplex {
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl AsyncRead for Duplex {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Duplex {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}
+
+/// Channel binding for the handshake: the QUIC connection's TLS exporter (an empty context is
+/// the same as none in TLS 1.3, RFC 8446 §7.5).
+pub fn binding(conn: &quinn::Connection) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, crate::auth::EXPORTER_LABEL, b"")
+        .map_err(|_| Error::Tls("QUIC exporter unavailable".into()))?;
+    Ok(out)
+}
+
+/// Maps how a QUIC connection ended to our error codes.
+pub fn connection_error(e: &quinn::ConnectionError) -> Error {
+    use quinn::ConnectionError as C;
+    match e {
+        C::TimedOut => Error::Timeout("no packet from the peer within the QUIC idle timeout".into()),
+        C::LocallyClosed => Error::LocalClosed("closed locally".into()),
+        C::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            if c.error_code == quinn::VarInt::from_u32(CLOSE_DRAINED) {
+                Error::GoAway(reason)
+            } else {
+                Error::PeerClosed(reason)
+            }
+        }
+        C::Reset => Error::PeerClosed("peer reset the QUIC connection (it restarted?)".into()),
+        other => Error::PeerClosed(other.to_string()),
+    }
+}
+
+/// Application close codes.
+pub const CLOSE_DRAINED: u32 = 0;
+pub const CLOSE_ERROR: u32 = 1;
+
+/// A live QUIC tunnel, as the hub/edge hold it.
+#[derive(Clone)]
+pub struct QuicTunnel {
+    pub conn: quinn::Connection,
+    ctrl: mpsc::UnboundedSender<Bytes>,
+    pub stats: Arc<MuxStats>,
+    going_away: Arc<AtomicBool>,
+    /// Where streams this side opened report their end (to the driver's handler).
+    closed: mpsc::UnboundedSender<ClosedStream>,
+    /// The edge's client endpoint, kept as long as its connection.
+    _endpoint: Option<quinn::Endpoint>,
+}
+
+impl QuicTunnel {
+    pub fn control(&self, kind: FrameType, stream: u32, payload: &[u8]) {
+        let mut b = BytesMut::new();
+        frame::encode(&mut b, kind, 0, stream, payload);
+        let _ = self.ctrl.send(b.freeze());
+    }
+
+    /// A UDP datagram for `flow`: a QUIC datagram when it fits, else the reliable path.
+    pub fn datagram(&self, flow: u32, payload: Bytes) {
+        let fits = self
+            .conn
+            .max_datagram_size()
+            .is_some_and(|max| payload.len() + DATAGRAM_HEADER <= max);
+        if fits {
+            let mut b = BytesMut::with_capacity(DATAGRAM_HEADER + payload.len());
+            b.put_u32(flow);
+            b.extend_from_slice(&payload);
+            match self.conn.send_datagram(b.freeze()) {
+                Ok(()) => return,
+                Err(quinn::SendDatagramError::TooLarge) => {}
+                Err(_) => {
+                    self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        self.control(FrameType::Datagram, flow, &payload);
+    }
+
+    pub fn go_away(&self, code: u16, reason: &str) {
+        self.going_away.store(true, Ordering::Release);
+        self.control(FrameType::GoAway, 0, &frame::goaway_payload(0, code, reason));
+    }
+
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.load(Ordering::Acquire)
+    }
+
+    pub fn close(&self, reason: &str) {
+        self.conn.close(
+            quinn::VarInt::from_u32(CLOSE_ERROR),
+            frame::clip_reason(reason).as_bytes(),
+        );
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Edge: opens a stream for an accepted client and pumps it. Runs until the stream ends.
+    /// `opened` is told the stream id once the stream exists.
+    pub async fn carry(&self, record: OpenRecord, sock: TcpStream, opened: impl FnOnce(u64)) {
+        let (mut send, recv) = match self.conn.open_bi().await {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = sock.set_linger(Some(Duration::ZERO));
+                return;
+            }
+        };
+        let mut head = BytesMut::with_capacity(1 + frame::OPEN_RECORD_MAX);
+        head.put_u8(0);
+        record.encode(&mut head);
+        head[0] = (head.len() - 1) as u8;
+        if send.write_all(&head).await.is_err() {
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            return;
+        }
+        opened(send.id().index());
+        let io = StreamIo::Quic {
+            id: send.id().index(),
+            send,
+            recv,
+            stats: self.stats.clone(),
+            closed: self.closed.clone(),
+            port: record.listen_port,
+        };
+        io.run_tcp(sock).await;
+    }
+}
+
+/// Sets up the control stream writer and returns the tunnel handle plus the future that drives
+/// the connection (control frames, incoming streams, datagrams) until it ends.
+pub fn start<H: Handler>(
+    conn: quinn::Connection,
+    endpoint: Option<quinn::Endpoint>,
+    control: Duplex,
+    handler: H,
+    is_hub: bool,
+) -> (QuicTunnel, impl std::future::Future<Output = Error>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let (closed_tx, closed_rx) = mpsc::unbounded_channel::<ClosedStream>();
+    let Duplex { mut send, recv } = control;
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if send.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+    });
+    let tunnel = QuicTunnel {
+        conn: conn.clone(),
+        ctrl: tx,
+        stats: Arc::new(MuxStats::default()),
+        going_away: Arc::new(AtomicBool::new(false)),
+        closed: closed_tx,
+        _endpoint: endpoint,
+    };
+    let t2 = tunnel.clone();
+    let fut = async move {
+        let why = drive(t2.clone(), recv, closed_rx, handler, is_hub).await;
+        writer.abort();
+        why
+    };
+    (tunnel, fut)
+}
+
+/// A stream's OPEN record must arrive within this (10 s, as for the tunnel handshake).
+const OPEN_RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Drain checks while going away: how often to look whether the last stream finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+async fn drive<H: Handler>(
+    t: QuicTunnel,
+    mut ctrl: quinn::RecvStream,
+    mut closed_rx: mpsc::UnboundedReceiver<ClosedStream>,
+    mut handler: H,
+    is_hub: bool,
+) -> Error {
+    let closed_tx = t.closed.clone();
+    let (open_tx, mut open_rx) = mpsc::unbounded_channel::<RemoteStream>();
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut remote_going_away: Option<String> = None;
+    let mut drain_tick = tokio::time::interval(DRAIN_POLL);
+    loop {
+        if (t.is_going_away() || remote_going_away.is_some())
+            && t.stats.open_streams.load(Ordering::Relaxed) == 0
+        {
+            // Let the GOAWAY and any last control frames reach the peer first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let reason = remote_going_away.clone().unwrap_or_else(|| "drained".into());
+            t.conn
+                .close(quinn::VarInt::from_u32(CLOSE_DRAINED), reason.as_bytes());
+            return Error::GoAway(reason);
+        }
+        if rbuf.capacity() - rbuf.len() < 16 * 1024 {
+            rbuf.reserve(64 * 1024);
+        }
+        tokio::select! {
+            e = t.conn.closed() => return remote_going_away.map(Error::GoAway).unwrap_or_else(|| connection_error(&e)),
+            r = tokio::io::AsyncReadExt::read_buf(&mut ctrl, &mut rbuf) => {
+                match r {
+                    Ok(0) | Err(_) => {
+                        // The control stream ends only when the connection does; wait for why.
+                        let e = t.conn.closed().await;
+                        return remote_going_away.map(Error::GoAway).unwrap_or_else(|| connection_error(&e));
+                    }
+                    Ok(_) => loop {
+                        match frame::decode(&mut rbuf) {
+                            Ok(Some(Decoded::Frame(f))) => {
+                                if let Err(e) = on_control(&t, &mut handler, f, &mut remote_going_away) {
+                                    t.conn.close(quinn::VarInt::from_u32(CLOSE_ERROR), e.to_string().as_bytes());
+                                    return e;
+                                }
+                            }
+                            Ok(Some(Decoded::Skipped)) => {}
+                            Ok(None) => break,
+                            Err(e) => {
+                                let e = Error::Protocol(e.to_string());
+                                t.conn.close(quinn::VarInt::from_u32(CLOSE_ERROR), e.to_string().as_bytes());
+                                return e;
+                            }
+                        }
+                    },
+                }
+            }
+            s = t.conn.accept_bi() => {
+                let Ok((send, recv)) = s else { continue };
+                if !is_hub || t.is_going_away() {
+                    // Hub-initiated streams are refused by edges; a draining hub refuses all.
+                    let (mut send, mut recv) = (send, recv);
+                    let _ = send.reset(quinn::VarInt::from_u32(u32::from(reset::REFUSED)));
+                    let _ = recv.stop(quinn::VarInt::from_u32(u32::from(reset::REFUSED)));
+                    continue;
+                }
+                let stats = t.stats.clone();
+                let closed = closed_tx.clone();
+                let opened = open_tx.clone();
+                // The OPEN record arrives on the stream itself: read it in a side task (bounded
+                // by the handshake-scale timeout) so a slow opener never stalls this loop.
+                tokio::spawn(async move {
+                    let read = tokio::time::timeout(OPEN_RECORD_TIMEOUT, read_open(send, recv, stats, closed)).await;
+                    if let Ok(Some(r)) = read {
+                        let _ = opened.send(r);
+                    }
+                });
+            }
+            Some(stream) = open_rx.recv() => handler.on_open(stream),
+            d = t.conn.read_datagram() => {
+                match d {
+                    Ok(b) if b.len() >= DATAGRAM_HEADER => {
+                        let flow = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        let f = Frame { kind: FrameType::Datagram, flags: 0, stream: flow, payload: b.slice(DATAGRAM_HEADER..) };
+                        if flow == 0 || handler.on_control(f).is_err() {
+                            t.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(_) => { t.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed); }
+                    Err(e) => return connection_error(&e),
+                }
+            }
+            Some(c) = closed_rx.recv() => handler.on_closed(c),
+            _ = drain_tick.tick() => {
+                t.stats.rtt_us.store(t.conn.rtt().as_micros().max(1) as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn on_control<H: Handler>(
+    t: &QuicTunnel,
+    h: &mut H,
+    f: Frame,
+    remote_going_away: &mut Option<String>,
+) -> Result<()> {
+    match f.kind {
+        FrameType::GoAway => {
+            let (_, code, reason) =
+                frame::parse_goaway(f.kind, &f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+            *remote_going_away = Some(reason.clone());
+            t.going_away.store(true, Ordering::Release);
+            h.on_goaway(code, &reason);
+            Ok(())
+        }
+        FrameType::Config
+        | FrameType::ConfigAck
+        | FrameType::Datagram
+        | FrameType::FlowOpen
+        | FrameType::FlowClose => h.on_control(f),
+        other => Err(Error::Protocol(format!(
+            "{other:?} frame on the QUIC control stream"
+        ))),
+    }
+}
+
+async fn read_open(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    stats: Arc<MuxStats>,
+    closed: mpsc::UnboundedSender<ClosedStream>,
+) -> Option<RemoteStream> {
+    let mut len = [0u8; 1];
+    recv.read_exact(&mut len).await.ok()?;
+    let len = usize::from(len[0]);
+    if len > frame::OPEN_RECORD_MAX {
+        return None;
+    }
+    let mut rec = vec![0u8; len];
+    recv.read_exact(&mut rec).await.ok()?;
+    let record = OpenRecord::decode(&rec).ok()?;
+    let id = send.id().index();
+    Some(RemoteStream {
+        io: StreamIo::Quic {
+            id,
+            send,
+            recv,
+            stats,
+            closed,
+            port: record.listen_port,
+        },
+        record,
+    })
+}
+
+/// Pumps a TCP socket and a QUIC stream until both directions end or either side fails.
+/// Returns (bytes QUIC→socket, bytes socket→QUIC, reset reason if it did not end cleanly).
+pub async fn pump(
+    sock: TcpStream,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> (u64, u64, Option<(u16, String)>) {
+    let _ = sock.set_nodelay(true);
+    let (mut r, mut w) = sock.into_split();
+    let up = async {
+        let res = tokio::io::copy(&mut r, &mut send).await;
+        match res {
+            Ok(n) => {
+                let _ = send.finish().await;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = send.reset(quinn::VarInt::from_u32(u32::from(reset::IO)));
+                Err(e)
+            }
+        }
+    };
+    let down = async {
+        let res = tokio::io::copy(&mut recv, &mut w).await;
+        match res {
+            Ok(n) => {
+                let _ = w.shutdown().await;
+                Ok(n)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let (up_n, down_n, failure) = {
+        tokio::pin!(up);
+        tokio::pin!(down);
+        let (mut up_n, mut down_n) = (None, None);
+        let mut failure = None;
+        while (up_n.is_none() || down_n.is_none()) && failure.is_none() {
+            tokio::select! {
+                r = &mut up, if up_n.is_none() => match r {
+                    Ok(n) => up_n = Some(n),
+                    Err(e) => failure = Some((reset::IO, format!("client side failed: {e}"))),
+                },
+                r = &mut down, if down_n.is_none() => match r {
+                    Ok(n) => down_n = Some(n),
+                    Err(e) => failure = Some((reset::IO, format!("stream reset by the peer: {e}"))),
+                },
+            }
+        }
+        (up_n, down_n, failure)
+    };
+    if failure.is_some() {
+        // Abort: the client must see RST, not a clean end of a truncated reply.
+        let s: &TcpStream = w.as_ref();
+        let _ = s.set_linger(Some(Duration::ZERO));
+    }
+    (down_n.unwrap_or(0), up_n.unwrap_or(0), failure)
+}
+
+/// Resolves `host:port` for the QUIC client, preferring the first address.
+pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| Error::Connect {
+            addr: format!("{host}:{port}"),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| Error::InvalidConfig(format!("hubHost {host:?} resolves to nothing")))
+}

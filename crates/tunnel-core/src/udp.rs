@@ -1,0 +1,523 @@
+//! UDP flows. The edge keeps one flow per (port, client address) with idle expiry and a cap;
+//! the hub keeps one connected upstream socket per flow. A flow is announced reliably
+//! (FLOW_OPEN, in order with the tunnel's control messages) and its datagrams then travel on
+//! the transport's fastest path: QUIC datagrams, or DATAGRAM frames on the TLS tunnel.
+
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+use crate::config::PortSpec;
+use crate::error::{Error, Result};
+use crate::event;
+use crate::events::EventSink;
+use crate::open::{OpenRecord, KIND_UDP};
+use crate::proxy_protocol::{self, ProxyVersion, Transport};
+use crate::supervise::AbortOnDrop;
+
+/// Largest UDP payload (IPv4 limit 65,507; IPv6 jumbograms aside). Receive buffers are this big
+/// so nothing is ever clipped.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// Datagrams queued at the hub for a flow whose upstream socket is still being set up (DNS,
+/// bind). A burst beyond this at flow start is dropped and counted, as a congested router would.
+const PENDING_PER_FLOW: usize = 64;
+
+/// How often idle flows are looked for. A quarter of the idle timeout is precise enough and
+/// cheap (one pass over the table).
+fn sweep_every(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How the UDP layer hands things to the current tunnel (whichever transport it is).
+pub trait FlowTunnel: Send + Sync {
+    /// Announces a flow, reliably and in order.
+    fn flow_open(&self, flow: u32, record: &OpenRecord);
+    /// Sends a datagram for a flow (fast path; falls back to the reliable path when too large).
+    fn datagram(&self, flow: u32, payload: Bytes);
+    /// Ends a flow, reliably.
+    fn flow_close(&self, flow: u32);
+}
+
+/// Counters shared with status.
+#[derive(Debug, Default)]
+pub struct UdpStats {
+    pub flows: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    /// Malformed datagrams, unknown flow ids, full queues, flow cap reached.
+    pub dropped: AtomicU64,
+}
+
+// ---- edge ------------------------------------------------------------------------------------
+
+struct EdgeFlow {
+    port: u16,
+    client: SocketAddr,
+    sock: Arc<UdpSocket>,
+    last: Instant,
+}
+
+#[derive(Default)]
+struct EdgeState {
+    ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>)>,
+    by_client: HashMap<(u16, SocketAddr), u32>,
+    flows: HashMap<u32, EdgeFlow>,
+    next_flow: u32,
+    tunnel: Option<Arc<dyn FlowTunnel>>,
+}
+
+/// The edge's UDP side: bound ports and their client flows.
+pub struct EdgeUdp {
+    state: Mutex<EdgeState>,
+    events: EventSink,
+    pub stats: Arc<UdpStats>,
+    idle: Mutex<Duration>,
+    max_flows: Mutex<usize>,
+    sweeper: Mutex<Option<AbortOnDrop<()>>>,
+}
+
+impl EdgeUdp {
+    pub fn new(events: EventSink) -> Arc<EdgeUdp> {
+        Arc::new(EdgeUdp {
+            state: Mutex::new(EdgeState::default()),
+            events,
+            stats: Arc::new(UdpStats::default()),
+            idle: Mutex::new(Duration::from_secs(60)),
+            max_flows: Mutex::new(16_384),
+            sweeper: Mutex::new(None),
+        })
+    }
+
+    /// Which tunnel carries new datagrams (None while disconnected: datagrams are dropped).
+    /// Flows belong to a tunnel (the hub keeps them per session), so they start afresh on the
+    /// new one: the next datagram of each client opens a new flow there.
+    pub fn set_tunnel(&self, t: Option<Arc<dyn FlowTunnel>>) {
+        let mut st = lock(&self.state);
+        st.flows.clear();
+        st.by_client.clear();
+        self.stats.flows.store(0, Ordering::Relaxed);
+        st.tunnel = t;
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        lock(&self.state).ports.keys().copied().collect()
+    }
+
+    /// Applies the hub's UDP settings and port list. Returns the ports that failed to bind.
+    pub async fn apply(
+        self: &Arc<Self>,
+        bind_ip: Option<IpAddr>,
+        ports: &[u16],
+        idle: Duration,
+        max_flows: usize,
+    ) -> Vec<(u16, Error)> {
+        *lock(&self.idle) = idle;
+        *lock(&self.max_flows) = max_flows;
+        {
+            let mut sw = lock(&self.sweeper);
+            if sw.is_none() {
+                let me = Arc::downgrade(self);
+                *sw = Some(AbortOnDrop(tokio::spawn(async move {
+                    loop {
+                        let every = match me.upgrade() {
+                            Some(m) => sweep_every(*lock(&m.idle)),
+                            None => return,
+                        };
+                        tokio::time::sleep(every).await;
+                        match me.upgrade() {
+                            Some(m) => m.sweep(),
+                            None => return,
+                        }
+                    }
+                })));
+            }
+        }
+        let wanted: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        {
+            let mut st = lock(&self.state);
+            let stale: Vec<u16> = st.ports.keys().filter(|p| !wanted.contains(p)).copied().collect();
+            for p in stale {
+                st.ports.remove(&p);
+                let gone: Vec<u32> = st
+                    .flows
+                    .iter()
+                    .filter(|(_, f)| f.port == p)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    if let Some(f) = st.flows.remove(&id) {
+                        st.by_client.remove(&(f.port, f.client));
+                        if let Some(t) = &st.tunnel {
+                            t.flow_close(id);
+                        }
+                    }
+                }
+            }
+            self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
+        }
+        let mut failed = Vec::new();
+        for port in wanted {
+            if lock(&self.state).ports.contains_key(&port) {
+                continue;
+            }
+            match bind_udp(bind_ip, port) {
+                Ok(sock) => {
+                    let sock = Arc::new(sock);
+                    let me = self.clone();
+                    let s2 = sock.clone();
+                    let task = AbortOnDrop(tokio::spawn(async move { me.serve_port(port, s2).await }));
+                    lock(&self.state).ports.insert(port, (sock, task));
+                }
+                Err(e) => failed.push((port, e)),
+            }
+        }
+        failed
+    }
+
+    /// Closes every port and forgets every flow.
+    pub fn close_all(&self) {
+        let mut st = lock(&self.state);
+        st.ports.clear();
+        st.flows.clear();
+        st.by_client.clear();
+        self.stats.flows.store(0, Ordering::Relaxed);
+        *lock(&self.sweeper) = None;
+    }
+
+    async fn serve_port(self: Arc<Self>, port: u16, sock: Arc<UdpSocket>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, client) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                // ICMP errors surface here on some kernels; the socket itself is fine.
+                Err(_) => continue,
+            };
+            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+            let payload = Bytes::copy_from_slice(&buf[..n]);
+            self.client_datagram(port, client, &sock, payload);
+        }
+    }
+
+    fn client_datagram(&self, port: u16, client: SocketAddr, sock: &Arc<UdpSocket>, payload: Bytes) {
+        let mut st = lock(&self.state);
+        let Some(tunnel) = st.tunnel.clone() else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let flow = match st.by_client.get(&(port, client)) {
+            Some(&id) => {
+                if let Some(f) = st.flows.get_mut(&id) {
+                    f.last = Instant::now();
+                }
+                id
+            }
+            None => {
+                if st.flows.len() >= *lock(&self.max_flows) {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                st.next_flow = st.next_flow.wrapping_add(1).max(1);
+                let id = st.next_flow;
+                let local = sock
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+                let record = OpenRecord {
+                    kind: KIND_UDP,
+                    service: 0,
+                    listen_port: port,
+                    client,
+                    local,
+                };
+                tunnel.flow_open(id, &record);
+                st.flows.insert(
+                    id,
+                    EdgeFlow {
+                        port,
+                        client,
+                        sock: sock.clone(),
+                        last: Instant::now(),
+                    },
+                );
+                st.by_client.insert((port, client), id);
+                self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
+                id
+            }
+        };
+        drop(st);
+        tunnel.datagram(flow, payload);
+    }
+
+    /// A reply from the hub for `flow`: send it to the client from the port it wrote to.
+    pub fn to_client(&self, flow: u32, payload: &[u8]) {
+        let target = {
+            let mut st = lock(&self.state);
+            match st.flows.get_mut(&flow) {
+                Some(f) => {
+                    f.last = Instant::now();
+                    Some((f.sock.clone(), f.client))
+                }
+                None => None,
+            }
+        };
+        match target {
+            // A full socket buffer drops the datagram, as UDP would.
+            Some((sock, client)) if sock.try_send_to(payload, client).is_ok() => {
+                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The hub ended a flow (its upstream failed or it expired there).
+    pub fn closed_by_hub(&self, flow: u32) {
+        let mut st = lock(&self.state);
+        if let Some(f) = st.flows.remove(&flow) {
+            st.by_client.remove(&(f.port, f.client));
+        }
+        self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
+    }
+
+    fn sweep(&self) {
+        let idle = *lock(&self.idle);
+        let mut st = lock(&self.state);
+        let now = Instant::now();
+        let expired: Vec<u32> = st
+            .flows
+            .iter()
+            .filter(|(_, f)| now.duration_since(f.last) >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            if let Some(f) = st.flows.remove(id) {
+                st.by_client.remove(&(f.port, f.client));
+            }
+            if let Some(t) = &st.tunnel {
+                t.flow_close(*id);
+            }
+        }
+        self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
+        if !expired.is_empty() {
+            self.events.as_ref()(event!("udpFlowsExpired", { "count": expired.len() }));
+        }
+    }
+}
+
+/// Binds a UDP port: on the configured address, or dual-stack `[::]` (falling back to
+/// `0.0.0.0` where IPv6 is disabled).
+fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
+    let addrs: Vec<SocketAddr> = match ip {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => vec![
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+        ],
+    };
+    let mut last = None;
+    for a in addrs {
+        match std::net::UdpSocket::bind(a).and_then(|s| {
+            s.set_nonblocking(true)?;
+            UdpSocket::from_std(s)
+        }) {
+            Ok(s) => return Ok(s),
+            Err(source) => {
+                last = Some(Error::Bind {
+                    addr: a.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind UDP port {port}"))))
+}
+
+// ---- hub -------------------------------------------------------------------------------------
+
+enum HubFlowState {
+    /// Upstream socket being set up; datagrams wait here.
+    Connecting(VecDeque<Bytes>),
+    Ready(Arc<UdpSocket>),
+}
+
+struct HubFlow {
+    state: HubFlowState,
+    _task: Option<AbortOnDrop<()>>,
+}
+
+/// The hub's flows for one tunnel. Dropped with the session, which closes every upstream socket.
+pub struct HubFlows {
+    flows: Mutex<HashMap<u32, HubFlow>>,
+    max_flows: usize,
+    pub stats: Arc<UdpStats>,
+    events: EventSink,
+    edge_id: String,
+}
+
+impl HubFlows {
+    pub fn new(edge_id: &str, max_flows: usize, events: EventSink) -> Arc<HubFlows> {
+        Arc::new(HubFlows {
+            flows: Mutex::new(HashMap::new()),
+            max_flows,
+            stats: Arc::new(UdpStats::default()),
+            events,
+            edge_id: edge_id.to_string(),
+        })
+    }
+
+    /// FLOW_OPEN from the edge, with the port's route (None: the port is not assigned).
+    pub fn open(
+        self: &Arc<Self>,
+        flow: u32,
+        record: OpenRecord,
+        route: Option<PortSpec>,
+        tunnel: Arc<dyn FlowTunnel>,
+    ) {
+        let Some(route) = route else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tunnel.flow_close(flow);
+            return;
+        };
+        {
+            let mut flows = lock(&self.flows);
+            if flows.len() >= self.max_flows || flows.contains_key(&flow) {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                drop(flows);
+                tunnel.flow_close(flow);
+                return;
+            }
+            flows.insert(
+                flow,
+                HubFlow {
+                    state: HubFlowState::Connecting(VecDeque::new()),
+                    _task: None,
+                },
+            );
+            self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let sock = match connect_upstream(&route).await {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    me.events.as_ref()(event!("udpFlowFailed", {
+                        "edgeId": me.edge_id, "flow": flow, "port": record.listen_port,
+                        "code": e.code(), "reason": e.to_string()
+                    }));
+                    me.remove(flow);
+                    tunnel.flow_close(flow);
+                    return;
+                }
+            };
+            if route.proxy_protocol != ProxyVersion::None {
+                // PROXY v2 DGRAM header as the flow's first datagram (v1 has no UDP form).
+                let header = proxy_protocol::v2(record.client, record.local, Transport::Datagram);
+                let _ = sock.send(&header).await;
+            }
+            let pending = {
+                let mut flows = lock(&me.flows);
+                match flows.get_mut(&flow) {
+                    Some(f) => match std::mem::replace(&mut f.state, HubFlowState::Ready(sock.clone())) {
+                        HubFlowState::Connecting(q) => q,
+                        HubFlowState::Ready(_) => VecDeque::new(),
+                    },
+                    None => return, // closed meanwhile
+                }
+            };
+            for d in pending {
+                if sock.send(&d).await.is_ok() {
+                    me.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                match sock.recv(&mut buf).await {
+                    Ok(n) => {
+                        me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                        tunnel.datagram(flow, Bytes::copy_from_slice(&buf[..n]));
+                    }
+                    // ICMP port unreachable from a target that is not (yet) listening: keep
+                    // the flow; the client may retry, as with plain UDP.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        if let Some(f) = lock(&self.flows).get_mut(&flow) {
+            f._task = Some(AbortOnDrop(task));
+        }
+    }
+
+    /// A datagram from the client side for `flow`.
+    pub fn datagram(&self, flow: u32, payload: Bytes) {
+        let mut flows = lock(&self.flows);
+        match flows.get_mut(&flow).map(|f| &mut f.state) {
+            // Never block the tunnel on one upstream socket: a full buffer drops.
+            Some(HubFlowState::Ready(sock)) if sock.try_send(&payload).is_ok() => {
+                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(HubFlowState::Connecting(q)) if q.len() < PENDING_PER_FLOW => q.push_back(payload),
+            _ => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn close(&self, flow: u32) {
+        self.remove(flow);
+    }
+
+    /// Forgets every flow (the tunnel ended): their upstream sockets close.
+    pub fn close_all(&self) {
+        lock(&self.flows).clear();
+        self.stats.flows.store(0, Ordering::Relaxed);
+    }
+
+    fn remove(&self, flow: u32) {
+        let mut flows = lock(&self.flows);
+        flows.remove(&flow);
+        self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        json!({
+            "flows": self.stats.flows.load(Ordering::Relaxed),
+            "datagramsIn": self.stats.datagrams_in.load(Ordering::Relaxed),
+            "datagramsOut": self.stats.datagrams_out.load(Ordering::Relaxed),
+            "dropped": self.stats.dropped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+async fn connect_upstream(route: &PortSpec) -> Result<UdpSocket> {
+    let target = tokio::net::lookup_host((route.target_host.as_str(), route.target_port))
+        .await
+        .map_err(|source| Error::Connect {
+            addr: format!("{}:{}", route.target_host, route.target_port),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!("targetHost {:?} resolves to nothing", route.target_host))
+        })?;
+    let any: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(any).await?;
+    sock.connect(target).await.map_err(|source| Error::Connect {
+        addr: target.to_string(),
+        source,
+    })?;
+    Ok(sock)
+}
