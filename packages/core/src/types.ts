@@ -124,6 +124,8 @@ export interface IPerformanceConfig {
   connectionWindow?: number;
   /** Tunnel socket send/receive buffer, bytes; 0 = kernel autotuning. */
   socketBuffer?: number;
+  /** Largest UDP payload QUIC sends (default 1452 = a 1500-byte MTU path); 1200..65527. */
+  quicMaxUdpPayload?: number;
 }
 
 /** Resource bounds passed to the addon; every field optional, the addon's defaults suit production. */
@@ -139,6 +141,10 @@ export interface ILimitsConfig {
   heartbeatTimeoutMs?: number;
   authFailureBurst?: number;
   authFailuresPerMinute?: number;
+  /** A UDP flow idle this long is forgotten at both ends (default 60 000). */
+  udpFlowIdleMs?: number;
+  /** UDP flows at once per edge (default 16 384). */
+  maxUdpFlowsPerEdge?: number;
 }
 
 export interface IHubConfig {
@@ -286,6 +292,10 @@ export interface IEdgeCommonConfig {
   reconnect?: IReconnectConfig;
   performance?: IPerformanceConfig;
   limits?: ILimitsConfig;
+  /** quicWithFallback: how long QUIC may take before TLS is used instead (default 3000 ms). */
+  quicConnectTimeoutMs?: number;
+  /** quicWithFallback: while on TLS, how often QUIC is tried again (default 30 000 ms). */
+  quicProbeIntervalMs?: number;
 }
 
 export type IEdgeConfig = IEdgeCommonConfig & (IEdgeExplicitConfig | { token: string });

@@ -39,7 +39,7 @@ const PORT_KEYS = new Set(['port', 'targetHost', 'targetPort', 'proxyProtocol'])
 const FIREWALL_KEYS = new Set(['blockedIps', 'rateLimits', 'rules']);
 const RATE_LIMIT_KEYS = new Set(['id', 'port', 'protocol', 'rate', 'burst', 'perSourceIP']);
 const RULE_KEYS = new Set(['id', 'direction', 'action', 'sourceIP', 'destPort', 'protocol']);
-const PERFORMANCE_KEYS = ['workerThreads', 'maxFramePayload', 'streamWindow', 'connectionWindow', 'socketBuffer'] as const;
+const PERFORMANCE_KEYS = ['workerThreads', 'maxFramePayload', 'streamWindow', 'connectionWindow', 'socketBuffer', 'quicMaxUdpPayload'] as const;
 const LIMIT_KEYS = [
   'maxStreamsPerEdge',
   'maxPendingHandshakes',
@@ -49,6 +49,8 @@ const LIMIT_KEYS = [
   'heartbeatTimeoutMs',
   'authFailureBurst',
   'authFailuresPerMinute',
+  'udpFlowIdleMs',
+  'maxUdpFlowsPerEdge',
 ] as const;
 
 export function isValidIp(value: unknown): value is string {

@@ -28,6 +28,8 @@ export interface INativeEdgeOptions {
   reconnect: { baseMs: number; capMs: number };
   performance?: IPerformanceConfig;
   limits?: ILimitsConfig;
+  quicConnectTimeoutMs?: number;
+  quicProbeIntervalMs?: number;
 }
 
 export const TRANSPORT_MODES: readonly TTransportMode[] = ['tcpTls', 'quic', 'quicWithFallback'];
@@ -50,6 +52,8 @@ const CONFIG_KEYS = new Set([
   'reconnect',
   'performance',
   'limits',
+  'quicConnectTimeoutMs',
+  'quicProbeIntervalMs',
 ]);
 const TOKEN_FIELDS = ['hubHost', 'hubPort', 'edgeId', 'secret', 'hubFingerprint'] as const;
 
@@ -145,6 +149,8 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
 
   const performance = raw.performance === undefined ? undefined : validatePerformance(raw.performance);
   const limits = raw.limits === undefined ? undefined : validateLimits(raw.limits);
+  const quicConnectTimeoutMs = raw.quicConnectTimeoutMs === undefined ? undefined : positiveInteger(raw.quicConnectTimeoutMs, 'quicConnectTimeoutMs', 0);
+  const quicProbeIntervalMs = raw.quicProbeIntervalMs === undefined ? undefined : positiveInteger(raw.quicProbeIntervalMs, 'quicProbeIntervalMs', 0);
 
   return {
     hubHost,
@@ -157,5 +163,7 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
     reconnect: { baseMs, capMs },
     ...(performance === undefined ? {} : { performance }),
     ...(limits === undefined ? {} : { limits }),
+    ...(quicConnectTimeoutMs === undefined ? {} : { quicConnectTimeoutMs }),
+    ...(quicProbeIntervalMs === undefined ? {} : { quicProbeIntervalMs }),
   };
 }
