@@ -477,3 +477,134 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
         .next()
         .ok_or_else(|| Error::InvalidConfig(format!("hubHost {host:?} resolves to nothing")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{Identity, Trust};
+    use std::sync::Mutex;
+
+    /// Throwaway self-signed identity for tests only (not used by anything else).
+    const CERT: &str = include_str!("testdata/cert.pem");
+    const KEY: &str = include_str!("testdata/key.pem");
+
+    #[derive(Clone, Default)]
+    struct Seen {
+        datagrams: Arc<Mutex<Vec<(u32, Bytes)>>>,
+    }
+
+    impl Handler for Seen {
+        fn on_open(&mut self, s: RemoteStream) {
+            s.io.reset(reset::REFUSED, "test");
+        }
+        fn on_control(&mut self, f: Frame) -> Result<()> {
+            match f.kind {
+                FrameType::Datagram if f.stream == 7 => {
+                    self.datagrams.lock().unwrap().push((f.stream, f.payload));
+                    Ok(())
+                }
+                // Any other flow id is unknown to this handler.
+                FrameType::Datagram => Err(Error::Protocol("unknown flow".into())),
+                _ => Ok(()),
+            }
+        }
+        fn on_closed(&mut self, _c: ClosedStream) {}
+    }
+
+    /// A hub-side QUIC tunnel and the raw client connection talking to it.
+    async fn pair() -> (QuicTunnel, quinn::Connection, Seen, quinn::RecvStream) {
+        let id = Identity::from_pem(CERT, KEY).unwrap();
+        let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(id.server_config().unwrap()));
+        let perf = Performance::default();
+        server_cfg.transport_config(Arc::new(transport_config(&perf, Duration::from_secs(5), 100)));
+        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut cc = quinn::ClientConfig::new(Arc::new(crate::tls::client_config(Trust::Pinned(
+            id.fingerprint.clone(),
+        ))));
+        cc.transport_config(Arc::new(transport_config(&perf, Duration::from_secs(5), 100)));
+        let (client_conn, server_conn) = tokio::join!(
+            async { client.connect_with(cc, addr, "x").unwrap().await.unwrap() },
+            async { server.accept().await.unwrap().await.unwrap() }
+        );
+        let (mut cs, cr) = client_conn.open_bi().await.unwrap();
+        cs.write_all(PREAMBLE).await.unwrap();
+        let (ss, mut sr) = server_conn.accept_bi().await.unwrap();
+        let mut pre = [0u8; 4];
+        sr.read_exact(&mut pre).await.unwrap();
+        let seen = Seen::default();
+        let (t, fut) = start(
+            server_conn,
+            Some(server),
+            Duplex { send: ss, recv: sr },
+            seen.clone(),
+            true,
+        );
+        tokio::spawn(fut);
+        // Keep the client's side of the control stream and its endpoint for the test's lifetime.
+        std::mem::forget((cs, client));
+        (t, client_conn, seen, cr)
+    }
+
+    #[tokio::test]
+    async fn malformed_and_unknown_datagrams_are_counted_and_dropped() {
+        let (tunnel, client, seen, _control) = pair().await;
+        // Too short for a flow header, flow id 0, and a flow nobody opened.
+        client.send_datagram(Bytes::from_static(b"\x01\x02")).unwrap();
+        client
+            .send_datagram(Bytes::from_static(b"\0\0\0\0payload"))
+            .unwrap();
+        client
+            .send_datagram(Bytes::from_static(b"\0\0\0\x09payload"))
+            .unwrap();
+        // And one good datagram for the known flow 7.
+        client
+            .send_datagram(Bytes::from_static(b"\0\0\0\x07hello"))
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while seen.datagrams.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            seen.datagrams.lock().unwrap().clone(),
+            vec![(7, Bytes::from_static(b"hello"))]
+        );
+        assert_eq!(tunnel.stats.datagrams_dropped.load(Ordering::Relaxed), 3);
+        assert!(!tunnel.is_closed(), "bad datagrams must not close the tunnel");
+        assert!(client.close_reason().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_datagram_takes_the_reliable_path() {
+        let (tunnel, client, _seen, mut control) = pair().await;
+        let max = tunnel.conn.max_datagram_size().unwrap();
+        tunnel.datagram(3, Bytes::from(vec![9u8; max + 100]));
+        tunnel.datagram(4, Bytes::from(vec![8u8; 10]));
+        // The small one arrives as a real QUIC datagram.
+        let d = tokio::time::timeout(Duration::from_secs(3), client.read_datagram())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&d[..4], &[0, 0, 0, 4]);
+        assert_eq!(d.len(), 14);
+        // The large one arrives whole as a DATAGRAM frame on the control stream.
+        let mut buf = BytesMut::new();
+        let frame = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Ok(Some(Decoded::Frame(f))) = frame::decode(&mut buf) {
+                    return f;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = control.read(&mut chunk).await.unwrap().unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(frame.kind, FrameType::Datagram);
+        assert_eq!(frame.stream, 3);
+        assert_eq!(frame.payload.len(), max + 100);
+        assert_eq!(tunnel.stats.datagrams_dropped.load(Ordering::Relaxed), 0);
+    }
+}
