@@ -14,5 +14,11 @@ export default defineConfig({
     // and running them side by side on 2 cores makes timing-sensitive tests (heartbeats) flaky.
     fileParallelism: false,
     pool: 'forks',
+    env: {
+      // No test may change the root network namespace's firewall: edges started by tests load
+      // this (missing) library and report the firewall unavailable. Firewall tests run their
+      // edge inside a throwaway namespace (`unshare -n`) and clear this variable there.
+      REMOTEINGRESS_NFT_LIB: '/nonexistent/remoteingress-tests-never-touch-the-root-netns.so',
+    },
   },
 });

@@ -153,7 +153,7 @@ export class EventLog {
 }
 
 export const HUB_EVENTS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered', 'log'] as const;
-export const EDGE_EVENTS = ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'portBindFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered', 'log'] as const;
+export const EDGE_EVENTS = ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'portBindFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered', 'log', 'transportChanged', 'firewallConfigUpdated', 'firewallConfigRejected', 'firewallUnavailable'] as const;
 
 // ---------------------------------------------------------------------------------------------
 // Hub and edge

@@ -234,6 +234,12 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
                 "edge {name:?}: secret is shorter than {MIN_SECRET_LEN} characters"
             )));
         }
+        if let Some(fw) = &e.firewall {
+            if !fw.is_null() {
+                crate::firewall::validate(fw)
+                    .map_err(|err| Error::InvalidConfig(format!("edge {name:?}: {err}")))?;
+            }
+        }
         if let Some(b) = &e.bind_address {
             b.parse::<IpAddr>().map_err(|_| {
                 Error::InvalidConfig(format!("edge {name:?}: bindAddress {b:?} is not an IP address"))
@@ -320,6 +326,9 @@ pub struct EdgeOptions {
     /// quicWithFallback: while on TLS, how often QUIC is tried again (30 s).
     #[serde(default = "default_quic_probe")]
     pub quic_probe_interval_ms: u64,
+    /// Leave the edge's nftables table in place on stop (default: remove it).
+    #[serde(default)]
+    pub keep_firewall_on_stop: bool,
 }
 
 fn default_quic_timeout() -> u64 {

@@ -19,6 +19,7 @@ use crate::config::EdgeOptions;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::{log, EventSink};
+use crate::firewall::{self, Nft};
 use crate::frame::{Frame, FrameType};
 use crate::handshake;
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
@@ -60,6 +61,46 @@ struct Inner {
     current: Current,
     listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
     udp: Arc<EdgeUdp>,
+    firewall: Arc<Mutex<Firewall>>,
+}
+
+/// The edge's nftables state. `nft` is opened on the first snapshot; the table is ours alone.
+struct Firewall {
+    table: String,
+    nft: Option<Nft>,
+    /// Why enforcement is impossible here (no library, no permission), once known.
+    unavailable: Option<String>,
+    /// (generation, hash) of the snapshot in force.
+    applied: Option<(Value, String)>,
+    last_error: Option<Value>,
+}
+
+impl Firewall {
+    fn nft(&mut self) -> std::result::Result<&mut Nft, String> {
+        if self.nft.is_none() {
+            self.nft = Some(Nft::open()?);
+        }
+        Ok(self.nft.as_mut().expect("set just above"))
+    }
+
+    fn status(&mut self) -> Value {
+        let counters = match (&self.applied, self.nft.as_mut()) {
+            (Some(_), Some(nft)) => nft
+                .run(&format!("list table inet {}", self.table), true)
+                .map(|out| firewall::counters(&out))
+                .unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        json!({
+            "available": self.unavailable.is_none(),
+            "reason": self.unavailable,
+            "table": self.table,
+            "generation": self.applied.as_ref().map(|a| a.0.clone()),
+            "hash": self.applied.as_ref().map(|a| a.1.clone()),
+            "counters": counters,
+            "lastError": self.last_error,
+        })
+    }
 }
 
 struct Status {
@@ -151,6 +192,7 @@ impl Edge {
         }
         let (stop, _) = watch::channel(false);
         let udp = EdgeUdp::new(events.clone());
+        let opts_edge_id = opts.edge_id.clone();
         let inner = Arc::new(Inner {
             opts,
             trust,
@@ -171,6 +213,13 @@ impl Edge {
             current: Arc::new(RwLock::new(None)),
             listeners: Mutex::new(BTreeMap::new()),
             udp,
+            firewall: Arc::new(Mutex::new(Firewall {
+                table: firewall::table_name(&opts_edge_id),
+                nft: None,
+                unavailable: None,
+                applied: None,
+                last_error: None,
+            })),
         });
         let task = {
             let inner = inner.clone();
@@ -217,6 +266,7 @@ impl Edge {
             "openStreams": open,
             "bytesIn": bin,
             "bytesOut": bout,
+            "firewall": lock(&self.inner.firewall).status(),
             "udp": {
                 "flows": u.flows.load(Ordering::Relaxed),
                 "datagramsIn": u.datagrams_in.load(Ordering::Relaxed),
@@ -245,6 +295,19 @@ impl Edge {
         let task = lock(&self.inner.task).take();
         if let Some(t) = task {
             let _ = t.await;
+        }
+        if !self.inner.opts.keep_firewall_on_stop {
+            let fw = self.inner.firewall.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut fw = lock(&fw);
+                if fw.applied.take().is_some() {
+                    let table = fw.table.clone();
+                    if let Ok(nft) = fw.nft() {
+                        let _ = nft.run(&format!("delete table inet {table}"), false);
+                    }
+                }
+            })
+            .await;
         }
         lock(&self.inner.status).state = "stopped";
     }
@@ -615,16 +678,87 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     inner.events.as_ref()(event!("portsAssigned", {
         "tcp": bound, "udp": bound_udp, "failed": failed, "generation": cfg["generation"]
     }));
-    if !cfg["firewall"].is_null() {
-        inner.events.as_ref()(event!("firewallConfigUpdated", {
-            "snapshot": cfg["firewall"], "generation": cfg["generation"], "applied": false,
-            "reason": "nftables enforcement is not available in this build"
-        }));
-    }
+    apply_firewall(inner, &cfg).await;
     let ack = json!({ "generation": cfg["generation"], "tcp": bound, "udp": bound_udp, "failed": failed });
     if let Some(t) = current(&inner.current) {
         t.control(FrameType::ConfigAck, 0, handshake::json_payload(&ack));
     }
+}
+
+/// Applies the CONFIG's firewall snapshot (or removes ours when it has none). Invalid
+/// snapshots are refused and the previous one stays in force; without libnftables or
+/// permission the tunnel carries on and status says why.
+async fn apply_firewall(inner: &Arc<Inner>, cfg: &Value) {
+    let generation = cfg["generation"].clone();
+    let snapshot = cfg["firewall"].clone();
+    let validated = if snapshot.is_null() {
+        None
+    } else {
+        match firewall::validate(&snapshot) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                lock(&inner.firewall).last_error =
+                    Some(json!({ "code": e.code(), "message": e.to_string() }));
+                inner.events.as_ref()(event!("firewallConfigRejected", {
+                    "generation": generation, "code": e.code(),
+                    "reason": format!("{e}; the previous snapshot stays in force")
+                }));
+                return;
+            }
+        }
+    };
+    let fw = inner.firewall.clone();
+    let events = inner.events.clone();
+    let hash = firewall::hash(&snapshot);
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut fw = lock(&fw);
+        let table = fw.table.clone();
+        let Some(snap) = validated else {
+            // No snapshot any more: remove our table if we had one.
+            if fw.applied.take().is_some() {
+                if let Ok(nft) = fw.nft() {
+                    let _ = nft.run(&format!("delete table inet {table}"), false);
+                }
+                events.as_ref()(event!("firewallConfigUpdated", {
+                    "generation": generation, "hash": Value::Null, "applied": true, "snapshot": Value::Null
+                }));
+            }
+            return;
+        };
+        if fw.unavailable.is_some() {
+            return;
+        }
+        let script = firewall::render(&snap, &table);
+        let result = fw.nft().and_then(|nft| nft.run(&script, false));
+        match result {
+            Ok(_) => {
+                fw.applied = Some((generation.clone(), hash.clone()));
+                fw.last_error = None;
+                events.as_ref()(event!("firewallConfigUpdated", {
+                    "generation": generation, "hash": hash, "applied": true, "table": table, "snapshot": snapshot
+                }));
+            }
+            Err(e) if fw.nft.is_none() || e.contains("Operation not permitted") || e.contains("Permission denied") => {
+                let reason = if fw.nft.is_none() {
+                    e
+                } else {
+                    format!("nftables refused the edge ({e}); run it with CAP_NET_ADMIN")
+                };
+                fw.unavailable = Some(reason.clone());
+                events.as_ref()(event!("firewallUnavailable", {
+                    "reason": format!("{reason}; the tunnel keeps running without the firewall")
+                }));
+            }
+            Err(e) => {
+                fw.last_error = Some(json!({ "code": "ERR_FIREWALL", "message": e.clone() }));
+                events.as_ref()(event!("firewallConfigRejected", {
+                    "generation": generation, "code": "ERR_FIREWALL",
+                    "reason": format!("nftables rejected the snapshot: {e}; the previous snapshot stays in force")
+                }));
+            }
+        }
+    })
+    .await;
 }
 
 /// Binds a listening port: on the configured address, or dual-stack `[::]` (falling back to

@@ -10,6 +10,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod firewall;
 pub mod frame;
 pub mod handshake;
 pub mod hub;

@@ -296,6 +296,8 @@ export interface IEdgeCommonConfig {
   quicConnectTimeoutMs?: number;
   /** quicWithFallback: while on TLS, how often QUIC is tried again (default 30 000 ms). */
   quicProbeIntervalMs?: number;
+  /** Leave the edge's nftables table in place when the edge stops (default: remove it). */
+  keepFirewallOnStop?: boolean;
 }
 
 export type IEdgeConfig = IEdgeCommonConfig & (IEdgeExplicitConfig | { token: string });

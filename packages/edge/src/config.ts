@@ -30,6 +30,7 @@ export interface INativeEdgeOptions {
   limits?: ILimitsConfig;
   quicConnectTimeoutMs?: number;
   quicProbeIntervalMs?: number;
+  keepFirewallOnStop?: boolean;
 }
 
 export const TRANSPORT_MODES: readonly TTransportMode[] = ['tcpTls', 'quic', 'quicWithFallback'];
@@ -54,6 +55,7 @@ const CONFIG_KEYS = new Set([
   'limits',
   'quicConnectTimeoutMs',
   'quicProbeIntervalMs',
+  'keepFirewallOnStop',
 ]);
 const TOKEN_FIELDS = ['hubHost', 'hubPort', 'edgeId', 'secret', 'hubFingerprint'] as const;
 
@@ -150,6 +152,10 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
   const performance = raw.performance === undefined ? undefined : validatePerformance(raw.performance);
   const limits = raw.limits === undefined ? undefined : validateLimits(raw.limits);
   const quicConnectTimeoutMs = raw.quicConnectTimeoutMs === undefined ? undefined : positiveInteger(raw.quicConnectTimeoutMs, 'quicConnectTimeoutMs', 0);
+  if (raw.keepFirewallOnStop !== undefined && typeof raw.keepFirewallOnStop !== 'boolean') {
+    throw invalid('keepFirewallOnStop', raw.keepFirewallOnStop, 'must be true or false');
+  }
+  const keepFirewallOnStop = raw.keepFirewallOnStop;
   const quicProbeIntervalMs = raw.quicProbeIntervalMs === undefined ? undefined : positiveInteger(raw.quicProbeIntervalMs, 'quicProbeIntervalMs', 0);
 
   return {
@@ -165,5 +171,6 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
     ...(limits === undefined ? {} : { limits }),
     ...(quicConnectTimeoutMs === undefined ? {} : { quicConnectTimeoutMs }),
     ...(quicProbeIntervalMs === undefined ? {} : { quicProbeIntervalMs }),
+    ...(keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop }),
   };
 }
