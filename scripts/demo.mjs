@@ -28,8 +28,8 @@ if (flags.help) {
   process.stdout.write('Usage: node scripts/demo.mjs [--keep] [--transport tcpTls|quic|quicWithFallback]\n');
   process.exit(0);
 }
-// TLS over TCP is the transport every build of the addon has; --transport tries the others.
-const transportMode = flags.transport ?? 'tcpTls';
+// The edge's default transport: QUIC where UDP gets through, TLS over TCP where it does not.
+const transportMode = flags.transport ?? 'quicWithFallback';
 
 const cleanups = [];
 let finished = false;
