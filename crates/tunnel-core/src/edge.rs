@@ -561,10 +561,14 @@ async fn dial_quic(
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = quinn::Endpoint::client(local).map_err(|source| Error::Bind {
-        addr: format!("udp {local}"),
-        source,
-    })?;
+    let endpoint = crate::udp::bound_std_socket(local)
+        .and_then(|sock| {
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, quinn::TokioRuntime)
+        })
+        .map_err(|source| Error::Bind {
+            addr: format!("udp {local}"),
+            source,
+        })?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_config(inner.trust.clone())));
     cfg.transport_config(Arc::new(quic::transport_config(
         &inner.opts.performance,

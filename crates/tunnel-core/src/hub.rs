@@ -109,11 +109,7 @@ impl Hub {
         opts.limits.validate()?;
         let identity = Identity::from_pem(&opts.cert_pem, &opts.key_pem)?;
         let tls = Arc::new(identity.server_config()?);
-        let addr = format!("{}:{}", opts.bind_host, opts.tunnel_port);
-        let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
+        let (listener, udp_socket) = bind_tunnel_port(&opts.bind_host, opts.tunnel_port).await?;
         let port = listener.local_addr()?.port();
         let mut dummy_secret = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut dummy_secret);
@@ -148,7 +144,13 @@ impl Hub {
             )));
             c
         };
-        let endpoint = quinn::Endpoint::server(quic_cfg, quic_addr).map_err(|source| Error::Bind {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(quic_cfg),
+            udp_socket,
+            quinn::TokioRuntime,
+        )
+        .map_err(|source| Error::Bind {
             addr: format!("udp {quic_addr}"),
             source,
         })?;
@@ -314,6 +316,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Ephemeral-port attempts when `tunnelPort` is 0 and the TCP port's number is taken for UDP.
+const EPHEMERAL_ATTEMPTS: usize = 16;
+
+/// Binds the tunnel port for TCP (TLS) and the same number for UDP (QUIC). With port 0 the OS
+/// picks the TCP port, whose number may be taken for UDP: then another is tried.
+async fn bind_tunnel_port(host: &str, port: u16) -> Result<(TcpListener, std::net::UdpSocket)> {
+    let mut last = None;
+    for _ in 0..if port == 0 { EPHEMERAL_ATTEMPTS } else { 1 } {
+        let addr = format!("{host}:{port}");
+        let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let bound = listener.local_addr()?;
+        match crate::udp::bound_std_socket(bound) {
+            Ok(udp) => return Ok((listener, udp)),
+            Err(source) => {
+                last = Some(Error::Bind {
+                    addr: format!("udp {bound} (QUIC shares the tunnel port's number)"),
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("cannot bind tunnel port {port}"))))
+}
+
 /// Admission control for tunnel connections before they are authenticated.
 struct Gates {
     waiting: Arc<Semaphore>,
@@ -374,8 +403,10 @@ async fn accept_loop(
             let _ = tcp.set_nodelay(true);
             let deadline = tokio::time::Instant::now() + inner.limits.handshake_timeout();
             let admitted = tokio::time::timeout_at(deadline, async {
-                // A client holds no handshake slot until it has sent something (its ClientHello).
-                tcp.readable().await.ok()?;
+                // A client holds no handshake slot until its whole first TLS record (the
+                // ClientHello) has arrived: silent clients and clients that dribble a few bytes
+                // and stall wait here, costing only a socket, while real edges go ahead.
+                first_record_arrived(&tcp).await?;
                 gates.handshakes.clone().acquire_owned().await.ok()
             })
             .await;
@@ -400,6 +431,37 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Largest TLS record (2^14 + 2048 for ciphertext expansion) plus its 5-byte header.
+const MAX_TLS_RECORD: usize = 5 + 16384 + 2048;
+/// How often a partially received first record is looked at again. Readiness stays set while
+/// unread bytes wait, so this is a poll; 20 ms keeps it cheap and adds at most that to a
+/// handshake whose ClientHello arrived in pieces.
+const FIRST_RECORD_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until the first TLS record is complete in the socket's receive queue (peeked, not
+/// consumed). `None` if the client closed or sent something that is not a TLS record.
+async fn first_record_arrived(tcp: &TcpStream) -> Option<()> {
+    let mut buf = vec![0u8; MAX_TLS_RECORD];
+    loop {
+        tcp.readable().await.ok()?;
+        let n = tcp.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if n >= 5 {
+            // 0x16 = handshake record; anything else is not a TLS client.
+            if buf[0] != 0x16 {
+                return Some(()); // let TLS reject it with a proper alert and reason
+            }
+            let len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+            if n >= 5 + len || 5 + len > MAX_TLS_RECORD {
+                return Some(());
+            }
+        }
+        tokio::time::sleep(FIRST_RECORD_POLL).await;
     }
 }
 

@@ -77,11 +77,17 @@ const WRITE_BATCH: usize = 128 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Datagrams queued for the tunnel beyond this are dropped: UDP must not build a standing
-/// queue (1 MiB ≈ 0.8 ms at 10 Gbit/s, ~800 full-size packets).
-const MAX_PENDING_DATAGRAMS: usize = 1024 * 1024;
+/// queue in front of TCP streams. 4 MiB ≈ 3 ms at 10 Gbit/s, yet holds a burst of ~70
+/// maximum-size (60 KiB) datagrams, or ~3,000 typical 1,200-byte ones.
+const MAX_PENDING_DATAGRAMS: usize = 4 * 1024 * 1024;
 
 /// How long a closing tunnel may spend telling the peer why (GOAWAY + close_notify).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
+
+/// After an orderly close, how long to wait for the peer's end of the connection (its
+/// close_notify/FIN) before dropping the socket anyway. 2 s covers a loaded peer; a dead one
+/// costs only this delay.
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// If the peer stops reading while we still owe it control frames (PONGs, WINDOWs), this much
 /// pending control data means it is hostile or dead; the tunnel is closed instead of queueing.
@@ -870,6 +876,22 @@ impl<H: Handler> Mux<H> {
             let _ = wr.shutdown().await;
         })
         .await;
+        if matches!(why, Error::GoAway(_) | Error::LocalClosed(_)) {
+            // An orderly close: read (and discard) until the peer closes too. Dropping a socket
+            // with unread input sends RST, and an RST makes the peer's kernel throw away what
+            // it received but its application has not read yet — the tail of the last streams.
+            let _ = tokio::time::timeout(DRAIN_LINGER, async {
+                let mut sink = BytesMut::with_capacity(16 * 1024);
+                loop {
+                    sink.clear();
+                    match rd.read_buf(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
         self.finish(why)
     }
 

@@ -34,6 +34,47 @@ fn sweep_every(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
+/// Receive/send buffers for sockets that carry bursts of datagrams: the edge's public UDP ports
+/// and the QUIC endpoints. 4 MiB holds ~3,000 full-size datagrams, ~50 ms of a 500 Mbit/s flow
+/// — enough to ride out a scheduling hiccup without the kernel dropping.
+pub const BURST_BUFFER: usize = 4 * 1024 * 1024;
+/// Per-flow upstream sockets at the hub see one client's traffic: 1 MiB is plenty.
+const FLOW_BUFFER: usize = 1024 * 1024;
+
+/// Sets a socket's buffers to `bytes`, beyond `net.core.[rw]mem_max` when the process may
+/// (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as the sysctl allows. Best effort.
+pub fn tune_buffers(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
+    let fd = sock.as_raw_fd();
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: fd is a valid socket for the duration of the call; v outlives it.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+}
+
+/// A UDP socket bound to `addr` with burst-sized buffers (for quinn endpoints).
+pub fn bound_std_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    tune_buffers(&s, BURST_BUFFER);
+    Ok(s)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -328,6 +369,7 @@ fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
     for a in addrs {
         match std::net::UdpSocket::bind(a).and_then(|s| {
             s.set_nonblocking(true)?;
+            tune_buffers(&s, BURST_BUFFER);
             UdpSocket::from_std(s)
         }) {
             Ok(s) => return Ok(s),
@@ -355,9 +397,20 @@ struct HubFlow {
     _task: Option<AbortOnDrop<()>>,
 }
 
+/// Datagrams that arrive for a flow whose FLOW_OPEN has not been processed yet: over QUIC a
+/// datagram can overtake the reliable control stream, and dropping a flow's first datagram
+/// (a DNS query, an iperf3 hello) would stall it. Bounded in count and age.
+const ORPHANS_MAX: usize = 256;
+/// An orphan older than this belonged to a flow that never opened: dropped and counted.
+const ORPHAN_TTL: Duration = Duration::from_secs(2);
+
 /// The hub's flows for one tunnel. Dropped with the session, which closes every upstream socket.
 pub struct HubFlows {
     flows: Mutex<HashMap<u32, HubFlow>>,
+    orphans: Mutex<VecDeque<(u32, Instant, Bytes)>>,
+    /// Highest flow id opened so far. The edge allocates ids in increasing order, so a datagram
+    /// for an unknown id at or below this belongs to a flow that already ended: dropped at once.
+    highest_opened: std::sync::atomic::AtomicU32,
     max_flows: usize,
     pub stats: Arc<UdpStats>,
     events: EventSink,
@@ -368,6 +421,8 @@ impl HubFlows {
     pub fn new(edge_id: &str, max_flows: usize, events: EventSink) -> Arc<HubFlows> {
         Arc::new(HubFlows {
             flows: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(VecDeque::new()),
+            highest_opened: std::sync::atomic::AtomicU32::new(0),
             max_flows,
             stats: Arc::new(UdpStats::default()),
             events,
@@ -396,10 +451,18 @@ impl HubFlows {
                 tunnel.flow_close(flow);
                 return;
             }
+            self.highest_opened.fetch_max(flow, Ordering::Relaxed);
+            // Datagrams of this flow that overtook its FLOW_OPEN go first, in order.
+            let early: VecDeque<Bytes> = {
+                let mut o = lock(&self.orphans);
+                let (mine, rest): (VecDeque<_>, VecDeque<_>) = o.drain(..).partition(|(f, _, _)| *f == flow);
+                *o = rest;
+                mine.into_iter().map(|(_, _, d)| d).collect()
+            };
             flows.insert(
                 flow,
                 HubFlow {
-                    state: HubFlowState::Connecting(VecDeque::new()),
+                    state: HubFlowState::Connecting(early),
                     _task: None,
                 },
             );
@@ -466,9 +529,35 @@ impl HubFlows {
                 self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
             }
             Some(HubFlowState::Connecting(q)) if q.len() < PENDING_PER_FLOW => q.push_back(payload),
-            _ => {
+            Some(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
+            None if flow <= self.highest_opened.load(Ordering::Relaxed) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                drop(flows);
+                self.park(flow, payload);
+            }
+        }
+    }
+
+    /// Keeps a datagram for a flow not opened yet; expired or excess ones are dropped, counted.
+    fn park(&self, flow: u32, payload: Bytes) {
+        let mut o = lock(&self.orphans);
+        self.expire(&mut o, ORPHANS_MAX - 1);
+        o.push_back((flow, Instant::now(), payload));
+    }
+
+    /// Drops (and counts) orphans past their age, and the oldest beyond `keep`.
+    fn expire(&self, o: &mut VecDeque<(u32, Instant, Bytes)>, keep: usize) {
+        let now = Instant::now();
+        while let Some((_, at, _)) = o.front() {
+            if now.duration_since(*at) < ORPHAN_TTL && o.len() <= keep {
+                break;
+            }
+            o.pop_front();
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -479,16 +568,25 @@ impl HubFlows {
     /// Forgets every flow (the tunnel ended): their upstream sockets close.
     pub fn close_all(&self) {
         lock(&self.flows).clear();
+        self.expire(&mut lock(&self.orphans), 0);
         self.stats.flows.store(0, Ordering::Relaxed);
     }
 
     fn remove(&self, flow: u32) {
         let mut flows = lock(&self.flows);
-        flows.remove(&flow);
+        if let Some(HubFlow {
+            state: HubFlowState::Connecting(q),
+            ..
+        }) = flows.remove(&flow)
+        {
+            // Datagrams that waited for an upstream that never came are lost: count them.
+            self.stats.dropped.fetch_add(q.len() as u64, Ordering::Relaxed);
+        }
         self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
     }
 
     pub fn status(&self) -> serde_json::Value {
+        self.expire(&mut lock(&self.orphans), ORPHANS_MAX);
         json!({
             "flows": self.stats.flows.load(Ordering::Relaxed),
             "datagramsIn": self.stats.datagrams_in.load(Ordering::Relaxed),
@@ -515,6 +613,7 @@ async fn connect_upstream(route: &PortSpec) -> Result<UdpSocket> {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let sock = UdpSocket::bind(any).await?;
+    tune_buffers(&sock, FLOW_BUFFER);
     sock.connect(target).await.map_err(|source| Error::Connect {
         addr: target.to_string(),
         source,

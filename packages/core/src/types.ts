@@ -176,6 +176,17 @@ export interface IHubEdgeStatus {
   bytesIn: number;
   bytesOut: number;
   rttMs: number | null;
+  udp: IUdpCounters;
+  /** Datagrams dropped because the tunnel was backed up. */
+  datagramsDropped: number;
+}
+
+export interface IUdpCounters {
+  flows: number;
+  datagramsIn: number;
+  datagramsOut: number;
+  /** Malformed, unknown-flow, over-cap and queue-full datagrams. */
+  dropped: number;
 }
 
 export interface IHubStatus {
@@ -249,7 +260,23 @@ export interface ICrashRecoveredEvent {
   [detail: string]: unknown;
 }
 
+export interface IHubConfigAppliedEvent {
+  kind: 'configApplied';
+  edgeId: string;
+  result: { generation: number; tcp: number[]; udp: number[]; failed: IPortFailure[] };
+}
+export interface IHubUdpFlowFailedEvent {
+  kind: 'udpFlowFailed';
+  edgeId: string;
+  flow: number;
+  port: number;
+  code: string;
+  reason: string;
+}
+
 export interface IHubEvents {
+  configApplied: [IHubConfigAppliedEvent];
+  udpFlowFailed: [IHubUdpFlowFailedEvent];
   edgeConnected: [IHubEdgeConnectedEvent];
   edgeDisconnected: [IHubEdgeDisconnectedEvent];
   authFailed: [IHubAuthFailedEvent];
@@ -315,19 +342,47 @@ export interface IEdgeStatus {
   transport: string | null;
   connectedSince: number | null;
   attempts: number;
-  lastError: string | null;
+  lastError: { code: string; message: string } | null;
   rttMs: number | null;
   ports: { tcp: number[]; udp: number[] };
   openStreams: number;
   bytesIn: number;
   bytesOut: number;
+  /** The fields below are absent once the edge has stopped. */
+  transportMode?: TTransportMode;
+  /** Why the current transport (e.g. the QUIC failure behind a TLS fallback). */
+  transportReason?: string | null;
+  /** The last failed QUIC attempt while on the TLS fallback. */
+  quicProbe?: { at: number; code: string; message: string } | null;
+  udp?: IUdpCounters;
+  firewall?: IEdgeFirewallStatus;
   [extra: string]: unknown;
+}
+
+export interface IEdgeFirewallStatus {
+  /** False without libnftables or without permission; `reason` says which. */
+  available: boolean;
+  reason: string | null;
+  table: string;
+  generation: number | null;
+  hash: string | null;
+  /** Per-rule counters by comment: `blocked`, `rule:<id>`, `ratelimit:<id>`. */
+  counters: Record<string, { packets: number; bytes: number }> | null;
+  lastError: { code: string; message: string } | null;
 }
 
 export interface IEdgeTunnelConnectedEvent {
   kind: 'tunnelConnected';
   hubAddress: string;
   transport: string;
+  /** Why this transport was chosen. */
+  reason: string;
+}
+export interface IEdgeTransportChangedEvent {
+  kind: 'transportChanged';
+  from: string;
+  to: string;
+  reason: string;
 }
 export interface IEdgeTunnelDisconnectedEvent {
   kind: 'tunnelDisconnected';
@@ -351,7 +406,26 @@ export interface IEdgePortBindFailedEvent extends IPortFailure {
 }
 export interface IEdgeFirewallConfigUpdatedEvent {
   kind: 'firewallConfigUpdated';
+  generation: number;
+  /** Short hash of the applied snapshot (null when the snapshot was removed). */
+  hash: string | null;
+  applied: boolean;
+  table?: string;
   snapshot: INormalisedFirewall | null;
+}
+export interface IEdgeFirewallConfigRejectedEvent {
+  kind: 'firewallConfigRejected';
+  generation: number;
+  code: string;
+  reason: string;
+}
+export interface IEdgeFirewallUnavailableEvent {
+  kind: 'firewallUnavailable';
+  reason: string;
+}
+export interface IEdgeUdpFlowsExpiredEvent {
+  kind: 'udpFlowsExpired';
+  count: number;
 }
 export interface IEdgeStreamOpenedEvent {
   kind: 'streamOpened';
@@ -375,6 +449,10 @@ export interface IEdgeEvents {
   portsAssigned: [IEdgePortsAssignedEvent];
   portBindFailed: [IEdgePortBindFailedEvent];
   firewallConfigUpdated: [IEdgeFirewallConfigUpdatedEvent];
+  firewallConfigRejected: [IEdgeFirewallConfigRejectedEvent];
+  firewallUnavailable: [IEdgeFirewallUnavailableEvent];
+  transportChanged: [IEdgeTransportChangedEvent];
+  udpFlowsExpired: [IEdgeUdpFlowsExpiredEvent];
   streamOpened: [IEdgeStreamOpenedEvent];
   streamClosed: [IEdgeStreamClosedEvent];
   eventsDropped: [IEventsDroppedEvent];
