@@ -364,7 +364,7 @@ export function echoOnce(port: number, size = 64, timeoutMs = 5_000): Promise<bo
 export interface ILoad {
   ok: number;
   failed: number;
-  /** ok count at the time of each success, with its timestamp (for "succeeded after X"). */
+  /** When the last successful round trip finished (ms since the epoch; 0 = none yet). */
   lastOkAt: number;
   stop(): Promise<{ ok: number; failed: number }>;
 }
