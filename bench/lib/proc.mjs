@@ -1,0 +1,195 @@
+// Child processes for the benchmark: started with their output in a log file (never a pipe, so a
+// chatty daemon can never block on a full pipe while we are busy measuring), stopped by pid, and
+// read through /proc for CPU time and resident memory.
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+
+/** Clock ticks per second for /proc/<pid>/stat times; 100 on every Linux we run on, asked once. */
+export const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
+export function sleep(ms) {
+  return new Promise((done) => setTimeout(done, ms));
+}
+
+/** Absolute path of an executable on PATH (or the sbin directories), or null. */
+export function which(bin) {
+  if (bin.includes('/')) return existsSync(bin) ? bin : null;
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin'];
+  for (const dir of dirs) {
+    const candidate = join(dir, bin);
+    if (dir !== '' && existsSync(candidate)) return candidate;
+  }
+  return null;
+}
+
+/** Every process we started, so one cleanup can stop them all by pid. */
+const started = new Set();
+
+/**
+ * Starts `cmd args…` with stdout and stderr appended to `logFile`. Returns a handle with the
+ * pid, the log text, `waitFor(regex)` over that log, `exited` and `stop()`.
+ */
+export function startProcess(name, cmd, args, { logFile, env, cwd } = {}) {
+  const fd = openSync(logFile, 'a');
+  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env, cwd });
+  closeSync(fd);
+  let exitInfo = null;
+  const exited = new Promise((done) => {
+    child.once('exit', (code, signal) => {
+      exitInfo = { code, signal };
+      started.delete(handle);
+      done(exitInfo);
+    });
+    child.once('error', (error) => {
+      exitInfo = { code: null, signal: null, error: error.message };
+      started.delete(handle);
+      done(exitInfo);
+    });
+  });
+  const log = () => {
+    try {
+      return readFileSync(logFile, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  const handle = {
+    name,
+    child,
+    pid: child.pid,
+    logFile,
+    log,
+    exited,
+    get running() {
+      return exitInfo === null;
+    },
+    /** Resolves with the first match of `pattern` in the log; rejects on exit or timeout. */
+    async waitFor(pattern, timeoutMs = 15_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const match = pattern.exec(log());
+        if (match !== null) return match;
+        if (exitInfo !== null) throw new Error(`${name} exited (${exitInfo.code ?? exitInfo.signal ?? exitInfo.error}) before printing ${pattern}\n${tail(log())}`);
+        if (Date.now() > deadline) throw new Error(`${name}: no ${pattern} within ${timeoutMs} ms\n${tail(log())}`);
+        await sleep(50);
+      }
+    },
+    /** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
+    async stop(graceMs = 2_000) {
+      if (exitInfo !== null) return exitInfo;
+      try {
+        process.kill(child.pid, 'SIGTERM');
+      } catch {
+        /* already gone */
+      }
+      const timer = setTimeout(() => {
+        try {
+          process.kill(child.pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+      }, graceMs);
+      const info = await exited;
+      clearTimeout(timer);
+      return info;
+    },
+  };
+  started.add(handle);
+  return handle;
+}
+
+/** Stops every process started through `startProcess`, newest first. */
+export async function stopAll() {
+  const handles = [...started].reverse();
+  await Promise.all(handles.map((h) => h.stop(1_000)));
+}
+
+/** Kills everything synchronously (for `process.on('exit')`, where nothing async runs). */
+export function killAllSync() {
+  for (const h of started) {
+    try {
+      process.kill(h.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+function tail(text, lines = 15) {
+  return text.split('\n').slice(-lines).join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readers
+
+/** Fields of /proc/<pid>/stat after the command name (field 3 onwards), or null if gone. */
+function statFields(pid) {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return text.slice(text.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** Parent pid of every live process, read once. */
+function parentMap() {
+  const parents = new Map();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = statFields(entry);
+    if (fields !== null) parents.set(Number(entry), Number(fields[1]));
+  }
+  return parents;
+}
+
+/** `root` and all its live descendants. */
+export function processTree(root) {
+  const parents = parentMap();
+  const tree = new Set([root]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, ppid] of parents) {
+      if (!tree.has(pid) && tree.has(ppid)) {
+        tree.add(pid);
+        grew = true;
+      }
+    }
+  }
+  return [...tree].filter((pid) => parents.has(pid));
+}
+
+/**
+ * CPU seconds (user + system) used so far by the process trees under `roots`: each live process's
+ * own time plus the time of children it has already reaped (cutime/cstime), so short-lived
+ * per-connection children (socat's forks) are counted too, and nothing twice.
+ */
+export function cpuSeconds(roots) {
+  let ticks = 0;
+  for (const root of roots) {
+    for (const pid of processTree(root)) {
+      const f = statFields(pid);
+      // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+      if (f !== null) ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    }
+  }
+  return ticks / CLK_TCK;
+}
+
+/** VmRSS of one process in KiB, or null if it is gone. */
+export function rssKiB(pid) {
+  try {
+    const match = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match === null ? null : Number(match[1]);
+  } catch {
+    return null;
+  }
+}

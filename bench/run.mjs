@@ -1,0 +1,512 @@
+#!/usr/bin/env node
+// `npm run bench`: our tunnel against its peers, on this machine, in one run (issue 5).
+//
+// Every path carries the same three workloads to the same three servers on loopback:
+//   throughput    iperf3, 1 and 8 streams                      → Gbit/s, and CPU s/GB for the path
+//   latency       sockperf TCP ping-pong                        → full round trip p50/p99, µs
+//   connections   wrk, one request per connection to nginx      → new connections per second
+// plus UDP at a fixed offered rate (loss), and for our tunnel the hub's and edge's memory idle and
+// with 10,000 idle connections open. Paths: direct, socat relay, stunnel TLS pair, ssh -R
+// (aes128-gcm), kcptun, and ours in tcpTls and quic mode (quic/UDP are reported "not yet" when the
+// edge says it is not using them; nothing is ever faked).
+//
+// The whole run re-executes itself in a private network namespace (`unshare -n`): TIME_WAIT
+// sockets and servers from anything else on the machine cannot disturb it, fixed ports cannot
+// collide, and `tcp_tw_reuse` is set for that namespace only. Paths are measured in interleaved
+// rounds (round 1: every path, round 2: every path, …) and each number is the median over rounds,
+// so a burst of load from someone else on the machine hits all paths alike.
+//
+// Options:
+//   --seconds N     length of each measurement (default 3)
+//   --rounds N      rounds; medians are taken over these (default 3)
+//   --quick         --seconds 1 --rounds 1 --idle-count 1000 (a look, not a result)
+//   --paths a,b     only these paths (names as in the table, e.g. "direct,tcpTls")
+//   --idle-count N  idle connections for the memory measurement (default 10000; 0 skips it)
+//   --profile       also `perf record` the hub and edge during an 8-stream iperf3 run
+//   --no-report     do not rewrite docs/BENCHMARKS.md
+//   --keep          keep the work directory (logs of every process)
+// Environment: BENCH_PERFORMANCE_JSON is passed to hub and edge as --performance.
+import { execFileSync, fork, spawnSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { cpuSeconds, killAllSync, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
+import { iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
+import { PACKAGES, PEER_TOOLS, TARGET, startPeer, startTargets } from './lib/peers.mjs';
+import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
+import { renderMarkdown } from './report.mjs';
+
+const RESULTS = join(ROOT, 'bench/results');
+const DOC = join(ROOT, 'docs/BENCHMARKS.md');
+
+/** UDP workload of issue 5's target: 1,200-byte datagrams offered at 500 Mbit/s. */
+const UDP_RATE = '500M';
+const UDP_LENGTH = 1200;
+/** Port of the idle-connection target (bench/idle-conns.mjs serve). */
+const IDLE_TARGET_PORT = 7990;
+/** Entry ports of our tunnel; +0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 (TCP control + UDP). */
+const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+function parseArgs(argv) {
+  const o = { seconds: 3, rounds: 3, paths: null, idleCount: 10_000, profile: false, report: true, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) usage(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--seconds') o.seconds = positive(value(), a);
+    else if (a === '--rounds') o.rounds = positive(value(), a);
+    else if (a === '--quick') Object.assign(o, { seconds: 1, rounds: 1, idleCount: 1_000 });
+    else if (a === '--paths') o.paths = value().split(',').map((s) => s.trim());
+    else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
+    else if (a === '--profile') o.profile = true;
+    else if (a === '--no-report') o.report = false;
+    else if (a === '--keep') o.keep = true;
+    else usage(`unknown option ${a}`);
+  }
+  return o;
+}
+
+function positive(text, flag) {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0) usage(`${flag} must be a positive number, got ${text}`);
+  return n;
+}
+
+function usage(message) {
+  process.stderr.write(`bench/run.mjs: ${message}\nsee the comment at the top of bench/run.mjs for the options\n`);
+  process.exit(2);
+}
+
+const say = (line) => process.stdout.write(`${line}\n`);
+
+// ---------------------------------------------------------------------------------------------
+// Outside the namespace: install what is missing, then re-execute inside `unshare -n`
+
+function ensurePackages(profile) {
+  const tools = Object.keys(PACKAGES);
+  if (profile) tools.push('perf');
+  const missing = [...new Set(tools.filter((t) => which(t) === null).map((t) => (t === 'perf' ? 'linux-perf' : PACKAGES[t])))];
+  if (missing.length === 0) return;
+  if (process.getuid?.() === 0 && which('apt-get') !== null) {
+    say(`bench: installing Debian packages: ${missing.join(' ')}`);
+    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+    spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+    const r = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { stdio: ['ignore', 'ignore', 'inherit'], env });
+    if (r.status !== 0) say('bench: WARNING: apt-get install failed; paths needing the missing tools are skipped');
+  } else {
+    say(`bench: WARNING: missing ${missing.join(' ')} (not root or no apt-get); paths needing them are skipped`);
+  }
+}
+
+function reexecInNamespace() {
+  const self = [process.execPath, ...process.execArgv, ...process.argv.slice(1)];
+  const env = { ...process.env, BENCH_NETNS: '1' };
+  const root = process.getuid?.() === 0;
+  // Root may raise its own descriptor limit: 10,000 idle connections need ~10,000 per daemon.
+  // Without CAP_SYS_RESOURCE the hard limit stays; the idle-connection client and target are
+  // separate processes so that each side still fits.
+  const raise = ['prlimit', '--nofile=65536:65536', '--'];
+  const prlimit = root && which('prlimit') !== null && spawnSync(raise[0], [...raise.slice(1), 'true']).status === 0 ? raise : [];
+  const attempts = root ? [['unshare', '-n']] : [['unshare', '-rn']];
+  for (const ns of attempts) {
+    const cmd = [...prlimit, ...ns, ...self];
+    const probe = spawnSync(ns[0], [...ns.slice(1), 'true']);
+    if (probe.status !== 0) continue;
+    const r = spawnSync(cmd[0], cmd.slice(1), { stdio: 'inherit', env });
+    process.exit(r.status ?? 1);
+  }
+  say('bench: WARNING: cannot create a network namespace (unshare -n); running in the current one. Fixed ports may collide and TIME_WAIT from earlier runs may lower connection rates.');
+  env.BENCH_NETNS = 'none';
+  const r = spawnSync(self[0], self.slice(1), { stdio: 'inherit', env });
+  process.exit(r.status ?? 1);
+}
+
+function setUpNamespace() {
+  const steps = [
+    ['ip', ['link', 'set', 'lo', 'up']],
+    // Reuse TIME_WAIT ports for new outgoing connections: the connection-rate runs open tens of
+    // thousands. Only this namespace sees the setting.
+    ['sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1']],
+    // Ephemeral ports above every fixed port the harness listens on (2222…8088), so an outgoing
+    // connection can never take a port a server is about to bind.
+    ['sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=10000 65535']],
+    ['sysctl', ['-q', '-w', 'net.core.somaxconn=8192']],
+  ];
+  for (const [cmd, args] of steps) {
+    const r = spawnSync(cmd, args, { encoding: 'utf8' });
+    if (r.status !== 0) say(`bench: WARNING: ${cmd} ${args.join(' ')} failed: ${(r.stderr || '').trim()}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine and build facts for the record
+
+function machineInfo() {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const version = (cmd, args, re = /.*/) => {
+    try {
+      const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 5000 });
+      return (re.exec(`${r.stdout}${r.stderr}`)?.[0] ?? '').trim() || null;
+    } catch {
+      return null;
+    }
+  };
+  const git = (args) => {
+    try {
+      return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8' }).trim();
+    } catch {
+      return null;
+    }
+  };
+  return {
+    nproc: Number(execFileSync('nproc', { encoding: 'utf8' }).trim()),
+    cpuModel: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? 'unknown',
+    kernel: os.release(),
+    memTotalMiB: Math.round(os.totalmem() / 1048576),
+    node: process.version,
+    gitCommit: git(['rev-parse', '--short', 'HEAD']),
+    gitDirty: (git(['status', '--porcelain', '--', 'crates', 'packages']) ?? '') !== '',
+    tools: {
+      iperf3: version('iperf3', ['--version'], /iperf [\d.]+/),
+      sockperf: version('sockperf', ['--version'], /version #?[\d.]+/),
+      wrk: version('wrk', ['-v'], /wrk [\d.]+/),
+      nginx: version(which('nginx') ?? 'nginx', ['-v'], /nginx\/[\d.]+/),
+      stunnel: version('stunnel4', ['-version'], /stunnel [\d.]+/),
+      ssh: version('ssh', ['-V'], /OpenSSH_[\w.]+/),
+      kcptun: version('kcptun-client', ['-v'], /version [\w.]+/),
+      socat: version('socat', ['-V'], /socat version [\d.]+/),
+    },
+  };
+}
+
+const loadavg = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).map(Number);
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers
+
+function median(values) {
+  const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/** Runs `measure()` while reading the CPU time of `groups` ({name: [pids]}) before and after. */
+async function withCpu(groups, measure) {
+  const before = Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, cpuSeconds(pids)]));
+  const result = await measure();
+  const cpu = Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, cpuSeconds(pids) - before[k]]));
+  return { result, cpu };
+}
+
+/** Opens `count` idle connections through `port` to the idle target and reads hub/edge RSS. */
+async function idleConnectionCost(dir, port, hubPid, edgePid, count) {
+  const script = join(ROOT, 'bench/idle-conns.mjs');
+  const request = (child, cmd, key, timeoutMs = 60_000) =>
+    new Promise((done, reject) => {
+      const timer = setTimeout(() => reject(new Error(`idle-conns: no ${key} reply`)), timeoutMs);
+      const on = (m) => {
+        if (key in m) {
+          clearTimeout(timer);
+          child.off('message', on);
+          done(m);
+        }
+      };
+      child.on('message', on);
+      if (cmd !== null) child.send({ cmd });
+    });
+  const server = fork(script, ['serve', String(IDLE_TARGET_PORT)], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  let serverErr = '';
+  server.stderr.on('data', (d) => (serverErr += d));
+  try {
+    await request(server, null, 'listening', 10_000).catch((e) => {
+      throw new Error(`${e.message} (idle target on port ${IDLE_TARGET_PORT}: ${serverErr.trim() || 'no error output'})`);
+    });
+    await sleep(500);
+    const idle = { hub: rssKiB(hubPid), edge: rssKiB(edgePid) };
+    const client = fork(script, ['open', String(port), String(count)], { stdio: 'ignore' });
+    try {
+      const opened = await request(client, null, 'opened', 120_000);
+      // Every stream is open end to end once the target has accepted all of them.
+      const deadline = Date.now() + 60_000;
+      let atTarget = 0;
+      while (Date.now() < deadline) {
+        atTarget = (await request(server, 'count', 'count')).count;
+        if (atTarget >= opened.opened) break;
+        await sleep(200);
+      }
+      await sleep(1000);
+      const withConns = { hub: rssKiB(hubPid), edge: rssKiB(edgePid) };
+      await request(client, 'close', 'closed');
+      // Give both daemons time to tear the streams down, then see what memory they keep.
+      const closeDeadline = Date.now() + 30_000;
+      while (Date.now() < closeDeadline && (await request(server, 'count', 'count')).count > 0) await sleep(200);
+      await sleep(1500);
+      const afterClose = { hub: rssKiB(hubPid), edge: rssKiB(edgePid) };
+      const perConnBytes = ((withConns.hub - idle.hub + (withConns.edge - idle.edge)) * 1024) / Math.max(1, atTarget);
+      return { count, opened: opened.opened, failed: opened.failed, openMs: opened.ms, atTarget, rssKiB: { idle, withConns, afterClose }, perConnKiB: perConnBytes / 1024 };
+    } finally {
+      client.kill();
+    }
+  } finally {
+    server.kill();
+  }
+}
+
+/** perf record (flat, by symbol) on hub and edge during one 8-stream iperf3 run. */
+async function profile(dir, port, pids, seconds) {
+  if (which('perf') === null) return { error: 'perf is not installed (Debian: linux-perf)' };
+  const recs = Object.entries(pids).map(([name, pid]) => {
+    const data = join(dir, `perf-${name}.data`);
+    return { name, data, proc: startProcess(`perf ${name}`, 'perf', ['record', '-F', '499', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', data, '--', 'sleep', String(seconds + 1)], { logFile: join(dir, `perf-${name}.log`) }) };
+  });
+  await sleep(300);
+  const tput = await iperf3Tcp(port, 8, seconds);
+  await Promise.all(recs.map((r) => r.proc.exited));
+  const out = { gbps: tput.gbps ?? null };
+  mkdirSync(RESULTS, { recursive: true });
+  for (const r of recs) {
+    // Flat (self time by symbol), then who calls the biggest ones (dwarf unwinding: the addon is
+    // built without frame pointers).
+    const perfReport = (args) => spawnSync('perf', ['report', '-i', r.data, '--stdio', '--no-children', ...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }).stdout.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).join('\n');
+    const text = perfReport(['--sort', 'dso,symbol', '--percent-limit', '0.7', '-g', 'none']);
+    const chains = perfReport(['--sort', 'symbol', '--percent-limit', '2', '-g', 'caller,0.5,callee', '--max-stack', '10']);
+    writeFileSync(join(RESULTS, `profile-${r.name}.txt`), `${text}\n\n# call chains of symbols above 2 %\n${chains}\n`);
+    out[r.name] = text.split('\n').slice(0, 25);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  if (process.env.BENCH_NETNS === undefined) {
+    ensurePackages(o.profile);
+    const missing = tunnelMissing();
+    if (missing !== null) {
+      process.stderr.write(`bench: ${missing}\n`);
+      process.exit(1);
+    }
+    reexecInNamespace();
+    return;
+  }
+  if (process.env.BENCH_NETNS === '1') setUpNamespace();
+
+  const startedAt = new Date();
+  const work = mkdtempSync(join(os.tmpdir(), 'ri-bench-'));
+  const cleanup = async () => {
+    await stopAll();
+    if (!o.keep) rmSync(work, { recursive: true, force: true });
+  };
+  process.on('exit', killAllSync);
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => void cleanup().then(() => process.exit(130)));
+
+  const machine = machineInfo();
+  say(`bench: ${machine.nproc} × ${machine.cpuModel}, kernel ${machine.kernel}, ${o.rounds} rounds × ${o.seconds} s per measurement, work dir ${work}`);
+  const loadBefore = loadavg();
+  const want = (name) => o.paths === null || o.paths.includes(name);
+
+  for (const tool of ['iperf3', 'sockperf', 'nginx']) {
+    if (which(tool) === null) throw new Error(`${tool} is required for the full run (Debian package ${PACKAGES[tool]})`);
+  }
+  await startTargets(work);
+
+  /** name → { kind, ports, cpu: {group: [pids]}, status: 'ok' | 'not yet' | 'skipped', note } */
+  const paths = new Map();
+  for (const name of Object.keys(PEER_TOOLS)) {
+    if (!want(name)) continue;
+    const lacking = PEER_TOOLS[name].filter((t) => which(t) === null);
+    if (lacking.length > 0) {
+      paths.set(name, { kind: 'peer', status: 'skipped', note: `missing ${lacking.join(', ')}` });
+      continue;
+    }
+    try {
+      const p = await startPeer(name, work);
+      paths.set(name, { kind: 'peer', status: 'ok', ports: p.ports, cpu: p.pids.length > 0 ? { path: p.pids } : {} });
+    } catch (error) {
+      paths.set(name, { kind: 'peer', status: 'skipped', note: `did not start: ${error.message.split('\n')[0]}` });
+    }
+  }
+
+  // Our tunnel: one hub, one edge per transport mode.
+  const performance = process.env.BENCH_PERFORMANCE_JSON || undefined;
+  const modes = ['tcpTls', 'quic'].filter(want);
+  let tunnel = null;
+  let freshIdle = null;
+  if (modes.length > 0) {
+    const edges = modes.map((mode) => {
+      const b = TUNNEL_BASE[mode];
+      return {
+        id: `bench-${mode.toLowerCase()}`,
+        transportMode: mode,
+        tcp: [
+          { port: b, targetPort: TARGET.iperf3 },
+          { port: b + 1, targetPort: TARGET.sockperf },
+          { port: b + 2, targetPort: TARGET.nginx },
+          { port: b + 3, targetPort: IDLE_TARGET_PORT },
+          { port: b + 4, targetPort: TARGET.iperf3 },
+        ],
+        udp: [{ port: b + 4, targetPort: TARGET.iperf3 }],
+      };
+    });
+    tunnel = await startTunnel({ dir: join(work, 'tunnel'), edges, performance });
+    await sleep(1000);
+    // The hub's idle RSS with only the tcpTls edge connected (sampled before the next edge dialled).
+    freshIdle = { hub: tunnel.edges[0].hubRssKiB, hubAllEdges: rssKiB(tunnel.hubPid), edge: Object.fromEntries(tunnel.edges.map((e) => [e.requestedTransport, rssKiB(e.pid)])) };
+    for (const e of tunnel.edges) {
+      const b = TUNNEL_BASE[e.requestedTransport];
+      const name = e.requestedTransport;
+      if (e.transport !== e.requestedTransport) {
+        // Asked for QUIC, got TLS: QUIC is not implemented yet. Report it, never measure TLS as QUIC.
+        paths.set(name, { kind: 'tunnel', status: 'not yet', note: `edge asked for ${e.requestedTransport}, tunnel runs ${e.transport}` });
+        await e.proc.stop();
+        continue;
+      }
+      paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [tunnel.hubPid], edge: [e.pid] }, udpBound: e.udpBound });
+    }
+  }
+
+  // Interleaved rounds.
+  const samples = new Map([...paths.keys()].map((k) => [k, { tput1: [], tput8: [], p50: [], p99: [], conn: [], connErrors: [], cpu: [], udp: [] }]));
+  const udpPaths = [];
+  if (want('direct')) udpPaths.push({ name: 'direct', port: TARGET.iperf3 });
+  for (const [name, p] of paths) if (p.kind === 'tunnel' && p.status === 'ok' && p.udpBound) udpPaths.push({ name, port: p.ports.udp });
+
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const [name, p] of paths) {
+      if (p.status !== 'ok') continue;
+      const s = samples.get(name);
+      for (const streams of [1, 8]) {
+        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
+        s[`tput${streams}`].push(result.gbps ?? null);
+        if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
+        else s.cpu.push({ streams, bytes: result.bytes, cpu });
+      }
+      const lat = await sockperfPingPong(p.ports.lat, Math.max(2, o.seconds));
+      if (lat.error) say(`  ${name} latency: ${lat.error}`);
+      s.p50.push(lat.p50 ?? null);
+      s.p99.push(lat.p99 ?? null);
+      if (which('wrk') !== null) {
+        const conn = await wrkConnRate(p.ports.conn, o.seconds);
+        if (conn.error) say(`  ${name} conn/s: ${conn.error}`);
+        s.conn.push(conn.perSec ?? null);
+        s.connErrors.push((conn.socketErrors ?? 0) + (conn.non2xx ?? 0));
+      }
+      const f = (x, d = 2) => (x == null ? '-' : x.toFixed(d));
+      say(`round ${round} ${name.padEnd(18)} tput1 ${f(s.tput1.at(-1))} tput8 ${f(s.tput8.at(-1))} Gbit/s  p50/p99 ${f(s.p50.at(-1), 1)}/${f(s.p99.at(-1), 1)} µs  conn/s ${f(s.conn.at(-1), 0)}`);
+    }
+    for (const u of udpPaths) {
+      const r = await iperf3Udp(u.port, UDP_RATE, UDP_LENGTH, o.seconds);
+      if (r.error) say(`  ${u.name} udp: ${r.error}`);
+      samples.get(u.name).udp.push(r);
+      say(`round ${round} ${`${u.name} udp`.padEnd(18)} ${r.mbps?.toFixed(0) ?? '-'} Mbit/s received, ${r.lossPercent?.toFixed(3) ?? '-'} % lost`);
+    }
+  }
+
+  // Memory: idle after traffic, then with many idle connections.
+  let memory = null;
+  let prof = null;
+  const tls = paths.get('tcpTls');
+  if (tls?.status === 'ok') {
+    await sleep(1000);
+    memory = { hubEdges: tunnel.edges.length, freshIdleKiB: { hub: freshIdle.hub, edge: freshIdle.edge.tcpTls, hubAllEdges: freshIdle.hubAllEdges }, idleAfterTrafficKiB: { hub: rssKiB(tunnel.hubPid), edge: rssKiB(tls.edge.pid) } };
+    if (o.idleCount > 0) {
+      say(`memory: opening ${o.idleCount} idle connections through the tcpTls tunnel…`);
+      try {
+        memory.idleConnections = await idleConnectionCost(work, tls.ports.idle, tunnel.hubPid, tls.edge.pid, o.idleCount);
+        const m = memory.idleConnections;
+        say(`memory: ${m.atTarget}/${m.count} open in ${m.openMs} ms; hub ${m.rssKiB.idle.hub}→${m.rssKiB.withConns.hub} KiB, edge ${m.rssKiB.idle.edge}→${m.rssKiB.withConns.edge} KiB; ${m.perConnKiB.toFixed(2)} KiB per connection`);
+      } catch (error) {
+        memory.idleConnections = { error: error.message };
+        say(`memory: ${error.message}`);
+      }
+    }
+    if (o.profile) {
+      say('profile: perf record on hub and edge during iperf3 -P 8…');
+      prof = await profile(work, tls.ports.tput, { hub: tunnel.hubPid, edge: tls.edge.pid }, Math.max(3, o.seconds));
+    }
+  }
+
+  // Aggregate.
+  const rows = [];
+  for (const [name, p] of paths) {
+    const s = samples.get(name);
+    const row = { path: name, kind: p.kind, status: p.status, note: p.note ?? null };
+    if (p.status === 'ok') {
+      Object.assign(row, {
+        tput1Gbps: median(s.tput1),
+        tput8Gbps: median(s.tput8),
+        p50Us: median(s.p50),
+        p99Us: median(s.p99),
+        connPerSec: median(s.conn),
+        connErrors: s.connErrors.reduce((a, b) => a + b, 0),
+        samples: { tput1: s.tput1, tput8: s.tput8, p50: s.p50, p99: s.p99, conn: s.conn },
+      });
+      const groups = Object.keys(p.cpu);
+      if (groups.length > 0) {
+        const gb = s.cpu.reduce((a, c) => a + c.bytes, 0) / 1e9;
+        const cpuTotal = (group) => s.cpu.reduce((a, c) => a + c.cpu[group], 0);
+        row.cpuSecPerGB = gb > 0 ? groups.reduce((a, g) => a + cpuTotal(g), 0) / gb : null;
+        if (groups.length > 1) row.cpuSecPerGBBy = Object.fromEntries(groups.map((g) => [g, gb > 0 ? cpuTotal(g) / gb : null]));
+        row.gbMoved = gb;
+      }
+    }
+    rows.push(row);
+  }
+  const udp = [];
+  udp.push({ path: 'direct', ...udpSummary(samples.get('direct')?.udp) });
+  for (const mode of ['tcpTls', 'quic']) {
+    const p = paths.get(mode);
+    if (p === undefined) continue;
+    if (p.status === 'ok' && p.udpBound) udp.push({ path: mode, ...udpSummary(samples.get(mode).udp) });
+    else udp.push({ path: mode, status: 'not yet', note: p.status === 'ok' ? 'the edge did not bind its UDP port (UDP not implemented yet)' : p.note });
+  }
+
+  const results = {
+    schema: 1,
+    date: startedAt.toISOString(),
+    durationSec: Math.round((Date.now() - startedAt.getTime()) / 1000),
+    machine: { ...machine, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
+    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${UDP_RATE}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, netns: process.env.BENCH_NETNS === '1' },
+    paths: rows,
+    udp,
+    memory,
+    profile: prof,
+  };
+  await cleanup();
+
+  mkdirSync(RESULTS, { recursive: true });
+  const partial = o.paths !== null || o.rounds < 2;
+  const jsonFile = partial ? join(RESULTS, 'partial.json') : join(RESULTS, 'latest.json');
+  writeFileSync(jsonFile, JSON.stringify(results, null, 2) + '\n');
+  say(`bench: wrote ${jsonFile} (${results.durationSec} s)`);
+  const changesFile = join(ROOT, 'bench/changes.md');
+  const markdown = renderMarkdown(results, existsSync(changesFile) ? readFileSync(changesFile, 'utf8') : '');
+  if (o.report && !partial) {
+    writeFileSync(DOC, markdown);
+    say(`bench: wrote ${DOC}`);
+  } else {
+    say('bench: partial run (--paths or --quick): docs/BENCHMARKS.md and latest.json left alone');
+  }
+  say('');
+  say(markdown.split('\n## Machine')[0]);
+}
+
+function udpSummary(list) {
+  if (list === undefined || list.length === 0) return { status: 'skipped' };
+  const ok = list.filter((r) => r.error === undefined);
+  return { status: ok.length > 0 ? 'ok' : 'failed', mbps: median(ok.map((r) => r.mbps)), lossPercent: median(ok.map((r) => r.lossPercent)), samples: list };
+}
+
+main().catch(async (error) => {
+  process.stderr.write(`bench: ${error.stack ?? error}\n`);
+  await stopAll();
+  process.exit(1);
+});
