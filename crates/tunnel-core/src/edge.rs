@@ -573,7 +573,8 @@ async fn dial_quic(
     cfg.transport_config(Arc::new(quic::transport_config(
         &inner.opts.performance,
         Duration::from_millis(inner.opts.limits.heartbeat_interval_ms),
-        inner.opts.limits.max_streams_per_edge,
+        // The edge accepts no hub-opened streams (see quic::HUB_MAX_QUIC_STREAMS).
+        0,
     )));
     let hs = async {
         let conn = endpoint

@@ -140,7 +140,9 @@ impl Hub {
             c.transport_config(Arc::new(crate::quic::transport_config(
                 &opts.performance,
                 heartbeat,
-                opts.limits.max_streams_per_edge,
+                opts.limits
+                    .max_streams_per_edge
+                    .min(crate::quic::HUB_MAX_QUIC_STREAMS),
             )));
             c
         };

@@ -36,10 +36,22 @@ pub const PREAMBLE: &[u8; 4] = b"RIQ1";
 /// The QUIC datagram header: flow id.
 pub const DATAGRAM_HEADER: usize = 4;
 
-/// Transport settings both ends use.
-pub fn transport_config(perf: &Performance, heartbeat: Duration, max_streams: u32) -> quinn::TransportConfig {
+/// Concurrent streams a QUIC tunnel accepts from its peer. quinn 0.9 creates the state of every
+/// allowed stream when the connection starts (~290 bytes each), so this is memory paid up
+/// front: 16,384 concurrent TCP clients per edge costs the hub ~4.6 MiB per QUIC edge, where the
+/// 65,536 of the TLS muxer would cost ~18 MiB. Beyond it, new clients wait for a stream to end
+/// (QUIC flow control) rather than being refused. Edges accept none: hub-opened streams are not
+/// used yet.
+pub const HUB_MAX_QUIC_STREAMS: u32 = 16_384;
+
+/// Transport settings. `accept_streams` is how many concurrent streams the peer may open.
+pub fn transport_config(
+    perf: &Performance,
+    heartbeat: Duration,
+    accept_streams: u32,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_streams));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(accept_streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.stream_receive_window(quinn::VarInt::from_u32(perf.stream_window));
     t.receive_window(quinn::VarInt::from_u32(perf.connection_window));

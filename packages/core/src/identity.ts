@@ -1,17 +1,13 @@
-import { X509Certificate, createHash, createPrivateKey, randomBytes, webcrypto } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, randomBytes } from 'node:crypto';
 import { chmod, link, mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TunnelError } from './errors.js';
 
 export const HUB_CERT_FILE = 'hub-cert.pem';
 export const HUB_KEY_FILE = 'hub-key.pem';
 
-/**
- * Ten years: the certificate is trusted by fingerprint pinning, not by a CA, so expiry would only
- * break edges without making anything safer; rotating means deleting the files and re-issuing tokens.
- */
-const CERT_VALIDITY_MS = 10 * 365 * 24 * 60 * 60 * 1000;
 /**
  * How long a process that lost the race to create the identity waits for the winner to finish
  * writing the certificate; key generation and signing take milliseconds, so 5 s is generous.
@@ -68,35 +64,23 @@ function checkPair(certPem: string, keyPem: string, certPath: string, keyPath: s
   return certificateFingerprint(cert);
 }
 
-async function generate(): Promise<{ certPem: string; keyPem: string }> {
-  // @peculiar/x509 resolves its parts through tsyringe, which needs the Reflect metadata polyfill
-  // loaded first; both are imported only here, when an identity is actually created.
-  await import('reflect-metadata');
-  const x509 = await import('@peculiar/x509');
-  x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-  const algorithm = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
-  const keys = await webcrypto.subtle.generateKey(algorithm, true, ['sign', 'verify']);
-  const now = Date.now();
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    // A positive 64-bit serial (top bit cleared) as RFC 5280 asks: unique without any registry.
-    serialNumber: (randomBytes(8).readUInt8(0) & 0x7f).toString(16).padStart(2, '0') + randomBytes(7).toString('hex'),
-    name: 'CN=remoteingress-hub',
-    // Backdated one hour so an edge whose clock is slightly behind does not see "not yet valid".
-    notBefore: new Date(now - 60 * 60 * 1000),
-    notAfter: new Date(now + CERT_VALIDITY_MS),
-    signingAlgorithm: algorithm,
-    keys,
-    extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
-      new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: 'remoteingress-hub' }]),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-    ],
+/** Creates a new identity in a worker thread, so the libraries it needs leave no heap behind. */
+function generate(): Promise<{ certPem: string; keyPem: string }> {
+  return new Promise((resolve, reject) => {
+    // The compiled worker sits next to this module in dist/; when this module runs from its
+    // TypeScript source (the test runner), the compiled copy is in ../dist.
+    const here = import.meta.url;
+    const worker = new Worker(here.endsWith('.ts') ? new URL('../dist/identity-worker.js', here) : new URL('./identity-worker.js', here));
+    worker.once('message', (m: { identity?: { certPem: string; keyPem: string }; error?: string }) => {
+      if (m.identity !== undefined) resolve(m.identity);
+      else reject(new Error(m.error ?? 'identity worker failed'));
+      void worker.terminate();
+    });
+    worker.once('error', reject);
+    worker.once('exit', (code) => {
+      if (code !== 0) reject(new Error(`identity worker exited with code ${code}`));
+    });
   });
-  const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '')}\n-----END PRIVATE KEY-----\n`;
-  return { certPem: cert.toString('pem') + '\n', keyPem };
 }
 
 /**
