@@ -773,6 +773,10 @@ impl<H: Handler> Mux<H> {
     {
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        // Reads land in this buffer, initialised once, and are copied into `rbuf`: tokio-rustls
+        // zeroes the whole unfilled area of a buffer on every read, which for fresh `BytesMut`
+        // capacity cost a 64 KiB memset per 16 KiB record (~5 % of the hub's cycles).
+        let mut rstage = vec![0u8; READ_CHUNK];
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut need_flush = false;
@@ -828,14 +832,15 @@ impl<H: Handler> Mux<H> {
                         Err(e) => break Error::PeerClosed(format!("write: {e}")),
                     }
                 }
-                res = rd.read_buf(&mut rbuf) => {
+                res = rd.read(&mut rstage) => {
                     match res {
                         Ok(0) => break match self.remote_going_away.take() {
                             Some(reason) => Error::GoAway(reason),
                             None => Error::PeerClosed("tunnel closed by peer".into()),
                         },
-                        Ok(_) => {
+                        Ok(n) => {
                             self.last_recv = Instant::now();
+                            rbuf.extend_from_slice(&rstage[..n]);
                             if let Err(e) = self.on_bytes(&mut rbuf) { break e; }
                         }
                         Err(e) => break match self.remote_going_away.take() {
