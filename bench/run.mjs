@@ -364,7 +364,7 @@ async function main() {
       const b = TUNNEL_BASE[e.requestedTransport];
       const name = e.requestedTransport;
       if (e.transport !== e.requestedTransport) {
-        // Asked for QUIC, got TLS: QUIC is not implemented yet. Report it, never measure TLS as QUIC.
+        // Asked for QUIC, got TLS (QUIC blocked or failing here): report it, never measure TLS as QUIC.
         paths.set(name, { kind: 'tunnel', status: 'not yet', note: `edge asked for ${e.requestedTransport}, tunnel runs ${e.transport}` });
         await e.proc.stop();
         continue;
@@ -466,7 +466,7 @@ async function main() {
     const p = paths.get(mode);
     if (p === undefined) continue;
     if (p.status === 'ok' && p.udpBound) udp.push({ path: mode, ...udpSummary(samples.get(mode).udp) });
-    else udp.push({ path: mode, status: 'not yet', note: p.status === 'ok' ? 'the edge did not bind its UDP port (UDP not implemented yet)' : p.note });
+    else udp.push({ path: mode, status: 'not yet', note: p.status === 'ok' ? 'the edge did not bind its UDP port' : p.note });
   }
 
   const results = {

@@ -36,7 +36,7 @@ function cleanEnv() {
  * @param {Array<{id: string, transportMode: string, tcp: Array<{port: number, targetPort: number}>, udp?: Array<{port: number, targetPort: number}>}>} o.edges
  * @param {string} [o.performance]  JSON passed as --performance to hub and edges
  * @returns hub and edges, each edge with the transport it actually uses and whether its UDP
- *          ports were bound (how the harness tells "not implemented yet" from "measured").
+ *          ports were bound (how the harness tells "did not run as asked" from "measured").
  */
 export async function startTunnel({ dir, edges, performance }) {
   mkdirSync(dir, { recursive: true });

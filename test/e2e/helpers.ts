@@ -220,6 +220,8 @@ export interface IPairOptions {
   /** More allowed edges on the same hub (not started). */
   otherEdges?: TAllowedEdge[];
   hub?: Partial<IHubConfig>;
+  /** Default `tcpTls`. */
+  transportMode?: 'tcpTls' | 'quic' | 'quicWithFallback';
 }
 
 /** A hub with one allowed edge, and that edge started from a token, connected, with its ports bound. */
@@ -231,7 +233,7 @@ export async function startPair(cleanups: Cleanups, options: IPairOptions): Prom
   const token = encodeConnectionToken({ hubHost: '127.0.0.1', hubPort: hub.tunnelPort, edgeId, secret, hubFingerprint: hub.fingerprint });
   const { edge, log: edgeLog } = await startEdge(
     cleanups,
-    { token, transportMode: 'tcpTls' },
+    { token, transportMode: options.transportMode ?? 'tcpTls' },
     options.listenPorts.map((entry) => entry.port),
   );
   return { ...hub, edge, edgeLog, edgeId, secret, token };

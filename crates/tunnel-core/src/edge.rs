@@ -654,7 +654,7 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
         if lock(&inner.listeners).contains_key(port) {
             continue;
         }
-        match bind(bind_ip, *port).await {
+        match bind(bind_ip, *port) {
             Ok(listener) => {
                 let listener = Arc::new(listener);
                 let (port, cur, events) = (*port, inner.current.clone(), inner.events.clone());
@@ -766,29 +766,14 @@ async fn apply_firewall(inner: &Arc<Inner>, cfg: &Value) {
     .await;
 }
 
-/// Binds a listening port: on the configured address, or dual-stack `[::]` (falling back to
-/// `0.0.0.0` where IPv6 is disabled).
-async fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
-    let addrs: Vec<SocketAddr> = match ip {
-        Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => vec![
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-        ],
-    };
-    let mut last = None;
-    for a in addrs {
-        match TcpListener::bind(a).await {
-            Ok(l) => return Ok(l),
-            Err(source) => {
-                last = Some(Error::Bind {
-                    addr: a.to_string(),
-                    source,
-                })
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind port {port}"))))
+/// Binds a public TCP port (see `udp::bind_candidates`). std's bind sets SO_REUSEADDR, so a
+/// restarted edge re-binds despite TIME_WAIT connections.
+fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
+    crate::udp::bind_first(ip, port, |a| {
+        let l = std::net::TcpListener::bind(a)?;
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    })
 }
 
 async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, events: EventSink) {

@@ -355,23 +355,27 @@ impl EdgeUdp {
     }
 }
 
-/// Binds a UDP port: on the configured address, or dual-stack `[::]` (falling back to
-/// `0.0.0.0` where IPv6 is disabled).
-fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
-    let addrs: Vec<SocketAddr> = match ip {
+/// Where a public port binds: the configured address, or dual-stack `[::]` first and `0.0.0.0`
+/// where IPv6 is disabled.
+pub fn bind_candidates(ip: Option<IpAddr>, port: u16) -> Vec<SocketAddr> {
+    match ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
         None => vec![
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
         ],
-    };
+    }
+}
+
+/// Tries `bind` on each candidate address; the error of the last one if none works.
+pub fn bind_first<T>(
+    ip: Option<IpAddr>,
+    port: u16,
+    mut bind: impl FnMut(SocketAddr) -> std::io::Result<T>,
+) -> Result<T> {
     let mut last = None;
-    for a in addrs {
-        match std::net::UdpSocket::bind(a).and_then(|s| {
-            s.set_nonblocking(true)?;
-            tune_buffers(&s, BURST_BUFFER);
-            UdpSocket::from_std(s)
-        }) {
+    for a in bind_candidates(ip, port) {
+        match bind(a) {
             Ok(s) => return Ok(s),
             Err(source) => {
                 last = Some(Error::Bind {
@@ -381,7 +385,17 @@ fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind UDP port {port}"))))
+    Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("no address to bind port {port}"))))
+}
+
+/// Binds a public UDP port with burst-sized buffers.
+fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
+    bind_first(ip, port, |a| {
+        let s = std::net::UdpSocket::bind(a)?;
+        s.set_nonblocking(true)?;
+        tune_buffers(&s, BURST_BUFFER);
+        UdpSocket::from_std(s)
+    })
 }
 
 // ---- hub -------------------------------------------------------------------------------------
