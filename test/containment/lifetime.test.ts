@@ -18,7 +18,7 @@ const SCRIPT = `
 import net from 'node:net';
 import { RemoteIngressHub, encodeConnectionToken } from 'remoteingress-hub';
 import { RemoteIngressEdge } from 'remoteingress-edge';
-const echo = net.createServer((s) => s.pipe(s)).listen(0, '127.0.0.1');
+const echo = net.createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(0, '127.0.0.1');
 await new Promise((r) => echo.once('listening', r));
 const free = await new Promise((r) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => r(p)); }); });
 async function startAndForget() {

@@ -147,6 +147,14 @@ export async function startUdpTarget(cleanups: Cleanups, proxy: boolean): Promis
     const remote = `${rinfo.address}:${rinfo.port}`;
     let flow = flows.get(remote);
     const isHeader = message.length >= 16 && message.subarray(0, 12).equals(V2_SIGNATURE);
+    if (proxy && isHeader && flow !== undefined && flow.headers > 0) {
+      // A new flow whose upstream socket got the port of an earlier, closed one (the kernel
+      // reuses ephemeral ports): the header is what marks a flow, so keep the old record under
+      // another key and start a new one.
+      flows.set(`${remote}#${flows.size}`, flow);
+      flows.delete(remote);
+      flow = undefined;
+    }
     if (flow === undefined) {
       flow = { remote, headers: 0, payloadHashes: [], firstAt: Date.now() };
       flows.set(remote, flow);

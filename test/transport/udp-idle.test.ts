@@ -121,7 +121,9 @@ describe.each(['tcpTls', 'quic'] as const)('UDP flow idle expiry over %s', (tran
     const problems: string[] = [];
     for (const client of clients) {
       const flows = [...target.flows.values()].filter((flow) => flow.header?.source.port === client.port);
-      if (flows.length !== 2 || flows.some((flow) => flow.headers !== 1) || new Set(flows.map((flow) => flow.remote)).size !== 2) {
+      // Two flows, each announced by exactly one header (the second flow's upstream socket may
+      // reuse the first one's port, so remote addresses need not differ).
+      if (flows.length !== 2 || flows.some((flow) => flow.headers !== 1)) {
         problems.push(`client :${client.port}: ${flows.length} flows at the target, headers ${flows.map((flow) => flow.headers).join(',')}`);
       }
     }
