@@ -275,3 +275,13 @@ describe('diffAllowedEdges', () => {
     expect(diffAllowedEdges(before, after)).toEqual(expected);
   });
 });
+
+describe('validateAllowedEdges: firewall ids', () => {
+  it('accepts the ids the edge can turn into nftables names and refuses the rest, naming the field', () => {
+    const edge = (id: string) => [{ id: 'edge-1', secret: SECRET, listenPorts: [8080], firewallConfig: { blockedIps: [], rateLimits: [{ id, port: 8080, protocol: 'tcp', rate: '20/second' }], rules: [] } }];
+    expect(() => validateAllowedEdges(edge('web_conns-1'), opts)).not.toThrow();
+    for (const bad of ['web.conns', 'x'.repeat(33), '']) {
+      expect(rejection(edge(bad)).message).toContain('firewallConfig.rateLimits[0].id');
+    }
+  });
+});

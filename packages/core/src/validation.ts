@@ -18,7 +18,8 @@ export const EDGE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
  */
 export const MIN_SECRET_LENGTH = 16;
 const RATE_PATTERN = /^(\d+)\/(second|minute|hour)$/;
-const FIREWALL_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+/** Firewall ids become parts of nftables set names and comments on the edge: no dots, ≤ 32. */
+const FIREWALL_ID_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 const PROXY_PROTOCOLS: readonly TProxyProtocol[] = ['v1', 'v2', 'none'];
 const IP_PROTOCOLS: readonly TIpProtocol[] = ['tcp', 'udp'];
 /** RFC 1123 host names (labels of letters, digits, hyphens; `_` tolerated as in service names). */
@@ -310,93 +311,96 @@ function normaliseFirewall(value: unknown, path: string, issues: Issues): INorma
     });
   }
 
-  const rateLimits = value.rateLimits ?? [];
-  const rateIds = new Set<string>();
-  if (!Array.isArray(rateLimits)) {
-    issues.add(join(path, 'rateLimits'), rateLimits, 'must be an array of {id, port, protocol, rate, burst?, perSourceIP?}');
-  } else {
-    rateLimits.forEach((limit, index) => {
-      const at = join(join(path, 'rateLimits'), index);
-      if (!isRecord(limit)) {
-        issues.add(at, limit, 'must be an object {id, port, protocol, rate, burst?, perSourceIP?}');
-        return;
-      }
-      issues.unknownKeys(limit, RATE_LIMIT_KEYS, at);
-      const id = firewallId(limit.id, join(at, 'id'), rateIds, issues);
-      if (!isValidPort(limit.port)) issues.add(join(at, 'port'), limit.port, 'must be an integer from 1 to 65535');
-      if (!IP_PROTOCOLS.includes(limit.protocol as TIpProtocol)) {
-        issues.add(join(at, 'protocol'), limit.protocol, "must be 'tcp' or 'udp'");
-      }
-      const rate = typeof limit.rate === 'string' ? RATE_PATTERN.exec(limit.rate) : null;
-      if (rate === null || Number(rate[1]) === 0) {
-        issues.add(join(at, 'rate'), limit.rate, "must look like '200/second' (a positive count per second, minute or hour)");
-      }
-      let burst: number | null = null;
-      if (limit.burst !== undefined && limit.burst !== null) {
-        if (typeof limit.burst === 'number' && Number.isSafeInteger(limit.burst) && limit.burst > 0) burst = limit.burst;
-        else issues.add(join(at, 'burst'), limit.burst, 'must be a positive integer');
-      }
-      if (limit.perSourceIP !== undefined && typeof limit.perSourceIP !== 'boolean') {
-        issues.add(join(at, 'perSourceIP'), limit.perSourceIP, 'must be true or false');
-      }
-      firewall.rateLimits.push({
-        id,
-        port: isValidPort(limit.port) ? limit.port : 0,
-        protocol: limit.protocol === 'udp' ? 'udp' : 'tcp',
-        rate: typeof limit.rate === 'string' ? limit.rate : '',
-        burst,
-        perSourceIP: limit.perSourceIP === true,
-      });
+  eachFirewallEntry(value.rateLimits, join(path, 'rateLimits'), RATE_LIMIT_KEYS, '{id, port, protocol, rate, burst?, perSourceIP?}', issues, (limit, at, id) => {
+    if (!isValidPort(limit.port)) issues.add(join(at, 'port'), limit.port, 'must be an integer from 1 to 65535');
+    if (!IP_PROTOCOLS.includes(limit.protocol as TIpProtocol)) {
+      issues.add(join(at, 'protocol'), limit.protocol, "must be 'tcp' or 'udp'");
+    }
+    const rate = typeof limit.rate === 'string' ? RATE_PATTERN.exec(limit.rate) : null;
+    if (rate === null || Number(rate[1]) === 0) {
+      issues.add(join(at, 'rate'), limit.rate, "must look like '200/second' (a positive count per second, minute or hour)");
+    }
+    let burst: number | null = null;
+    if (limit.burst !== undefined && limit.burst !== null) {
+      if (typeof limit.burst === 'number' && Number.isSafeInteger(limit.burst) && limit.burst > 0) burst = limit.burst;
+      else issues.add(join(at, 'burst'), limit.burst, 'must be a positive integer');
+    }
+    if (limit.perSourceIP !== undefined && typeof limit.perSourceIP !== 'boolean') {
+      issues.add(join(at, 'perSourceIP'), limit.perSourceIP, 'must be true or false');
+    }
+    firewall.rateLimits.push({
+      id,
+      port: isValidPort(limit.port) ? limit.port : 0,
+      protocol: limit.protocol === 'udp' ? 'udp' : 'tcp',
+      rate: typeof limit.rate === 'string' ? limit.rate : '',
+      burst,
+      perSourceIP: limit.perSourceIP === true,
     });
-  }
+  });
 
-  const rules = value.rules ?? [];
-  const ruleIds = new Set<string>();
-  if (!Array.isArray(rules)) {
-    issues.add(join(path, 'rules'), rules, 'must be an array of {id, direction, action, sourceIP?, destPort?, protocol?}');
-  } else {
-    rules.forEach((rule, index) => {
-      const at = join(join(path, 'rules'), index);
-      if (!isRecord(rule)) {
-        issues.add(at, rule, 'must be an object {id, direction, action, sourceIP?, destPort?, protocol?}');
-        return;
-      }
-      issues.unknownKeys(rule, RULE_KEYS, at);
-      const id = firewallId(rule.id, join(at, 'id'), ruleIds, issues);
-      if (rule.direction !== 'input' && rule.direction !== 'output') {
-        issues.add(join(at, 'direction'), rule.direction, "must be 'input' or 'output'");
-      }
-      if (rule.action !== 'accept' && rule.action !== 'drop' && rule.action !== 'reject') {
-        issues.add(join(at, 'action'), rule.action, "must be 'accept', 'drop' or 'reject'");
-      }
-      const sourceIP = rule.sourceIP ?? null;
-      if (sourceIP !== null && !isValidIpOrCidr(sourceIP)) {
-        issues.add(join(at, 'sourceIP'), sourceIP, 'must be an IPv4/IPv6 address or CIDR');
-      }
-      const destPort = rule.destPort ?? null;
-      if (destPort !== null && !isValidPort(destPort)) {
-        issues.add(join(at, 'destPort'), destPort, 'must be an integer from 1 to 65535');
-      }
-      const protocol = rule.protocol ?? null;
-      if (protocol !== null && !IP_PROTOCOLS.includes(protocol as TIpProtocol)) {
-        issues.add(join(at, 'protocol'), protocol, "must be 'tcp' or 'udp'");
-      }
-      firewall.rules.push({
-        id,
-        direction: rule.direction === 'output' ? 'output' : 'input',
-        action: rule.action === 'accept' || rule.action === 'reject' ? rule.action : 'drop',
-        sourceIP: typeof sourceIP === 'string' ? sourceIP : null,
-        destPort: typeof destPort === 'number' ? destPort : null,
-        protocol: protocol === 'tcp' || protocol === 'udp' ? protocol : null,
-      });
+  eachFirewallEntry(value.rules, join(path, 'rules'), RULE_KEYS, '{id, direction, action, sourceIP?, destPort?, protocol?}', issues, (rule, at, id) => {
+    if (rule.direction !== 'input' && rule.direction !== 'output') {
+      issues.add(join(at, 'direction'), rule.direction, "must be 'input' or 'output'");
+    }
+    if (rule.action !== 'accept' && rule.action !== 'drop' && rule.action !== 'reject') {
+      issues.add(join(at, 'action'), rule.action, "must be 'accept', 'drop' or 'reject'");
+    }
+    const sourceIP = rule.sourceIP ?? null;
+    if (sourceIP !== null && !isValidIpOrCidr(sourceIP)) {
+      issues.add(join(at, 'sourceIP'), sourceIP, 'must be an IPv4/IPv6 address or CIDR');
+    }
+    const destPort = rule.destPort ?? null;
+    if (destPort !== null && !isValidPort(destPort)) {
+      issues.add(join(at, 'destPort'), destPort, 'must be an integer from 1 to 65535');
+    }
+    const protocol = rule.protocol ?? null;
+    if (protocol !== null && !IP_PROTOCOLS.includes(protocol as TIpProtocol)) {
+      issues.add(join(at, 'protocol'), protocol, "must be 'tcp' or 'udp'");
+    }
+    firewall.rules.push({
+      id,
+      direction: rule.direction === 'output' ? 'output' : 'input',
+      action: rule.action === 'accept' || rule.action === 'reject' ? rule.action : 'drop',
+      sourceIP: typeof sourceIP === 'string' ? sourceIP : null,
+      destPort: typeof destPort === 'number' ? destPort : null,
+      protocol: protocol === 'tcp' || protocol === 'udp' ? protocol : null,
     });
-  }
+  });
   return firewall;
+}
+
+/**
+ * The shared skeleton of `rateLimits` and `rules`: an optional array of objects, each with only
+ * the allowed keys and an id unique within the array. `check` validates the rest of one entry.
+ */
+function eachFirewallEntry(
+  list: unknown,
+  path: string,
+  keys: ReadonlySet<string>,
+  shape: string,
+  issues: Issues,
+  check: (entry: Record<string, unknown>, at: string, id: string) => void,
+): void {
+  const entries = list ?? [];
+  if (!Array.isArray(entries)) {
+    issues.add(path, entries, `must be an array of ${shape}`);
+    return;
+  }
+  const ids = new Set<string>();
+  entries.forEach((entry, index) => {
+    const at = join(path, index);
+    if (!isRecord(entry)) {
+      issues.add(at, entry, `must be an object ${shape}`);
+      return;
+    }
+    issues.unknownKeys(entry, keys, at);
+    check(entry, at, firewallId(entry.id, join(at, 'id'), ids, issues));
+  });
 }
 
 function firewallId(value: unknown, path: string, seen: Set<string>, issues: Issues): string {
   if (typeof value !== 'string' || !FIREWALL_ID_PATTERN.test(value)) {
-    issues.add(path, value, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+    issues.add(path, value, 'must be 1-32 characters of A-Z a-z 0-9 _ -');
     return '';
   }
   if (seen.has(value)) issues.add(path, value, 'duplicate id');
