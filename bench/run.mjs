@@ -23,6 +23,8 @@
 //   --paths a,b     only these paths (names as in the table, e.g. "direct,tcpTls")
 //   --idle-count N  idle connections for the memory measurement (default 10000; 0 skips it)
 //   --profile       also `perf record` the hub and edge during an 8-stream iperf3 run
+//   --workloads w,… only these of tput,lat,conn,udp (for quick A/B runs while optimising;
+//                   implies --no-report)
 //   --no-report     do not rewrite docs/BENCHMARKS.md
 //   --keep          keep the work directory (logs of every process)
 // Environment: BENCH_PERFORMANCE_JSON is passed to hub and edge as --performance.
@@ -44,6 +46,8 @@ const UDP_RATE = '500M';
 const UDP_LENGTH = 1200;
 /** Port of the idle-connection target (bench/idle-conns.mjs serve). */
 const IDLE_TARGET_PORT = 7990;
+/** Workloads measured per path each round (`--workloads` picks a subset). */
+const WORKLOADS = ['tput', 'lat', 'conn', 'udp'];
 /** Entry ports of our tunnel; +0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 (TCP control + UDP). */
 const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
 
@@ -51,7 +55,7 @@ const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
 // Options
 
 function parseArgs(argv) {
-  const o = { seconds: 3, rounds: 3, paths: null, idleCount: 10_000, profile: false, report: true, keep: false };
+  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -62,7 +66,12 @@ function parseArgs(argv) {
     else if (a === '--rounds') o.rounds = positive(value(), a);
     else if (a === '--quick') Object.assign(o, { seconds: 1, rounds: 1, idleCount: 1_000 });
     else if (a === '--paths') o.paths = value().split(',').map((s) => s.trim());
-    else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
+    else if (a === '--workloads') {
+      o.workloads = value().split(',').map((s) => s.trim());
+      const unknown = o.workloads.filter((w) => !WORKLOADS.includes(w));
+      if (unknown.length > 0) usage(`--workloads: unknown ${unknown.join(', ')} (known: ${WORKLOADS.join(', ')})`);
+      o.report = false;
+    } else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
     else if (a === '--profile') o.profile = true;
     else if (a === '--no-report') o.report = false;
     else if (a === '--keep') o.keep = true;
@@ -312,6 +321,7 @@ async function main() {
   say(`bench: ${machine.nproc} × ${machine.cpuModel}, kernel ${machine.kernel}, ${o.rounds} rounds × ${o.seconds} s per measurement, work dir ${work}`);
   const loadBefore = loadavg();
   const want = (name) => o.paths === null || o.paths.includes(name);
+  const measure = (w) => o.workloads === null || o.workloads.includes(w);
 
   for (const tool of ['iperf3', 'sockperf', 'nginx']) {
     if (which(tool) === null) throw new Error(`${tool} is required for the full run (Debian package ${PACKAGES[tool]})`);
@@ -383,17 +393,19 @@ async function main() {
     for (const [name, p] of paths) {
       if (p.status !== 'ok') continue;
       const s = samples.get(name);
-      for (const streams of [1, 8]) {
+      for (const streams of measure('tput') ? [1, 8] : []) {
         const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
         s[`tput${streams}`].push(result.gbps ?? null);
         if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
         else s.cpu.push({ streams, bytes: result.bytes, cpu });
       }
-      const lat = await sockperfPingPong(p.ports.lat, Math.max(2, o.seconds));
-      if (lat.error) say(`  ${name} latency: ${lat.error}`);
-      s.p50.push(lat.p50 ?? null);
-      s.p99.push(lat.p99 ?? null);
-      if (which('wrk') !== null) {
+      if (measure('lat')) {
+        const lat = await sockperfPingPong(p.ports.lat, Math.max(2, o.seconds));
+        if (lat.error) say(`  ${name} latency: ${lat.error}`);
+        s.p50.push(lat.p50 ?? null);
+        s.p99.push(lat.p99 ?? null);
+      }
+      if (measure('conn') && which('wrk') !== null) {
         const conn = await wrkConnRate(p.ports.conn, o.seconds);
         if (conn.error) say(`  ${name} conn/s: ${conn.error}`);
         s.conn.push(conn.perSec ?? null);
@@ -402,7 +414,7 @@ async function main() {
       const f = (x, d = 2) => (x == null ? '-' : x.toFixed(d));
       say(`round ${round} ${name.padEnd(18)} tput1 ${f(s.tput1.at(-1))} tput8 ${f(s.tput8.at(-1))} Gbit/s  p50/p99 ${f(s.p50.at(-1), 1)}/${f(s.p99.at(-1), 1)} µs  conn/s ${f(s.conn.at(-1), 0)}`);
     }
-    for (const u of udpPaths) {
+    for (const u of measure('udp') ? udpPaths : []) {
       const r = await iperf3Udp(u.port, UDP_RATE, UDP_LENGTH, o.seconds);
       if (r.error) say(`  ${u.name} udp: ${r.error}`);
       samples.get(u.name).udp.push(r);

@@ -482,7 +482,7 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
     }
 }
 
-type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+type ClientTls = tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>;
 
 fn pin_error(msg: &str) -> Option<Error> {
     let i = msg.find(tls::PIN_MISMATCH)?;
@@ -498,7 +498,8 @@ async fn dial_tls(
     inner: &Arc<Inner>,
     cfg_tx: &mpsc::UnboundedSender<Value>,
 ) -> Result<(Tunnel, TunnelFuture)> {
-    let (tls, params) = tls_handshake(inner).await?;
+    let (mut tls, params) = tls_handshake(inner).await?;
+    tls.get_mut().1.set_buffer_limit(Some(mux::TLS_SEND_BUFFER));
     let cfg = MuxConfig {
         side: Side::Edge,
         max_frame: params.max_frame as usize,
@@ -532,10 +533,16 @@ async fn tls_handshake(inner: &Arc<Inner>) -> Result<(ClientTls, handshake::Sess
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(inner.trust.clone())));
     let name = rustls::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
     let hs = async {
-        let mut tls = connector.connect(name, tcp).await.map_err(|e| {
-            let msg = e.to_string();
-            pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
-        })?;
+        let mut tls = connector
+            .connect(
+                name,
+                tokio::io::BufReader::with_capacity(mux::TUNNEL_SOCKET_READ, tcp),
+            )
+            .await
+            .map_err(|e| {
+                let msg = e.to_string();
+                pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
+            })?;
         let mut binding = [0u8; 32];
         tls.get_ref()
             .1

@@ -467,7 +467,7 @@ async fn first_record_arrived(tcp: &TcpStream) -> Option<()> {
     }
 }
 
-type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+type ServerTls = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
 
 async fn handshake_edge(
     inner: &Arc<Inner>,
@@ -475,7 +475,10 @@ async fn handshake_edge(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<(ServerTls, String, String)>> {
-    let mut tls = match acceptor.accept(tcp).await {
+    let mut tls = match acceptor
+        .accept(tokio::io::BufReader::with_capacity(mux::TUNNEL_SOCKET_READ, tcp))
+        .await
+    {
         Ok(t) => t,
         Err(e) => {
             let msg = e.to_string();
@@ -636,6 +639,8 @@ async fn run_tls_session(
     };
     let (handler, slot) = HubHandler::new(&inner, &edge_id);
     let flows = handler.flows.clone();
+    let mut tls = tls;
+    tls.get_mut().1.set_buffer_limit(Some(mux::TLS_SEND_BUFFER));
     let (mux, fut) = mux::start(tls, cfg, handler);
     let tunnel = Tunnel::Tls(mux);
     let _ = slot.set(tunnel.clone());

@@ -61,7 +61,7 @@ impl Identity {
 
     pub fn server_config(&self) -> Result<rustls::ServerConfig> {
         let mut cfg = rustls::ServerConfig::builder()
-            .with_safe_default_cipher_suites()
+            .with_cipher_suites(TUNNEL_CIPHER_SUITES)
             .with_safe_default_kx_groups()
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| Error::Tls(e.to_string()))?
@@ -71,9 +71,22 @@ impl Identity {
                 Error::InvalidConfig(format!("certPem/keyPem do not form a usable identity: {e}"))
             })?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
+        // Our preference, not the client's: an edge of an older build still gets AES-128.
+        cfg.ignore_client_order = true;
         Ok(cfg)
     }
 }
+
+/// TLS 1.3 suites in order of preference, for the tunnel and for QUIC. AES-128-GCM first: it is
+/// TLS 1.3's mandatory suite, a 128-bit key is the strength the rest of the design has (the
+/// pinned SHA-256 fingerprint, X25519), and with 10 AES rounds instead of 14 it costs ~20 % less
+/// CPU per byte than AES-256-GCM — the cipher is a third of the hub's and edge's cycles under
+/// bulk load. ChaCha20 stays last for peers without AES instructions.
+static TUNNEL_CIPHER_SUITES: &[rustls::SupportedCipherSuite] = &[
+    rustls::cipher_suite::TLS13_AES_128_GCM_SHA256,
+    rustls::cipher_suite::TLS13_AES_256_GCM_SHA384,
+    rustls::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+];
 
 /// How the edge decides to trust the hub.
 #[derive(Debug, Clone)]
@@ -122,10 +135,10 @@ impl ServerCertVerifier for PinVerifier {
 /// The edge's client configuration.
 pub fn client_config(trust: Trust) -> rustls::ClientConfig {
     let mut cfg = rustls::ClientConfig::builder()
-        .with_safe_default_cipher_suites()
+        .with_cipher_suites(TUNNEL_CIPHER_SUITES)
         .with_safe_default_kx_groups()
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3 with the default suites is a valid rustls configuration")
+        .expect("TLS 1.3 with AES-GCM/ChaCha20 suites is a valid rustls configuration")
         .with_custom_certificate_verifier(Arc::new(PinVerifier { trust }))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN.to_vec()];
