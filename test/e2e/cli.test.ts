@@ -115,6 +115,7 @@ describe('command line, end to end', () => {
       '--allowed-edges', edgesFile,
       '--state-dir', stateDir,
       '--grace-ms', String(GRACE_MS),
+      '--log-streams',
     ]);
     const listening = await hub.waitForLine(/hub listening on .*:(\d+) fingerprint ([0-9a-f]{64})/, 'hub start-up line');
     const hubPort = Number(listening[1]);
@@ -148,6 +149,9 @@ describe('command line, end to end', () => {
     expect(body).toEqual({ status: 200, text: 'hello from the target, you asked for /through-the-tunnel\n' });
     expect(requests).toEqual([{ url: '/through-the-tunnel', host: `127.0.0.1:${edgePort}` }]);
     await hub.waitForLine(/^streamClosed .*\bcode=null .*\bedgeId=cli-edge\b/m, 'hub streamClosed line');
+    // Per-connection lines are opt-in: the hub asked for them, the edge did not.
+    expect(hub.output()).toMatch(/^streamOpened /m);
+    expect(edge.output()).not.toMatch(/^stream(Opened|Closed) /m);
 
     edge.child.kill('SIGTERM');
     expect(await withTimeout(edge.exited, EXIT_TIMEOUT_MS, () => `edge exit after SIGTERM\n${edge.output()}`)).toEqual({ code: 0, signal: null });

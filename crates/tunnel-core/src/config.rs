@@ -13,7 +13,8 @@ use crate::proxy_protocol::ProxyVersion;
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Performance {
     /// Tokio worker threads (only honoured by the first hub/edge in a process, which creates
-    /// the runtime). 0 = one per core.
+    /// the runtime). 0 = one per core, one on machines with up to 2 cores (see
+    /// `runtime::worker_count`).
     pub worker_threads: usize,
     /// DATA payload per frame. 16 KiB = one TLS record: large enough that the 9-byte header is
     /// noise, small enough that 8 interleaved streams each get a turn every ~128 KiB.

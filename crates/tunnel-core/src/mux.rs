@@ -94,6 +94,10 @@ pub const TUNNEL_SOCKET_READ: usize = 128 * 1024;
 /// than eight 16 KiB writes, and the batch still fits in L2 cache.
 const READ_BATCH: usize = 128 * 1024;
 
+/// A tunnel read at least this large (a quarter of a full TLS record) suggests bulk data with
+/// more behind it, worth gathering before decoding.
+const GATHER_MORE_AFTER: usize = 4 * 1024;
+
 /// Largest read from a stream's socket (credit permitting). 64 KiB is what the kernel hands
 /// over in one go on loopback and LAN paths (a GSO segment); reading it in one call rather than
 /// four 16 KiB ones cuts syscalls and mux messages per byte by four, and `fill` still cuts it
@@ -890,11 +894,18 @@ impl<H: Handler> Mux<H> {
                             rbuf.extend_from_slice(&rstage[..n]);
                             // Take what else is already readable (decrypted or buffered), so
                             // one pass over the frames can give each stream one `writev`.
+                            // A short read (a PING, one small message) means nothing is
+                            // queued behind it: skip the extra attempt, which would only cost
+                            // a syscall on the latency path.
                             let mut end = None;
-                            while rbuf.len() < READ_BATCH {
+                            let mut last = n;
+                            while last >= GATHER_MORE_AFTER && rbuf.len() < READ_BATCH {
                                 match read_now(&mut rd, &mut rstage).await {
                                     Poll::Ready(Ok(0)) => { end = Some(Ok(())); break; }
-                                    Poll::Ready(Ok(k)) => rbuf.extend_from_slice(&rstage[..k]),
+                                    Poll::Ready(Ok(k)) => {
+                                        rbuf.extend_from_slice(&rstage[..k]);
+                                        last = k;
+                                    }
                                     Poll::Ready(Err(e)) => { end = Some(Err(e)); break; }
                                     Poll::Pending => break,
                                 }

@@ -83,6 +83,7 @@ extern "C" {
         result: *mut napi_value,
     ) -> napi_status;
     fn napi_get_value_double(env: napi_env, v: napi_value, result: *mut f64) -> napi_status;
+    fn napi_get_value_bool(env: napi_env, v: napi_value, result: *mut bool) -> napi_status;
     fn napi_get_undefined(env: napi_env, result: *mut napi_value) -> napi_status;
     fn napi_create_external(
         env: napi_env,
@@ -224,6 +225,14 @@ unsafe fn arg_string(env: napi_env, v: napi_value, what: &str) -> Result<String,
     String::from_utf8(buf).map_err(|_| js_err("ERR_INVALID_ARG", format!("{what}: not UTF-8")))
 }
 
+unsafe fn arg_bool(env: napi_env, v: napi_value, what: &str) -> Result<bool, JsError> {
+    let mut b = false;
+    if napi_get_value_bool(env, v, &mut b) != NAPI_OK {
+        return Err(js_err("ERR_INVALID_ARG", format!("{what}: expected a boolean")));
+    }
+    Ok(b)
+}
+
 unsafe fn arg_number(env: napi_env, v: napi_value, what: &str) -> Result<f64, JsError> {
     let mut d = 0f64;
     if napi_get_value_double(env, v, &mut d) != NAPI_OK || !d.is_finite() {
@@ -305,6 +314,10 @@ struct Shared {
     /// Set when the tsfn is finalized (env teardown) or released: no more calls.
     closed: AtomicBool,
     queue: Mutex<Queue>,
+    /// Whether `streamOpened`/`streamClosed` records are delivered. The JS classes switch it
+    /// on only while someone listens: at thousands of connections per second, records nobody
+    /// reads cost a daemon CPU and (parsed into the JS heap) ~10 MiB of RSS it never returns.
+    stream_events: AtomicBool,
 }
 
 impl Shared {
@@ -326,6 +339,11 @@ impl Shared {
     }
 
     fn push_event(&self, v: Value) {
+        if !self.stream_events.load(Ordering::Relaxed)
+            && matches!(v.get("kind").and_then(Value::as_str), Some("streamOpened" | "streamClosed"))
+        {
+            return;
+        }
         let schedule = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             if q.pending.len() >= MAX_PENDING_EVENTS {
@@ -482,6 +500,7 @@ unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_
     let shared = Arc::new(Shared {
         tsfn: SendPtr(ptr::null_mut()),
         closed: AtomicBool::new(false),
+        stream_events: AtomicBool::new(true),
         queue: Mutex::new(Queue {
             pending: Default::default(),
             scheduled: false,
@@ -744,6 +763,16 @@ unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> na
 /// Test hook: arms a one-shot panic inside the addon (`hubListener`, `tunnel`, `edgeListener`,
 /// `hubStream`) so the test suite can prove containment. Harmless in production: nothing arms
 /// it but an explicit call.
+unsafe extern "C" fn js_set_stream_events(env: napi_env, info: napi_callback_info) -> napi_value {
+    guard(env, || {
+        let [h, on] = args::<2>(env, info);
+        let handle = arg_handle(env, h)?;
+        let on = arg_bool(env, on, "on")?;
+        handle.shared.stream_events.store(on, Ordering::Relaxed);
+        Ok(undefined(env))
+    })
+}
+
 unsafe extern "C" fn js_inject_panic(env: napi_env, info: napi_callback_info) -> napi_value {
     guard(env, || {
         let [w] = args::<1>(env, info);
@@ -803,6 +832,7 @@ pub unsafe extern "C" fn napi_register_module_v1(env: napi_env, exports: napi_va
         export(env, exports, "edgeStart", js_edge_start);
         export(env, exports, "edgeStatus", js_edge_status);
         export(env, exports, "edgeStop", js_edge_stop);
+        export(env, exports, "setStreamEvents", js_set_stream_events);
         export(env, exports, "injectPanicForTest", js_inject_panic);
     }));
     exports

@@ -6,14 +6,36 @@ use tokio::runtime::Runtime;
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
-/// The runtime, created with `workers` threads (0 = one per core) if it does not exist yet.
+/// Machines with at most this many cores get one worker by default (`workers` = 0).
+///
+/// A tunnel's work is one task (its muxer) plus light per-connection tasks. On one or two cores
+/// a second worker mostly adds cross-thread wakeups and work stealing (futex calls, IPIs,
+/// contended socket locks) while the kernel's network processing already runs on the other
+/// core: measured on a 2-core VM, one worker moved 8 tunnelled streams ~20 % faster and kept
+/// ping-pong latency steadier. With more cores, tunnels and connections run in parallel.
+pub const SINGLE_WORKER_UP_TO_CORES: usize = 2;
+
+/// Worker threads for a `workers` setting: as given, or for 0 one per core (one on machines
+/// with up to `SINGLE_WORKER_UP_TO_CORES` cores).
+pub fn worker_count(workers: usize) -> usize {
+    if workers > 0 {
+        return workers;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores <= SINGLE_WORKER_UP_TO_CORES {
+        1
+    } else {
+        cores
+    }
+}
+
+/// The runtime, created with `worker_count(workers)` threads if it does not exist yet.
 pub fn get(workers: usize) -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.enable_all().thread_name("remoteingress");
-        if workers > 0 {
-            b.worker_threads(workers);
-        }
+        b.enable_all()
+            .thread_name("remoteingress")
+            .worker_threads(worker_count(workers));
         // Building a runtime only fails if threads cannot be spawned at all, in which case
         // nothing in this process could work.
         let rt = b.build().expect("cannot start the tokio runtime");
@@ -38,6 +60,23 @@ async fn return_freed_memory() {
         // SAFETY: malloc_trim only walks the allocator's own free lists.
         unsafe {
             libc::malloc_trim(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_count_honours_a_setting_and_picks_by_cores_for_zero() {
+        assert_eq!(worker_count(3), 3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = worker_count(0);
+        if cores <= SINGLE_WORKER_UP_TO_CORES {
+            assert_eq!(auto, 1);
+        } else {
+            assert_eq!(auto, cores);
         }
     }
 }

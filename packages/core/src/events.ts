@@ -1,5 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import { TunnelError } from './errors.js';
+import type { INativeAddon, NativeHandle } from './native.js';
 import type { ILogEvent, TLogLevel } from './types.js';
 
 /**
@@ -80,4 +81,34 @@ function dispatchRecord(target: EventEmitter, source: string, record: unknown): 
     default:
       target.emit(kind, record);
   }
+}
+
+const STREAM_EVENT_KINDS: ReadonlyArray<string | symbol> = ['streamOpened', 'streamClosed'];
+
+/** Whether anyone listens for per-stream events on `target`. */
+export function wantsStreamEvents(target: EventEmitter): boolean {
+  return STREAM_EVENT_KINDS.some((kind) => target.listenerCount(kind) > 0);
+}
+
+/**
+ * Keeps the addon's per-stream events (`streamOpened`, `streamClosed`) switched on exactly while
+ * `target` has a listener for one of them. At thousands of connections per second, records
+ * nobody reads would cost the daemon CPU and, parsed into the JS heap, RSS it never returns.
+ */
+export function bindStreamEvents(target: EventEmitter, addon: INativeAddon, handle: NativeHandle): void {
+  const set = (on: boolean): void => {
+    try {
+      addon.setStreamEvents(handle, on);
+    } catch {
+      // A released handle has no events left to switch.
+    }
+  };
+  set(wantsStreamEvents(target));
+  // 'newListener' fires before the listener is added, 'removeListener' after it is gone.
+  target.on('newListener', (kind: string | symbol) => {
+    if (STREAM_EVENT_KINDS.includes(kind)) set(true);
+  });
+  target.on('removeListener', (kind: string | symbol) => {
+    if (STREAM_EVENT_KINDS.includes(kind)) set(wantsStreamEvents(target));
+  });
 }

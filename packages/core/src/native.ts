@@ -19,6 +19,8 @@ export interface INativeAddon {
   edgeStart(handle: NativeHandle, optionsJson: string): Promise<void>;
   edgeStatus(handle: NativeHandle): string;
   edgeStop(handle: NativeHandle, graceMs: number): Promise<void>;
+  /** Whether the handle delivers `streamOpened`/`streamClosed` records (default true). */
+  setStreamEvents(handle: NativeHandle, on: boolean): void;
   /** Test hook: arms one panic inside the addon to prove containment. Never called by the product. */
   injectPanicForTest(component: 'hubListener' | 'tunnel' | 'edgeListener' | 'hubStream'): void;
 }
@@ -34,6 +36,7 @@ const REQUIRED_FUNCTIONS: ReadonlyArray<keyof INativeAddon> = [
   'edgeStart',
   'edgeStatus',
   'edgeStop',
+  'setStreamEvents',
 ];
 
 /** `dist/native.js` → `packages/core/native/remoteingress.node`, where `npm run build:addon` puts it. */

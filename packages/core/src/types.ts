@@ -114,7 +114,7 @@ export interface INormalisedEdge {
 
 /** Tuning passed to the addon as is; every field optional, the addon has defaults. */
 export interface IPerformanceConfig {
-  /** Tokio worker threads; 0 = one per core. Only the first hub/edge in a process sets it. */
+  /** Tokio worker threads; 0 = one per core (one on machines with ≤ 2 cores). Only the first hub/edge in a process sets it. */
   workerThreads?: number;
   /** DATA payload per frame, bytes. */
   maxFramePayload?: number;

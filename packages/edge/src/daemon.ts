@@ -9,11 +9,11 @@ const EVENT_KINDS = [
   'portsAssigned',
   'portBindFailed',
   'firewallConfigUpdated',
-  'streamOpened',
-  'streamClosed',
   'eventsDropped',
   'crashRecovered',
 ] as const;
+/** Printed only with --log-streams: listening switches the addon's per-stream events on. */
+const STREAM_EVENT_KINDS = ['streamOpened', 'streamClosed'] as const;
 
 function out(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -26,6 +26,9 @@ function err(line: string): void {
 export async function runEdgeDaemon(options: IEdgeCommandOptions): Promise<IDaemon> {
   const edge = new RemoteIngressEdge();
   for (const kind of EVENT_KINDS) edge.on(kind, (event: IEdgeEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  if (options.logStreams) {
+    for (const kind of STREAM_EVENT_KINDS) edge.on(kind, (event: IEdgeEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  }
   edge.on('log', (event) => (event.level === 'info' ? out : err)(formatEventLine({ ...event })));
   await edge.start(options.config);
   out(`edge ${edge.edgeId ?? ''} connecting to ${edge.hubAddress ?? ''} transport ${options.config.transportMode ?? 'quicWithFallback'}`);

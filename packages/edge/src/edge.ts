@@ -4,6 +4,7 @@ import {
   TunnelError,
   awaitNative,
   callNative,
+  bindStreamEvents,
   createEventDispatcher,
   describeValue,
   emitLog,
@@ -76,6 +77,7 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
       const addon = loadNativeAddon();
       native = addon;
       handle = callNative('createEdge', () => addon.createEdge(createEventDispatcher(this, 'edge')));
+      bindStreamEvents(this, addon, handle);
       if (options.dangerouslyDisableFingerprintPinning) {
         emitLog(this, 'warn', "fingerprint pinning is DISABLED: anyone on the path to the hub can impersonate it and read this edge's traffic");
       }

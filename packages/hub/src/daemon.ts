@@ -11,7 +11,9 @@ import { RemoteIngressHub } from './hub.js';
  * turns one save into one reload instead of several, one of which might see a half-written file.
  */
 const RELOAD_DEBOUNCE_MS = 250;
-const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered'] as const;
+const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'eventsDropped', 'crashRecovered'] as const;
+/** Printed only with --log-streams: listening switches the addon's per-stream events on. */
+const STREAM_EVENT_KINDS = ['streamOpened', 'streamClosed'] as const;
 
 function out(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -27,6 +29,9 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
 
   const hub = new RemoteIngressHub();
   for (const kind of EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  if (options.logStreams) {
+    for (const kind of STREAM_EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  }
   hub.on('log', (event) => (event.level === 'info' ? out : err)(formatEventLine({ ...event })));
 
   const started = await hub.start({

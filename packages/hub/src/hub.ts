@@ -4,6 +4,7 @@ import {
   TunnelError,
   awaitNative,
   callNative,
+  bindStreamEvents,
   createEventDispatcher,
   describeDiff,
   describeValue,
@@ -135,6 +136,7 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
       const addon = loadNativeAddon();
       native = addon;
       handle = callNative('createHub', () => addon.createHub(createEventDispatcher(this, 'hub')));
+      bindStreamEvents(this, addon, handle);
       const options = {
         tunnelPort: resolved.tunnelPort,
         bindHost: resolved.bindHost,

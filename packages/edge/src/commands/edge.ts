@@ -15,6 +15,8 @@ import { DEFAULT_RECONNECT_BASE_MS, DEFAULT_RECONNECT_CAP_MS, DEFAULT_TRANSPORT_
 export interface IEdgeCommandOptions {
   config: IEdgeConfig;
   graceMs: number;
+  /** Print streamOpened/streamClosed lines. */
+  logStreams: boolean;
 }
 
 const HELP = `Usage: remoteingress-edge --token TOKEN [options]
@@ -47,6 +49,9 @@ Options:
                          connect without checking the hub's certificate.
                          Anyone on the path can then pose as the hub. For
                          throwaway tests only.  [REMOTEINGRESS_DANGEROUSLY_DISABLE_FINGERPRINT_PINNING=1]
+  --log-streams          print a line per tunneled connection opened and closed
+                         (off by default: at thousands of connections per
+                         second it costs CPU and memory)                  [REMOTEINGRESS_LOG_STREAMS=1]
   -h, --help             show this help
 
 Example:
@@ -82,13 +87,14 @@ export function resolveEdgeCommandOptions(values: TFlagValues, env: TEnv): IEdge
     throw usageError(`--reconnect-cap-ms = ${common.reconnect.capMs}: must not be below --reconnect-base-ms (${common.reconnect.baseMs})`, 'reconnect-cap-ms');
   }
   const graceMs = integerFlag(values, 'grace-ms', env, 'REMOTEINGRESS_GRACE_MS') ?? DEFAULT_GRACE_MS;
+  const logStreams = booleanFlag(values, 'log-streams', env, 'REMOTEINGRESS_LOG_STREAMS');
 
   if (token !== undefined) {
     const extra = EXPLICIT_FLAGS.find((flag) => typeof values[flag] === 'string');
     if (extra !== undefined) {
       throw usageError(`--${extra} cannot be combined with a token: the token already carries the hub address, edge id, secret and fingerprint`, extra);
     }
-    return { config: { token, ...common }, graceMs };
+    return { config: { token, ...common }, graceMs, logStreams };
   }
 
   const hint = 'give --token, or all of --hub-host, --hub-port, --edge-id, --secret and --hub-fingerprint';
@@ -108,6 +114,7 @@ export function resolveEdgeCommandOptions(values: TFlagValues, env: TEnv): IEdge
   return {
     config: { hubHost, hubPort, edgeId, secret, ...(hubFingerprint === undefined ? {} : { hubFingerprint }), ...common },
     graceMs,
+    logStreams,
   };
 }
 
@@ -158,6 +165,7 @@ export const edgeCommand: ICommand = {
     performance: { type: 'string' },
     limits: { type: 'string' },
     'dangerously-disable-fingerprint-pinning': { type: 'boolean' },
+    'log-streams': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
   async run(values, env) {

@@ -1,5 +1,6 @@
 import {
   envValue,
+  booleanFlag,
   flagOrEnv,
   integerFlag,
   portFlag,
@@ -37,6 +38,8 @@ export interface IHubCommandOptions {
   limits: ILimitsConfig | undefined;
   graceMs: number;
   watch: boolean;
+  /** Print streamOpened/streamClosed lines. */
+  logStreams: boolean;
 }
 
 const HELP = `Usage: remoteingress-hub [options]
@@ -61,6 +64,9 @@ Options (each can also come from the environment variable in brackets):
   --grace-ms N           on SIGINT/SIGTERM, how long open streams may
                          finish before they are closed                   [REMOTEINGRESS_GRACE_MS] (default ${DEFAULT_GRACE_MS})
   --no-watch             do not reload --allowed-edges when the file changes (SIGHUP still reloads)
+  --log-streams          print a line per tunneled connection opened and closed
+                         (off by default: at thousands of connections per
+                         second it costs CPU and memory)                 [REMOTEINGRESS_LOG_STREAMS=1]
   -h, --help             show this help
 
 Allowed-edges file, e.g. edges.json:
@@ -110,6 +116,7 @@ export function resolveHubCommandOptions(values: TFlagValues, env: TEnv): IHubCo
     limits,
     graceMs,
     watch: values['no-watch'] !== true,
+    logStreams: booleanFlag(values, 'log-streams', env, 'REMOTEINGRESS_LOG_STREAMS'),
   };
 }
 
@@ -125,6 +132,7 @@ export const hubCommand: ICommand = {
     limits: { type: 'string' },
     'grace-ms': { type: 'string' },
     'no-watch': { type: 'boolean' },
+    'log-streams': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
   async run(values, env) {
