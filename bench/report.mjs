@@ -106,7 +106,7 @@ export function renderMarkdown(results, changes) {
   L.push('');
   L.push('## UDP');
   L.push('');
-  L.push(`iperf3 UDP, ${results.settings.udpOffered} offered.`);
+  L.push(`iperf3 UDP, ${results.settings.udpOffered} offered; iperf3's own sockets get 4 MiB buffers (\`-w 4M\`, capped by net.core.rmem_max) so that the loss measured is the path's, not the load generator's.`);
   L.push('');
   L.push('| path | received Mbit/s | lost % |');
   L.push('| --- | ---: | ---: |');
@@ -154,7 +154,7 @@ export function renderMarkdown(results, changes) {
   L.push('');
   L.push('## Machine');
   L.push('');
-  L.push(`- ${m.nproc} CPUs, ${m.cpuModel}, ${m.memTotalMiB} MiB, kernel ${m.kernel}, Node ${m.node}`);
+  L.push(`- ${m.nproc} CPUs, ${m.cpuModel}, ${m.memTotalMiB} MiB, kernel ${m.kernel}, Node ${m.node}${m.rmemMaxKiB == null ? '' : `, net.core.rmem_max ${m.rmemMaxKiB} KiB`}`);
   L.push(`- date ${results.date}, run took ${results.durationSec} s; load average before ${m.loadavgBefore.join(' ')}, after ${m.loadavgAfter.join(' ')}`);
   L.push(`- commit ${m.gitCommit ?? '?'}${m.gitDirty ? ' with uncommitted changes in crates/ or packages/' : ''}; performance settings ${results.settings.performance ?? 'defaults'}`);
   L.push(`- ${Object.entries(m.tools).map(([k, v]) => `${k} ${v ?? 'missing'}`).join(', ')}`);

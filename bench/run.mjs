@@ -177,6 +177,8 @@ function machineInfo() {
     cpuModel: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? 'unknown',
     kernel: os.release(),
     memTotalMiB: Math.round(os.totalmem() / 1048576),
+    // Caps iperf3's -w for UDP; below 4 MiB the load generator's own drops creep back in.
+    rmemMaxKiB: Math.round(Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8').trim()) / 1024),
     node: process.version,
     gitCommit: git(['rev-parse', '--short', 'HEAD']),
     gitDirty: (git(['status', '--porcelain', '--', 'crates', 'packages']) ?? '') !== '',
