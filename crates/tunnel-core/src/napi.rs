@@ -340,7 +340,10 @@ impl Shared {
 
     fn push_event(&self, v: Value) {
         if !self.stream_events.load(Ordering::Relaxed)
-            && matches!(v.get("kind").and_then(Value::as_str), Some("streamOpened" | "streamClosed"))
+            && matches!(
+                v.get("kind").and_then(Value::as_str),
+                Some("streamOpened" | "streamClosed")
+            )
         {
             return;
         }
