@@ -445,3 +445,23 @@ export async function echoRoundTrip(port: number, text = `ping ${randomBytes(4).
   const result = await withTimeout(exchange(socket, text), CONNECT_TIMEOUT_MS, `echo round trip through port ${port}`);
   return { sent: text, received: result.reply.toString('utf8') };
 }
+
+/**
+ * One client attempt that never throws: the reset may come before Node even reports the
+ * connection as established, so connecting, writing and reading are one step here.
+ */
+export function attempt(port: number, request: string | undefined): Promise<{ reply: Buffer; error: string | undefined }> {
+  return new Promise((done) => {
+    const chunks: Buffer[] = [];
+    let error: string | undefined;
+    const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => {
+      if (request !== undefined) socket.end(request);
+    });
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', () => socket.end());
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      error = err.code ?? err.message;
+    });
+    socket.on('close', () => done({ reply: Buffer.concat(chunks), error }));
+  });
+}

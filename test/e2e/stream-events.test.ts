@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CONNECT_TIMEOUT_MS, Cleanups, connectFrom, delay, eventually, exchange, freePort, startEchoServer, startPair, withTimeout } from './helpers.js';
+import { CONNECT_TIMEOUT_MS, Cleanups, attempt, connectFrom, delay, eventually, exchange, freePort, startEchoServer, startPair, withTimeout } from './helpers.js';
 
 /**
  * Per-stream events (`streamOpened`, `streamClosed`) leave the addon only while someone
@@ -22,14 +22,26 @@ function recordEmits(emitter: EventEmitter): string[] {
 }
 
 describe('per-stream events follow their listeners', () => {
-  it('are not emitted without a listener, are emitted once one is added, and stop again when it is removed', async () => {
+  it('none without a listener, only failures for a streamFailed listener, all for streamClosed, none again once removed', async () => {
     const target = await startEchoServer(cleanups);
     const edgePort = await freePort();
-    const pair = await startPair(cleanups, { listenPorts: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'none' }] });
+    const refusedPort = await freePort();
+    const pair = await startPair(cleanups, {
+      listenPorts: [
+        { port: edgePort, targetPort: target.port, proxyProtocol: 'none' },
+        // Nothing listens on the target side of this one: the hub's connect is refused.
+        { port: refusedPort, targetPort: await freePort(), proxyProtocol: 'none' },
+      ],
+    });
     const roundTrip = async (): Promise<void> => {
       const result = await withTimeout(exchange(await connectFrom(edgePort), 'ping\n'), CONNECT_TIMEOUT_MS, 'echo through the tunnel');
       expect(result.reply.toString()).toBe('ping\n');
     };
+    const settle = async (): Promise<void> => {
+      await eventually(() => pair.hub.getStatus().edges.every((edge) => edge.openStreams === 0), CONNECT_TIMEOUT_MS, () => 'hub streams to close');
+      await delay(200); // let stray events arrive
+    };
+    const streamKinds = (names: string[]): string[] => names.filter((name) => name.startsWith('stream'));
 
     // The helpers listen to everything; take the stream listeners away.
     for (const emitter of [pair.hub, pair.edge] as EventEmitter[]) {
@@ -39,26 +51,39 @@ describe('per-stream events follow their listeners', () => {
     const hubEmits = recordEmits(pair.hub);
     const edgeEmits = recordEmits(pair.edge);
     await roundTrip();
-    // Both sides have reported the stream's end by now in status; give stray events time to arrive.
-    await eventually(() => pair.hub.getStatus().edges.every((edge) => edge.openStreams === 0), CONNECT_TIMEOUT_MS, () => 'hub streams to close');
-    await delay(200);
-    expect(hubEmits.filter((name) => name.startsWith('stream'))).toEqual([]);
-    expect(edgeEmits.filter((name) => name.startsWith('stream'))).toEqual([]);
+    await settle();
+    expect(streamKinds(hubEmits)).toEqual([]);
+    expect(streamKinds(edgeEmits)).toEqual([]);
 
+    // Only failures: a clean stream costs nothing, a refused one is reported.
+    const failed: Array<{ code: unknown }> = [];
+    pair.hub.on('streamFailed', (event) => void failed.push(event));
+    await roundTrip();
+    await settle();
+    expect(streamKinds(hubEmits)).toEqual([]);
+    const refused = await withTimeout(attempt(refusedPort, 'ping\n'), CONNECT_TIMEOUT_MS, 'connection to a refused target');
+    expect(refused.reply.length).toBe(0);
+    await eventually(() => failed.length === 1, CONNECT_TIMEOUT_MS, () => `one streamFailed event, got ${failed.length}`);
+    expect(failed[0]?.code).toEqual(expect.any(String));
+    expect(streamKinds(hubEmits)).toEqual(['streamClosed', 'streamFailed']);
+
+    // Everything while someone listens to streamClosed.
     const closed: unknown[] = [];
     const onClosed = (event: unknown): void => void closed.push(event);
     pair.hub.on('streamClosed', onClosed);
     await roundTrip();
     await eventually(() => closed.length === 1, CONNECT_TIMEOUT_MS, () => `one hub streamClosed event, got ${closed.length}`);
     // Only the side with a listener pays for them.
-    expect(edgeEmits.filter((name) => name.startsWith('stream'))).toEqual([]);
+    expect(streamKinds(edgeEmits)).toEqual([]);
 
     pair.hub.off('streamClosed', onClosed);
+    pair.hub.removeAllListeners('streamFailed');
+    await settle();
     hubEmits.length = 0;
     await roundTrip();
-    await eventually(() => pair.hub.getStatus().edges.every((edge) => edge.openStreams === 0), CONNECT_TIMEOUT_MS, () => 'hub streams to close');
-    await delay(200);
-    expect(hubEmits.filter((name) => name.startsWith('stream'))).toEqual([]);
+    await withTimeout(attempt(refusedPort, 'ping\n'), CONNECT_TIMEOUT_MS, 'connection to a refused target');
+    await settle();
+    expect(streamKinds(hubEmits)).toEqual([]);
     expect(closed).toHaveLength(1);
   });
 });

@@ -1,32 +1,11 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import net from 'node:net';
-import { Cleanups, echoRoundTrip, freePort, startEchoServer, startPair, withTimeout } from './helpers.js';
+import { Cleanups, attempt, echoRoundTrip, freePort, startEchoServer, startPair, withTimeout } from './helpers.js';
 
 /**
  * A port whose target has nothing listening: the client must learn promptly (a reset, or a
  * close with no data), the hub must say why, and the tunnel must carry on for other ports.
  */
 const PROMPT_MS = 2_000;
-
-/**
- * One client attempt that never throws: the reset may come before Node even reports the
- * connection as established, so connecting, writing and reading are one step here.
- */
-function attempt(port: number, request: string | undefined): Promise<{ reply: Buffer; error: string | undefined }> {
-  return new Promise((done) => {
-    const chunks: Buffer[] = [];
-    let error: string | undefined;
-    const socket = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true }, () => {
-      if (request !== undefined) socket.end(request);
-    });
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('end', () => socket.end());
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      error = err.code ?? err.message;
-    });
-    socket.on('close', () => done({ reply: Buffer.concat(chunks), error }));
-  });
-}
 
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());

@@ -16,7 +16,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,7 +83,6 @@ extern "C" {
         result: *mut napi_value,
     ) -> napi_status;
     fn napi_get_value_double(env: napi_env, v: napi_value, result: *mut f64) -> napi_status;
-    fn napi_get_value_bool(env: napi_env, v: napi_value, result: *mut bool) -> napi_status;
     fn napi_get_undefined(env: napi_env, result: *mut napi_value) -> napi_status;
     fn napi_create_external(
         env: napi_env,
@@ -225,14 +224,6 @@ unsafe fn arg_string(env: napi_env, v: napi_value, what: &str) -> Result<String,
     String::from_utf8(buf).map_err(|_| js_err("ERR_INVALID_ARG", format!("{what}: not UTF-8")))
 }
 
-unsafe fn arg_bool(env: napi_env, v: napi_value, what: &str) -> Result<bool, JsError> {
-    let mut b = false;
-    if napi_get_value_bool(env, v, &mut b) != NAPI_OK {
-        return Err(js_err("ERR_INVALID_ARG", format!("{what}: expected a boolean")));
-    }
-    Ok(b)
-}
-
 unsafe fn arg_number(env: napi_env, v: napi_value, what: &str) -> Result<f64, JsError> {
     let mut d = 0f64;
     if napi_get_value_double(env, v, &mut d) != NAPI_OK || !d.is_finite() {
@@ -309,15 +300,22 @@ struct Queue {
     dropped: u64,
 }
 
+/// `Shared::stream_events` levels: no per-stream records, only `streamClosed` of failed
+/// streams, or every `streamOpened`/`streamClosed`.
+const STREAM_EVENTS_NONE: u8 = 0;
+const STREAM_EVENTS_FAILURES: u8 = 1;
+const STREAM_EVENTS_ALL: u8 = 2;
+
 struct Shared {
     tsfn: SendPtr,
     /// Set when the tsfn is finalized (env teardown) or released: no more calls.
     closed: AtomicBool,
     queue: Mutex<Queue>,
-    /// Whether `streamOpened`/`streamClosed` records are delivered. The JS classes switch it
-    /// on only while someone listens: at thousands of connections per second, records nobody
-    /// reads cost a daemon CPU and (parsed into the JS heap) ~10 MiB of RSS it never returns.
-    stream_events: AtomicBool,
+    /// Which `streamOpened`/`streamClosed` records are delivered (`STREAM_EVENTS_*`). The JS
+    /// classes set it from their listeners: at thousands of connections per second, records
+    /// nobody reads cost a daemon CPU and (parsed into the JS heap) ~10 MiB of RSS it never
+    /// returns.
+    stream_events: AtomicU8,
 }
 
 impl Shared {
@@ -339,12 +337,17 @@ impl Shared {
     }
 
     fn push_event(&self, v: Value) {
-        if !self.stream_events.load(Ordering::Relaxed)
-            && matches!(
-                v.get("kind").and_then(Value::as_str),
-                Some("streamOpened" | "streamClosed")
-            )
-        {
+        let wanted = match v.get("kind").and_then(Value::as_str) {
+            Some("streamOpened") => self.stream_events.load(Ordering::Relaxed) == STREAM_EVENTS_ALL,
+            Some("streamClosed") => match self.stream_events.load(Ordering::Relaxed) {
+                STREAM_EVENTS_ALL => true,
+                // A failed stream carries a reset code; a clean close has `code: null`.
+                STREAM_EVENTS_FAILURES => v.get("code").is_some_and(|c| !c.is_null()),
+                _ => false,
+            },
+            _ => true,
+        };
+        if !wanted {
             return;
         }
         let schedule = {
@@ -503,7 +506,7 @@ unsafe fn create_handle(env: napi_env, info: napi_callback_info) -> Result<napi_
     let shared = Arc::new(Shared {
         tsfn: SendPtr(ptr::null_mut()),
         closed: AtomicBool::new(false),
-        stream_events: AtomicBool::new(true),
+        stream_events: AtomicU8::new(STREAM_EVENTS_ALL),
         queue: Mutex::new(Queue {
             pending: Default::default(),
             scheduled: false,
@@ -768,10 +771,20 @@ unsafe extern "C" fn js_edge_stop(env: napi_env, info: napi_callback_info) -> na
 /// it but an explicit call.
 unsafe extern "C" fn js_set_stream_events(env: napi_env, info: napi_callback_info) -> napi_value {
     guard(env, || {
-        let [h, on] = args::<2>(env, info);
+        let [h, l] = args::<2>(env, info);
         let handle = arg_handle(env, h)?;
-        let on = arg_bool(env, on, "on")?;
-        handle.shared.stream_events.store(on, Ordering::Relaxed);
+        let level = match arg_string(env, l, "level")?.as_str() {
+            "all" => STREAM_EVENTS_ALL,
+            "failures" => STREAM_EVENTS_FAILURES,
+            "none" => STREAM_EVENTS_NONE,
+            other => {
+                return Err(js_err(
+                    "ERR_INVALID_ARG",
+                    format!("level: expected \"all\", \"failures\" or \"none\", got {other:?}"),
+                ))
+            }
+        };
+        handle.shared.stream_events.store(level, Ordering::Relaxed);
         Ok(undefined(env))
     })
 }

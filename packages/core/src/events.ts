@@ -78,37 +78,50 @@ function dispatchRecord(target: EventEmitter, source: string, record: unknown): 
       target.emit(kind, record);
       emitLog(target, 'warn', `${source}: recovered from an internal crash: ${JSON.stringify(record)}`);
       return;
+    case 'streamClosed':
+      target.emit(kind, record);
+      if ((record as { code?: unknown }).code != null) target.emit(FAILED_STREAM_KIND, record);
+      return;
     default:
       target.emit(kind, record);
   }
 }
 
-const STREAM_EVENT_KINDS: ReadonlyArray<string | symbol> = ['streamOpened', 'streamClosed'];
+/** Events that need every per-stream record from the addon. */
+const ALL_STREAM_KINDS: ReadonlyArray<string | symbol> = ['streamOpened', 'streamClosed'];
+/** Derived from `streamClosed`: only failed streams' records. */
+const FAILED_STREAM_KIND = 'streamFailed';
 
-/** Whether anyone listens for per-stream events on `target`. */
-export function wantsStreamEvents(target: EventEmitter): boolean {
-  return STREAM_EVENT_KINDS.some((kind) => target.listenerCount(kind) > 0);
+export type TStreamEventLevel = 'all' | 'failures' | 'none';
+
+/** Which per-stream records `target`'s listeners need (counting `adding`, a listener about to be added). */
+export function streamEventLevel(target: EventEmitter, adding?: string | symbol): TStreamEventLevel {
+  const has = (kind: string | symbol): boolean => kind === adding || target.listenerCount(kind) > 0;
+  if (ALL_STREAM_KINDS.some(has)) return 'all';
+  return has(FAILED_STREAM_KIND) ? 'failures' : 'none';
 }
 
 /**
- * Keeps the addon's per-stream events (`streamOpened`, `streamClosed`) switched on exactly while
- * `target` has a listener for one of them. At thousands of connections per second, records
+ * Keeps the addon's per-stream records at what `target`'s listeners need: every
+ * `streamOpened`/`streamClosed` while one of those has a listener, only failed streams while
+ * only `streamFailed` has one, none otherwise. At thousands of connections per second, records
  * nobody reads would cost the daemon CPU and, parsed into the JS heap, RSS it never returns.
  */
 export function bindStreamEvents(target: EventEmitter, addon: INativeAddon, handle: NativeHandle): void {
-  const set = (on: boolean): void => {
+  const set = (level: TStreamEventLevel): void => {
     try {
-      addon.setStreamEvents(handle, on);
+      addon.setStreamEvents(handle, level);
     } catch {
       // A released handle has no events left to switch.
     }
   };
-  set(wantsStreamEvents(target));
+  const relevant = (kind: string | symbol): boolean => ALL_STREAM_KINDS.includes(kind) || kind === FAILED_STREAM_KIND;
+  set(streamEventLevel(target));
   // 'newListener' fires before the listener is added, 'removeListener' after it is gone.
   target.on('newListener', (kind: string | symbol) => {
-    if (STREAM_EVENT_KINDS.includes(kind)) set(true);
+    if (relevant(kind)) set(streamEventLevel(target, kind));
   });
   target.on('removeListener', (kind: string | symbol) => {
-    if (STREAM_EVENT_KINDS.includes(kind)) set(wantsStreamEvents(target));
+    if (relevant(kind)) set(streamEventLevel(target));
   });
 }

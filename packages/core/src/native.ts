@@ -19,8 +19,8 @@ export interface INativeAddon {
   edgeStart(handle: NativeHandle, optionsJson: string): Promise<void>;
   edgeStatus(handle: NativeHandle): string;
   edgeStop(handle: NativeHandle, graceMs: number): Promise<void>;
-  /** Whether the handle delivers `streamOpened`/`streamClosed` records (default true). */
-  setStreamEvents(handle: NativeHandle, on: boolean): void;
+  /** Which `streamOpened`/`streamClosed` records the handle delivers (default 'all'; 'failures' = only `streamClosed` with a code). */
+  setStreamEvents(handle: NativeHandle, level: 'all' | 'failures' | 'none'): void;
   /** Test hook: arms one panic inside the addon to prove containment. Never called by the product. */
   injectPanicForTest(component: 'hubListener' | 'tunnel' | 'edgeListener' | 'hubStream'): void;
 }

@@ -282,6 +282,8 @@ export interface IHubEvents {
   authFailed: [IHubAuthFailedEvent];
   streamOpened: [IHubStreamOpenedEvent];
   streamClosed: [IHubStreamClosedEvent];
+  /** The `streamClosed` records of streams that failed (`code` set). Listening to this alone costs only for failures. */
+  streamFailed: [IHubStreamClosedEvent];
   eventsDropped: [IEventsDroppedEvent];
   crashRecovered: [ICrashRecoveredEvent];
   log: [ILogEvent];
@@ -455,6 +457,8 @@ export interface IEdgeEvents {
   udpFlowsExpired: [IEdgeUdpFlowsExpiredEvent];
   streamOpened: [IEdgeStreamOpenedEvent];
   streamClosed: [IEdgeStreamClosedEvent];
+  /** The `streamClosed` records of streams that failed (`code` set). Listening to this alone costs only for failures. */
+  streamFailed: [IEdgeStreamClosedEvent];
   eventsDropped: [IEventsDroppedEvent];
   crashRecovered: [ICrashRecoveredEvent];
   log: [ILogEvent];

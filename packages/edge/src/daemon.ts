@@ -12,7 +12,7 @@ const EVENT_KINDS = [
   'eventsDropped',
   'crashRecovered',
 ] as const;
-/** Printed only with --log-streams: listening switches the addon's per-stream events on. */
+/** Printed only with --log-streams (failed streams always are): listening switches the addon's per-stream events on. */
 const STREAM_EVENT_KINDS = ['streamOpened', 'streamClosed'] as const;
 
 function out(line: string): void {
@@ -28,6 +28,9 @@ export async function runEdgeDaemon(options: IEdgeCommandOptions): Promise<IDaem
   for (const kind of EVENT_KINDS) edge.on(kind, (event: IEdgeEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
   if (options.logStreams) {
     for (const kind of STREAM_EVENT_KINDS) edge.on(kind, (event: IEdgeEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  } else {
+    // Failed streams are always worth a line (a target refusing, a client reset); only they cost.
+    edge.on('streamFailed', (event) => out(formatEventLine({ ...event })));
   }
   edge.on('log', (event) => (event.level === 'info' ? out : err)(formatEventLine({ ...event })));
   await edge.start(options.config);

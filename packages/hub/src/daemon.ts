@@ -12,7 +12,7 @@ import { RemoteIngressHub } from './hub.js';
  */
 const RELOAD_DEBOUNCE_MS = 250;
 const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'eventsDropped', 'crashRecovered'] as const;
-/** Printed only with --log-streams: listening switches the addon's per-stream events on. */
+/** Printed only with --log-streams (failed streams always are): listening switches the addon's per-stream events on. */
 const STREAM_EVENT_KINDS = ['streamOpened', 'streamClosed'] as const;
 
 function out(line: string): void {
@@ -31,6 +31,9 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
   for (const kind of EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
   if (options.logStreams) {
     for (const kind of STREAM_EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
+  } else {
+    // Failed streams are always worth a line (a target refusing, a client reset); only they cost.
+    hub.on('streamFailed', (event) => out(formatEventLine({ ...event })));
   }
   hub.on('log', (event) => (event.level === 'info' ? out : err)(formatEventLine({ ...event })));
 

@@ -49,9 +49,9 @@ Options:
                          connect without checking the hub's certificate.
                          Anyone on the path can then pose as the hub. For
                          throwaway tests only.  [REMOTEINGRESS_DANGEROUSLY_DISABLE_FINGERPRINT_PINNING=1]
-  --log-streams          print a line per tunneled connection opened and closed
-                         (off by default: at thousands of connections per
-                         second it costs CPU and memory)                  [REMOTEINGRESS_LOG_STREAMS=1]
+  --log-streams          print a line per tunneled connection opened and
+                         closed; without it only failed ones are printed
+                         (lines cost CPU at thousands of connections/s)  [REMOTEINGRESS_LOG_STREAMS=1]
   -h, --help             show this help
 
 Example:

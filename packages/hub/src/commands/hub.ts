@@ -64,9 +64,9 @@ Options (each can also come from the environment variable in brackets):
   --grace-ms N           on SIGINT/SIGTERM, how long open streams may
                          finish before they are closed                   [REMOTEINGRESS_GRACE_MS] (default ${DEFAULT_GRACE_MS})
   --no-watch             do not reload --allowed-edges when the file changes (SIGHUP still reloads)
-  --log-streams          print a line per tunneled connection opened and closed
-                         (off by default: at thousands of connections per
-                         second it costs CPU and memory)                 [REMOTEINGRESS_LOG_STREAMS=1]
+  --log-streams          print a line per tunneled connection opened and
+                         closed; without it only failed ones are printed
+                         (lines cost CPU at thousands of connections/s)  [REMOTEINGRESS_LOG_STREAMS=1]
   -h, --help             show this help
 
 Allowed-edges file, e.g. edges.json:
