@@ -32,6 +32,8 @@ if (role === 'serve') {
   const started = Date.now();
   let next = 0;
   let failed = 0;
+  /** error code → count, so a short count says why (refused, reset, timed out…). */
+  const failures = {};
   const openOne = () =>
     new Promise((done) => {
       const socket = net.connect(port, '127.0.0.1');
@@ -40,8 +42,9 @@ if (role === 'serve') {
         socket.pause();
         done();
       });
-      socket.once('error', () => {
+      socket.once('error', (error) => {
         failed += 1;
+        failures[error.code ?? error.message] = (failures[error.code ?? error.message] ?? 0) + 1;
         done();
       });
     });
@@ -53,7 +56,7 @@ if (role === 'serve') {
       }
     }),
   );
-  send({ opened: sockets.size, failed, ms: Date.now() - started });
+  send({ opened: sockets.size, failed, failures, ms: Date.now() - started });
 } else {
   process.stderr.write('usage: idle-conns.mjs serve PORT | open PORT COUNT\n');
   process.exit(2);

@@ -260,7 +260,7 @@ async function idleConnectionCost(dir, port, hubPid, edgePid, count) {
       await sleep(1500);
       const afterClose = { hub: rssKiB(hubPid), edge: rssKiB(edgePid) };
       const perConnBytes = ((withConns.hub - idle.hub + (withConns.edge - idle.edge)) * 1024) / Math.max(1, atTarget);
-      return { count, opened: opened.opened, failed: opened.failed, openMs: opened.ms, atTarget, rssKiB: { idle, withConns, afterClose }, perConnKiB: perConnBytes / 1024 };
+      return { count, opened: opened.opened, failed: opened.failed, failures: opened.failures, openMs: opened.ms, atTarget, rssKiB: { idle, withConns, afterClose }, perConnKiB: perConnBytes / 1024 };
     } finally {
       client.kill();
     }
@@ -436,7 +436,7 @@ async function main() {
       try {
         memory.idleConnections = await idleConnectionCost(work, tls.ports.idle, tunnel.hubPid, tls.edge.pid, o.idleCount);
         const m = memory.idleConnections;
-        say(`memory: ${m.atTarget}/${m.count} open in ${m.openMs} ms; hub ${m.rssKiB.idle.hub}→${m.rssKiB.withConns.hub} KiB, edge ${m.rssKiB.idle.edge}→${m.rssKiB.withConns.edge} KiB; ${m.perConnKiB.toFixed(2)} KiB per connection`);
+        say(`memory: ${m.atTarget}/${m.count} open in ${m.openMs} ms${m.failed > 0 ? ` (${m.failed} failed: ${JSON.stringify(m.failures)})` : ''}; hub ${m.rssKiB.idle.hub}→${m.rssKiB.withConns.hub} KiB, edge ${m.rssKiB.idle.edge}→${m.rssKiB.withConns.edge} KiB; ${m.perConnKiB.toFixed(2)} KiB per connection`);
       } catch (error) {
         memory.idleConnections = { error: error.message };
         say(`memory: ${error.message}`);

@@ -36,7 +36,7 @@ CRATE_PKGS=(
   librust-libloading-dev librust-rand-dev librust-subtle-dev
 )
 # Real peers the tests drive: haproxy consumes our PROXY headers; nft/libnftables for the
-# firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts.
+# firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts and `ss`.
 PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl)
 
 have_cargo() {

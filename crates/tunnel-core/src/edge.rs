@@ -773,13 +773,27 @@ async fn apply_firewall(inner: &Arc<Inner>, cfg: &Value) {
     .await;
 }
 
-/// Binds a public TCP port (see `udp::bind_candidates`). std's bind sets SO_REUSEADDR, so a
-/// restarted edge re-binds despite TIME_WAIT connections.
+/// Accept queue of a public TCP port. A burst of clients (a flash crowd, a reconnect storm,
+/// hundreds of concurrent connects from one load balancer) waits here while the edge accepts;
+/// with std's 128 the kernel drops the handshakes beyond it and clients retry after 1, 2, 4…
+/// seconds — in the bench, 256 concurrent connects left some clients stalled for over a minute.
+/// The kernel caps it at `net.core.somaxconn` (4096 on current kernels).
+const PUBLIC_LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a public TCP port (see `udp::bind_candidates`) with SO_REUSEADDR, so a restarted edge
+/// re-binds despite TIME_WAIT connections.
 fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
     crate::udp::bind_first(ip, port, |a| {
-        let l = std::net::TcpListener::bind(a)?;
-        l.set_nonblocking(true)?;
-        TcpListener::from_std(l)
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(a),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.bind(&a.into())?;
+        s.listen(PUBLIC_LISTEN_BACKLOG)?;
+        s.set_nonblocking(true)?;
+        TcpListener::from_std(s.into())
     })
 }
 
