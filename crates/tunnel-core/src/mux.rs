@@ -23,11 +23,13 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -410,10 +412,7 @@ async fn pump_socket_to_mux(
         // Allocated only once the socket is readable: an idle connection holds no buffer.
         let want = (credit as usize).min(max_read);
         let mut buf = BytesMut::with_capacity(want);
-        let res = {
-            let mut limited = (&mut buf).limit(want);
-            sock.try_read_buf(&mut limited)
-        };
+        let res = read_marking_drained(&sock, &mut buf, want);
         match res {
             Ok(0) => {
                 let _ = cmd.send(Cmd::Fin { id });
@@ -441,6 +440,35 @@ async fn pump_socket_to_mux(
                 return;
             }
         }
+    }
+}
+
+/// Reads up to `want` bytes into `buf`'s spare capacity. A short read means the read emptied
+/// the socket: it also clears tokio's readiness, as tokio's own `poll_read` does, so the next
+/// wait is for a fresh epoll event instead of a `recv` that can only return EAGAIN — a syscall
+/// that would run before the mux sends these bytes, on the latency path of every request and
+/// response. The readiness cleared is the one seen before the read (inside `try_io`), so data
+/// arriving after it still wakes the reader.
+fn read_marking_drained(sock: &TcpStream, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+    let mut short = None;
+    let res = sock.try_io(Interest::READABLE, || {
+        let chunk = buf.chunk_mut();
+        let len = want.min(chunk.len());
+        // SAFETY: `chunk` is `len` writable bytes of spare capacity; recv only writes to them.
+        let spare =
+            unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<MaybeUninit<u8>>(), len) };
+        let n = socket2::SockRef::from(sock).recv(spare)?;
+        // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.advance_mut(n) };
+        if n > 0 && n < len {
+            short = Some(n);
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => res,
     }
 }
 
