@@ -1374,23 +1374,30 @@ impl<H: Handler> Mux<H> {
             };
             st.touched = false;
             let fin = std::mem::take(&mut st.pending_fin);
-            let pending = std::mem::take(&mut st.pending);
             let mut written = 0usize;
-            if !pending.is_empty() && st.at_writer == 0 {
+            if !st.pending.is_empty() && st.at_writer == 0 {
                 if let Some(sock) = &st.sock {
-                    let slices: Vec<IoSlice<'_>> = pending
-                        .iter()
-                        .take(MAX_WRITE_SLICES)
-                        .map(|b| IoSlice::new(b))
-                        .collect();
-                    if let Ok(k) = sock.try_write_vectored(&slices) {
+                    let res = if let [one] = st.pending.as_slice() {
+                        // One chunk (a request, a reply): no slice list to build.
+                        sock.try_write(one)
+                    } else {
+                        let slices: Vec<IoSlice<'_>> = st
+                            .pending
+                            .iter()
+                            .take(MAX_WRITE_SLICES)
+                            .map(|b| IoSlice::new(b))
+                            .collect();
+                        sock.try_write_vectored(&slices)
+                    };
+                    if let Ok(k) = res {
                         written = k;
                     }
                 }
             }
             let mut skip = written;
             let mut undelivered = 0usize;
-            for mut b in pending {
+            // Drained in place: the list keeps its capacity for the next batch.
+            for mut b in st.pending.drain(..) {
                 if skip >= b.len() {
                     skip -= b.len();
                     continue;
