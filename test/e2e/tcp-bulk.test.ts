@@ -75,11 +75,19 @@ async function runClient(port: number, index: number, size: number): Promise<IRe
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
 
+/**
+ * On this 2-core machine the default is one tokio worker; machines with more cores run one per
+ * core. This file (its own process: vitest's `forks` pool) starts the runtime with two workers
+ * so the multi-threaded data path — streams' tasks and the mux on different threads — stays
+ * under test.
+ */
+const MULTI_WORKER = { performance: { workerThreads: 2 } };
+
 describe.each(['tcpTls', 'quic'] as const)('TCP bulk through the tunnel (%s)', (transportMode) => {
   it(`carries ${CLIENTS} concurrent connections of 64 KiB..4 MiB each, byte-exact`, async () => {
     const target = await startEchoServer(cleanups);
     const edgePort = await freePort();
-    const pair = await startPair(cleanups, { transportMode, listenPorts: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'none' }] });
+    const pair = await startPair(cleanups, { transportMode, hub: MULTI_WORKER, listenPorts: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'none' }] });
     expect(pair.edge.getStatus().transport).toBe(transportMode);
 
     const plan = sizes();
