@@ -106,6 +106,10 @@ const GATHER_MORE_AFTER: usize = 4 * 1024;
 /// into `max_frame` frames so streams interleave as before.
 const SOCKET_READ: usize = 64 * 1024;
 
+/// A stream keeps room for this many pending chunks between batches: one batch of full-size
+/// frames (READ_BATCH / 16 KiB). Longer lists (a peer sending tiny frames) are freed after use.
+const PENDING_KEEP: usize = 8;
+
 /// At most this many received chunks go to a socket in one `writev` (well under IOV_MAX).
 const MAX_WRITE_SLICES: usize = 64;
 
@@ -1411,6 +1415,10 @@ impl<H: Handler> Mux<H> {
                     // bytes will never be consumed.
                     _ => undelivered += len,
                 }
+            }
+            if st.pending.capacity() > PENDING_KEEP {
+                // A peer sending tiny frames must not leave every stream holding a long list.
+                st.pending = Vec::new();
             }
             if fin {
                 if let Some(tx) = &st.tx {
