@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import { TunnelError } from './errors.js';
-import type { INativeAddon, NativeHandle } from './native.js';
+import { callNative, type INativeAddon, type NativeHandle } from './native.js';
 import type { ILogEvent, TLogLevel } from './types.js';
 
 /**
@@ -124,4 +124,15 @@ export function bindStreamEvents(target: EventEmitter, addon: INativeAddon, hand
   target.on('removeListener', (kind: string | symbol) => {
     if (relevant(kind)) set(streamEventLevel(target));
   });
+}
+
+/**
+ * Creates the native handle behind a hub or edge object: its events are dispatched on `target`
+ * and its per-stream records follow `target`'s listeners (`bindStreamEvents`).
+ */
+export function createNativeHandle(target: EventEmitter, addon: INativeAddon, side: 'hub' | 'edge'): NativeHandle {
+  const dispatch = createEventDispatcher(target, side);
+  const handle = side === 'hub' ? callNative('createHub', () => addon.createHub(dispatch)) : callNative('createEdge', () => addon.createEdge(dispatch));
+  bindStreamEvents(target, addon, handle);
+  return handle;
 }

@@ -23,7 +23,7 @@ export { loadOrCreateHubIdentity, certificateFingerprint, HUB_CERT_FILE, HUB_KEY
 export type { IHubIdentity } from './identity.js';
 export { loadNativeAddon, callNative, awaitNative, parseNativeJson, NATIVE_ADDON_PATH } from './native.js';
 export type { INativeAddon, NativeHandle, NativeEventCallback } from './native.js';
-export { bindStreamEvents, createEventDispatcher, emitFailure, emitLog, streamEventLevel, type TStreamEventLevel } from './events.js';
+export { createEventDispatcher, createNativeHandle, emitFailure, emitLog, streamEventLevel, type TStreamEventLevel } from './events.js';
 export { diffAllowedEdges, describeDiff } from './reconcile.js';
 export type { IAllowedEdgesDiff, IEdgeChange } from './reconcile.js';
 export { DEFAULT_GRACE_MS } from './constants.js';

@@ -4,8 +4,7 @@ import {
   TunnelError,
   awaitNative,
   callNative,
-  bindStreamEvents,
-  createEventDispatcher,
+  createNativeHandle,
   describeValue,
   emitLog,
   loadNativeAddon,
@@ -76,8 +75,7 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
       this.#options = options;
       const addon = loadNativeAddon();
       native = addon;
-      handle = callNative('createEdge', () => addon.createEdge(createEventDispatcher(this, 'edge')));
-      bindStreamEvents(this, addon, handle);
+      handle = createNativeHandle(this, addon, 'edge');
       if (options.dangerouslyDisableFingerprintPinning) {
         emitLog(this, 'warn', "fingerprint pinning is DISABLED: anyone on the path to the hub can impersonate it and read this edge's traffic");
       }

@@ -4,8 +4,7 @@ import {
   TunnelError,
   awaitNative,
   callNative,
-  bindStreamEvents,
-  createEventDispatcher,
+  createNativeHandle,
   describeDiff,
   describeValue,
   diffAllowedEdges,
@@ -135,8 +134,7 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
       const identity = await loadOrCreateHubIdentity(resolved.stateDir);
       const addon = loadNativeAddon();
       native = addon;
-      handle = callNative('createHub', () => addon.createHub(createEventDispatcher(this, 'hub')));
-      bindStreamEvents(this, addon, handle);
+      handle = createNativeHandle(this, addon, 'hub');
       const options = {
         tunnelPort: resolved.tunnelPort,
         bindHost: resolved.bindHost,
