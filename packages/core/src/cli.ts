@@ -3,6 +3,7 @@
  * parsing with `util.parseArgs`, environment fallbacks, exit codes, and turning signals into
  * `stop()`. Imported only by bins; library code never exits the process.
  */
+import type { EventEmitter } from 'node:events';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TunnelError, isTunnelError } from './errors.js';
 import { isValidPort } from './validation.js';
@@ -216,4 +217,26 @@ function handleSignals(name: string, daemon: IDaemon): void {
 function exitSoon(code: number): void {
   process.exitCode = code;
   setTimeout(() => process.exit(code), EXIT_AFTER_STOP_MS).unref();
+}
+
+/** A line on stdout. */
+export function printLine(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+/** A line on stderr. */
+export function printError(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
+
+/**
+ * Prints a daemon's events as `kind key=value …` lines: `kinds` on stdout, `log` records on
+ * stdout (info) or stderr, and per-stream records — every one with `logStreams`, otherwise only
+ * failed streams (`streamFailed`), which are always worth a line and the only ones that cost.
+ * Listening is what switches the addon's per-stream records on, so nothing else is paid for.
+ */
+export function printDaemonEvents(emitter: EventEmitter, kinds: readonly string[], logStreams: boolean): void {
+  const streamKinds = logStreams ? ['streamOpened', 'streamClosed'] : ['streamFailed'];
+  for (const kind of [...kinds, ...streamKinds]) emitter.on(kind, (event: Record<string, unknown>) => printLine(formatEventLine({ ...event })));
+  emitter.on('log', (event: { level: string } & Record<string, unknown>) => (event.level === 'info' ? printLine : printError)(formatEventLine({ ...event })));
 }

@@ -1,7 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { formatEventLine, type IDaemon } from 'remoteingress-core/cli';
-import type { IHubEvents, TAllowedEdge } from 'remoteingress-core';
+import { printDaemonEvents, printError as err, printLine as out, type IDaemon } from 'remoteingress-core/cli';
+import type { TAllowedEdge } from 'remoteingress-core';
 import { readAllowedEdges } from './allowed-edges-source.js';
 import type { IHubCommandOptions } from './commands/hub.js';
 import { RemoteIngressHub } from './hub.js';
@@ -12,15 +12,6 @@ import { RemoteIngressHub } from './hub.js';
  */
 const RELOAD_DEBOUNCE_MS = 250;
 const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'eventsDropped', 'crashRecovered'] as const;
-/** Printed only with --log-streams (failed streams always are): listening switches the addon's per-stream events on. */
-const STREAM_EVENT_KINDS = ['streamOpened', 'streamClosed'] as const;
-
-function out(line: string): void {
-  process.stdout.write(`${line}\n`);
-}
-function err(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
 
 /** The `remoteingress-hub` command's work: start a hub, print its events, reload its allowed edges. */
 export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon> {
@@ -28,14 +19,7 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
   const initial = await readAllowedEdges(source);
 
   const hub = new RemoteIngressHub();
-  for (const kind of EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
-  if (options.logStreams) {
-    for (const kind of STREAM_EVENT_KINDS) hub.on(kind, (event: IHubEvents[typeof kind][0]) => out(formatEventLine({ ...event })));
-  } else {
-    // Failed streams are always worth a line (a target refusing, a client reset); only they cost.
-    hub.on('streamFailed', (event) => out(formatEventLine({ ...event })));
-  }
-  hub.on('log', (event) => (event.level === 'info' ? out : err)(formatEventLine({ ...event })));
+  printDaemonEvents(hub, EVENT_KINDS, options.logStreams);
 
   const started = await hub.start({
     tunnelPort: options.tunnelPort,
