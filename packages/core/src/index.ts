@@ -6,7 +6,7 @@ export {
   validatePerformance,
   validateLimits,
   parseLimitsJson,
-  parseAllowedEdgesJson,
+  parseJsonText,
   parsePerformanceJson,
   isValidHost,
   isValidIp,

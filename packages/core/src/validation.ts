@@ -408,8 +408,11 @@ function firewallId(value: unknown, path: string, seen: Set<string>, issues: Iss
   return value;
 }
 
-/** Parses the allowed-edges file or `REMOTEINGRESS_ALLOWED_EDGES_JSON`; `source` names where it came from. */
-export function parseAllowedEdgesJson(text: string, source: string): unknown {
+/**
+ * Parses JSON from a file, flag or environment variable (allowed edges, `--performance`,
+ * `--limits`); `source` names where it came from in the error.
+ */
+export function parseJsonText(text: string, source: string): unknown {
   try {
     return JSON.parse(text) as unknown;
   } catch (error) {
@@ -458,21 +461,10 @@ export function validateLimits(value: unknown, field = 'limits'): ILimitsConfig 
   return validateNumbers<ILimitsConfig>(value, field, LIMIT_KEYS, 1, 'limits', '{"heartbeatTimeoutMs": 15000}');
 }
 
-function parseJsonSetting(text: string, source: string): unknown {
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (error) {
-    throw new TunnelError('ERR_INVALID_CONFIG', `${source} is not valid JSON: ${(error as Error).message}`, {
-      field: source,
-      cause: error,
-    });
-  }
-}
-
 export function parseLimitsJson(text: string, source: string): ILimitsConfig {
-  return validateLimits(parseJsonSetting(text, source), source);
+  return validateLimits(parseJsonText(text, source), source);
 }
 
 export function parsePerformanceJson(text: string, source: string): IPerformanceConfig {
-  return validatePerformance(parseJsonSetting(text, source), source);
+  return validatePerformance(parseJsonText(text, source), source);
 }

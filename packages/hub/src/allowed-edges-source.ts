@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { TunnelError, parseAllowedEdgesJson } from 'remoteingress-core';
+import { TunnelError, parseJsonText } from 'remoteingress-core';
 
 export interface IAllowedEdgesSource {
   /** A JSON file (`--allowed-edges`), read again on reload. */
@@ -21,8 +21,8 @@ export async function readAllowedEdges(source: IAllowedEdgesSource): Promise<{ e
         cause: error,
       });
     }
-    return { edges: parseAllowedEdgesJson(text, `--allowed-edges ${source.file}`), text, origin: source.file };
+    return { edges: parseJsonText(text, `--allowed-edges ${source.file}`), text, origin: source.file };
   }
   const text = source.json ?? '[]';
-  return { edges: parseAllowedEdgesJson(text, 'REMOTEINGRESS_ALLOWED_EDGES_JSON'), text, origin: 'REMOTEINGRESS_ALLOWED_EDGES_JSON' };
+  return { edges: parseJsonText(text, 'REMOTEINGRESS_ALLOWED_EDGES_JSON'), text, origin: 'REMOTEINGRESS_ALLOWED_EDGES_JSON' };
 }
