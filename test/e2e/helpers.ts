@@ -353,15 +353,7 @@ export async function startProxyTarget(cleanups: Cleanups, version: 'v1' | 'v2')
           source = { address: parsed.source.ipAddress, port: parsed.source.port };
           destination = { address: parsed.destination.ipAddress, port: parsed.destination.port };
         } else {
-          const parsed = V2ProxyProtocol.parse(new Uint8Array(header));
-          const address = parsed.proxyAddress as unknown as {
-            sourceAddress: { address: number[] };
-            sourcePort: number;
-            destinationAddress: { address: number[] };
-            destinationPort: number;
-          };
-          source = { address: ipv4(address.sourceAddress.address), port: address.sourcePort };
-          destination = { address: ipv4(address.destinationAddress.address), port: address.destinationPort };
+          ({ source, destination } = parseProxyV2(header));
         }
         connection = { socket, version, firstChunk, header: Buffer.from(header), source, destination, payload: Buffer.from(rest) };
       } catch (error) {
@@ -464,4 +456,24 @@ export function attempt(port: number, request: string | undefined): Promise<{ re
     });
     socket.on('close', () => done({ reply: Buffer.concat(chunks), error }));
   });
+}
+
+/** An IPv4 PROXY v2 header parsed by proxy-protocol-js (an independent parser), addresses dotted. */
+export function parseProxyV2(header: Buffer): {
+  parsed: ReturnType<typeof V2ProxyProtocol.parse>;
+  source: { address: string; port: number };
+  destination: { address: string; port: number };
+} {
+  const parsed = V2ProxyProtocol.parse(new Uint8Array(header));
+  const address = parsed.proxyAddress as unknown as {
+    sourceAddress: { address: number[] };
+    sourcePort: number;
+    destinationAddress: { address: number[] };
+    destinationPort: number;
+  };
+  return {
+    parsed,
+    source: { address: ipv4(address.sourceAddress.address), port: address.sourcePort },
+    destination: { address: ipv4(address.destinationAddress.address), port: address.destinationPort },
+  };
 }

@@ -1,10 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
-import { V2ProxyProtocol } from 'proxy-protocol-js';
 import { RemoteIngressEdge, type IEdgeCommonConfig, type IEdgeStatus, type TTransportMode } from 'remoteingress-edge';
 import { RemoteIngressHub, encodeConnectionToken, type IHubConfig, type IHubEdgeStatus, type TAllowedEdge, type TListenPort } from 'remoteingress-hub';
-import { type Cleanups, EventLog, STOP_GRACE_MS, randomSecret, sha256, tempDir, withTimeout } from '../e2e/helpers.js';
+import { type Cleanups, EventLog, STOP_GRACE_MS, parseProxyV2, randomSecret, sha256, tempDir, withTimeout } from '../e2e/helpers.js';
 
 /**
  * Plumbing for the transport tests (UDP flows, QUIC, fallback): a hub and edge pair with UDP
@@ -162,13 +161,7 @@ export async function startUdpTarget(cleanups: Cleanups, proxy: boolean): Promis
         if (!isHeader) errors.push(`${remote}: first datagram (${message.length} B) is not a PROXY v2 header`);
         else {
           try {
-            const parsed = V2ProxyProtocol.parse(new Uint8Array(message));
-            const address = parsed.proxyAddress as unknown as {
-              sourceAddress: { address: number[] };
-              sourcePort: number;
-              destinationAddress: { address: number[] };
-              destinationPort: number;
-            };
+            const { parsed, source, destination } = parseProxyV2(message);
             const declared = 16 + message.readUInt16BE(14);
             if (declared !== message.length) errors.push(`${remote}: header datagram is ${message.length} B but declares ${declared} B`);
             flow.header = {
@@ -176,8 +169,8 @@ export async function startUdpTarget(cleanups: Cleanups, proxy: boolean): Promis
               transport: parsed.transportProtocol,
               family: parsed.addressFamilyType,
               famByte: message[13] ?? -1,
-              source: { address: address.sourceAddress.address.join('.'), port: address.sourcePort },
-              destination: { address: address.destinationAddress.address.join('.'), port: address.destinationPort },
+              source,
+              destination,
               length: message.length,
             };
           } catch (error) {
