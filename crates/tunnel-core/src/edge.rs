@@ -25,6 +25,7 @@ use crate::handshake;
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::open::{OpenRecord, KIND_TCP};
 use crate::quic;
+use crate::record;
 use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::{self, Trust};
 use crate::tunnel::Tunnel;
@@ -482,7 +483,7 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
     }
 }
 
-type ClientTls = tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>;
+type ClientTls = record::TlsChannel;
 
 fn pin_error(msg: &str) -> Option<Error> {
     let i = msg.find(tls::PIN_MISMATCH)?;
@@ -498,8 +499,7 @@ async fn dial_tls(
     inner: &Arc<Inner>,
     cfg_tx: &mpsc::UnboundedSender<Value>,
 ) -> Result<(Tunnel, TunnelFuture)> {
-    let (mut tls, params) = tls_handshake(inner).await?;
-    tls.get_mut().1.set_buffer_limit(Some(mux::TLS_SEND_BUFFER));
+    let (tls, params) = tls_handshake(inner).await?;
     let cfg = MuxConfig {
         side: Side::Edge,
         max_frame: params.max_frame as usize,
@@ -530,24 +530,18 @@ async fn tls_handshake(inner: &Arc<Inner>) -> Result<(ClientTls, handshake::Sess
         Err(_) => return Err(Error::Timeout(format!("connecting to the hub at {addr}"))),
     };
     let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(inner.trust.clone())));
+    let (config, secrets) = record::client_config(&tls::client_config(inner.trust.clone()));
     let name = rustls::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| Error::Tls(e.to_string()))?;
     let hs = async {
-        let mut tls = connector
-            .connect(
-                name,
-                tokio::io::BufReader::with_capacity(mux::TUNNEL_SOCKET_READ, tcp),
-            )
-            .await
-            .map_err(|e| {
-                let msg = e.to_string();
-                pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
-            })?;
+        let (mut tls, conn) = record::handshake(tcp, conn.into(), &secrets).await.map_err(|e| {
+            let msg = e.to_string();
+            pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
+        })?;
         let mut binding = [0u8; 32];
-        tls.get_ref()
-            .1
-            .export_keying_material(&mut binding, EXPORTER_LABEL, None)
+        conn.export_keying_material(&mut binding, EXPORTER_LABEL, None)
             .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
+        drop(conn);
         let params = handshake::edge(&mut tls, &binding, &inner.opts.edge_id, &inner.opts.secret).await?;
         Ok::<_, Error>((tls, params))
     };

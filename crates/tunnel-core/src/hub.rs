@@ -23,6 +23,7 @@ use crate::handshake::{self, HubVerdict, SessionParams};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::open::{OpenRecord, KIND_UDP};
 use crate::proxy_protocol;
+use crate::record;
 use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::Identity;
 use crate::tunnel::Tunnel;
@@ -161,7 +162,7 @@ impl Hub {
             let inner = inner.clone();
             move || quic_accept_loop(inner.clone(), endpoint.clone())
         }));
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let acceptor = tls;
         let gates = Arc::new(Gates {
             // Silent or slow clients may wait for their first bytes in large numbers (they cost
             // a socket and a small task); only clients that actually started TLS compete for
@@ -354,7 +355,7 @@ struct Gates {
 async fn accept_loop(
     inner: Arc<Inner>,
     listener: Arc<TcpListener>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Arc<rustls::ServerConfig>,
     gates: Arc<Gates>,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
@@ -467,18 +468,17 @@ async fn first_record_arrived(tcp: &TcpStream) -> Option<()> {
     }
 }
 
-type ServerTls = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
+type ServerTls = record::TlsChannel;
 
 async fn handshake_edge(
     inner: &Arc<Inner>,
-    acceptor: &tokio_rustls::TlsAcceptor,
+    tls_config: &rustls::ServerConfig,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<(ServerTls, String, String)>> {
-    let mut tls = match acceptor
-        .accept(tokio::io::BufReader::with_capacity(mux::TUNNEL_SOCKET_READ, tcp))
-        .await
-    {
+    let (config, secrets) = record::server_config(tls_config);
+    let conn = rustls::ServerConnection::new(config).map_err(|e| Error::Tls(e.to_string()))?;
+    let (mut tls, conn) = match record::handshake(tcp, conn.into(), &secrets).await {
         Ok(t) => t,
         Err(e) => {
             let msg = e.to_string();
@@ -491,10 +491,9 @@ async fn handshake_edge(
         }
     };
     let mut binding = [0u8; 32];
-    tls.get_ref()
-        .1
-        .export_keying_material(&mut binding, EXPORTER_LABEL, None)
+    conn.export_keying_material(&mut binding, EXPORTER_LABEL, None)
         .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
+    drop(conn);
     match authenticate(inner, &mut tls, &binding, peer).await? {
         Some((edge_id, secret)) => Ok(Some((tls, edge_id, secret))),
         None => {
@@ -639,8 +638,6 @@ async fn run_tls_session(
     };
     let (handler, slot) = HubHandler::new(&inner, &edge_id);
     let flows = handler.flows.clone();
-    let mut tls = tls;
-    tls.get_mut().1.set_buffer_limit(Some(mux::TLS_SEND_BUFFER));
     let (mux, fut) = mux::start(tls, cfg, handler);
     let tunnel = Tunnel::Tls(mux);
     let _ = slot.set(tunnel.clone());

@@ -18,6 +18,7 @@ pub mod mux;
 pub mod open;
 pub mod proxy_protocol;
 pub mod quic;
+pub mod record;
 pub mod runtime;
 pub mod supervise;
 pub mod tls;

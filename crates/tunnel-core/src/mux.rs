@@ -24,13 +24,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
@@ -80,16 +79,6 @@ const WRITE_BATCH: usize = 128 * 1024;
 
 /// Read-buffer growth step for the tunnel socket (64 KiB = four TLS records per read).
 const READ_CHUNK: usize = 64 * 1024;
-
-/// rustls' limit on encrypted bytes queued for the socket (its default is 64 KiB). Twice a
-/// write batch, so one batch is encrypted and handed to the kernel in a single `writev`
-/// instead of two.
-pub const TLS_SEND_BUFFER: usize = 2 * WRITE_BATCH;
-
-/// Buffer between the tunnel's TCP socket and TLS. rustls asks for at most one record
-/// (~16 KiB) per read; behind this buffer eight records arrive per `recv` instead of one, and
-/// the 128 KiB cost once per tunnel is nothing next to the syscalls it saves.
-pub const TUNNEL_SOCKET_READ: usize = 128 * 1024;
 
 /// Tunnel bytes gathered (while immediately readable) before the frames are processed: up to
 /// eight TLS records, so a stream's data reaches its socket in one 128 KiB `writev` rather
@@ -540,21 +529,16 @@ fn abortive_close(s: &TcpStream) {
     let _ = s.set_linger(Some(Duration::ZERO));
 }
 
-/// Writes as much of `buf` as the tunnel takes (`Some(n)`), or flushes when `buf` is empty
-/// (`None`). One future, so the select loop borrows the writer once.
 /// One read attempt that does not wait: `Pending` when nothing is readable right now.
-async fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
-    std::future::poll_fn(|cx| {
-        let mut rb = ReadBuf::new(buf);
-        Poll::Ready(match Pin::new(&mut *rd).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        })
-    })
-    .await
+async fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
+    // `read_buf` consumes nothing unless it completes, so polling it once and dropping it is
+    // a non-blocking read.
+    let mut read = std::pin::pin!(rd.read_buf(buf));
+    std::future::poll_fn(|cx| Poll::Ready(std::future::Future::poll(read.as_mut(), cx))).await
 }
 
+/// Writes as much of `buf` as the tunnel takes (`Some(n)`), or flushes when `buf` is empty
+/// (`None`). One future, so the select loop borrows the writer once.
 async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::Result<Option<usize>> {
     if buf.is_empty() {
         w.flush().await.map(|_| None)
@@ -859,10 +843,6 @@ impl<H: Handler> Mux<H> {
     {
         let (mut rd, mut wr) = tokio::io::split(io);
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-        // Reads land in this buffer, initialised once, and are copied into `rbuf`: tokio-rustls
-        // zeroes the whole unfilled area of a buffer on every read, which for fresh `BytesMut`
-        // capacity cost a 64 KiB memset per 16 KiB record (~5 % of the hub's cycles).
-        let mut rstage = vec![0u8; READ_CHUNK];
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut need_flush = false;
@@ -918,12 +898,11 @@ impl<H: Handler> Mux<H> {
                         Err(e) => break Error::PeerClosed(format!("write: {e}")),
                     }
                 }
-                res = rd.read(&mut rstage) => {
+                res = rd.read_buf(&mut rbuf) => {
                     match res {
                         Ok(0) => break self.read_ended(Ok(())),
                         Ok(n) => {
                             self.last_recv = Instant::now();
-                            rbuf.extend_from_slice(&rstage[..n]);
                             // Take what else is already readable (decrypted or buffered), so
                             // one pass over the frames can give each stream one `writev`.
                             // A short read (a PING, one small message) means nothing is
@@ -932,12 +911,12 @@ impl<H: Handler> Mux<H> {
                             let mut end = None;
                             let mut last = n;
                             while last >= GATHER_MORE_AFTER && rbuf.len() < READ_BATCH {
-                                match read_now(&mut rd, &mut rstage).await {
+                                if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+                                    rbuf.reserve(READ_CHUNK);
+                                }
+                                match read_now(&mut rd, &mut rbuf).await {
                                     Poll::Ready(Ok(0)) => { end = Some(Ok(())); break; }
-                                    Poll::Ready(Ok(k)) => {
-                                        rbuf.extend_from_slice(&rstage[..k]);
-                                        last = k;
-                                    }
+                                    Poll::Ready(Ok(k)) => last = k,
                                     Poll::Ready(Err(e)) => { end = Some(Err(e)); break; }
                                     Poll::Pending => break,
                                 }
