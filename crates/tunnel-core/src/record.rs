@@ -298,7 +298,7 @@ impl Direction {
         self.seq = self
             .seq
             .checked_add(1)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "TLS sequence number exhausted"))?;
+            .ok_or_else(|| io::Error::other("TLS sequence number exhausted"))?;
         Ok(aead::Nonce::assume_unique_for_key(n))
     }
 }
@@ -525,7 +525,7 @@ impl TlsChannel {
             .wr
             .key
             .seal_in_place_separate_tag(nonce, aead::Aad::from(header), &mut self.wbuf[at + HEADER_LEN..])
-            .map_err(|_| io::Error::new(io::ErrorKind::Other, "TLS: sealing a record failed"))?;
+            .map_err(|_| io::Error::other("TLS: sealing a record failed"))?;
         self.wbuf.extend_from_slice(tag.as_ref());
         Ok(())
     }
