@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod firewall;
 pub mod frame;
+pub mod gcm;
 pub mod handshake;
 pub mod hub;
 pub mod mux;
