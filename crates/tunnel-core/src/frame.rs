@@ -226,14 +226,25 @@ fn validate_fixed(f: &Frame) -> Result<(), FrameError> {
 
 /// Writes a frame header. The caller appends `len` payload bytes.
 pub fn put_header(out: &mut BytesMut, kind: FrameType, flags: u8, stream: u32, len: usize) {
-    debug_assert!(len <= MAX_CONTROL_PAYLOAD);
     out.reserve(HEADER_LEN + len);
-    out.put_u8((len >> 16) as u8);
-    out.put_u8((len >> 8) as u8);
-    out.put_u8(len as u8);
-    out.put_u8(kind as u8);
-    out.put_u8(flags);
-    out.put_u32(stream);
+    out.extend_from_slice(&header(kind, flags, stream, len));
+}
+
+/// A frame header on its own, for a payload that is sent from where it already is.
+pub fn header(kind: FrameType, flags: u8, stream: u32, len: usize) -> [u8; HEADER_LEN] {
+    debug_assert!(len <= MAX_CONTROL_PAYLOAD);
+    let s = stream.to_be_bytes();
+    [
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        kind as u8,
+        flags,
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+    ]
 }
 
 /// Encodes a whole frame.

@@ -24,6 +24,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -76,6 +77,11 @@ pub struct MuxConfig {
 /// enough to amortise the syscall and the scheduler hop, small enough that a PONG or WINDOW
 /// queued meanwhile waits for at most ~100 µs of loopback bandwidth.
 const WRITE_BATCH: usize = 128 * 1024;
+
+/// Stream payloads up to this size are copied next to their frame header; larger ones go to
+/// the tunnel as their own slice of the vectored write (no copy). 512 B: below it an extra
+/// slice costs more than the copy, and a request/response exchange stays one slice.
+const COPY_PAYLOAD_UP_TO: usize = 512;
 
 /// Read-buffer growth step for the tunnel socket (64 KiB = four TLS records per read).
 const READ_CHUNK: usize = 64 * 1024;
@@ -537,13 +543,125 @@ async fn read_now<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Poll<
     std::future::poll_fn(|cx| Poll::Ready(std::future::Future::poll(read.as_mut(), cx))).await
 }
 
-/// Writes as much of `buf` as the tunnel takes (`Some(n)`), or flushes when `buf` is empty
+/// Writes as much of `batch` as the tunnel takes (`Some(n)`), or flushes when it is empty
 /// (`None`). One future, so the select loop borrows the writer once.
-async fn write_or_flush<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> std::io::Result<Option<usize>> {
-    if buf.is_empty() {
-        w.flush().await.map(|_| None)
-    } else {
-        w.write(buf).await.map(Some)
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &OutBatch,
+) -> std::io::Result<Option<usize>> {
+    if batch.is_empty() {
+        return w.flush().await.map(|_| None);
+    }
+    let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+    let n = batch.slices(&mut slices);
+    w.write_vectored(&slices[..n]).await.map(Some)
+}
+
+/// One half of the tunnel IO: the mux reads and writes it from one task, but its read and write
+/// futures are pending at the same time, so each holds a half. Each poll takes the (never
+/// contended) lock for its duration. tokio's `split` does the same but, in 1.24, drops vectored
+/// writes: every frame header would become a TLS record and a `send` of its own.
+struct Half<IO>(Arc<std::sync::Mutex<IO>>);
+
+fn split_io<IO>(io: IO) -> (Half<IO>, Half<IO>) {
+    let shared = Arc::new(std::sync::Mutex::new(io));
+    (Half(shared.clone()), Half(shared))
+}
+
+impl<IO> Half<IO> {
+    fn io(&self) -> std::sync::MutexGuard<'_, IO> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Half<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io()).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Half<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.io()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.io()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io()).poll_shutdown(cx)
+    }
+}
+
+/// Frames waiting for the tunnel, as a list of buffers written with one vectored write.
+#[derive(Default)]
+struct OutBatch {
+    parts: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl OutBatch {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push_back(b);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first buffers (as many as fit in `out`); returns how many.
+    fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in out.iter_mut().zip(&self.parts) {
+            *slot = IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `n` bytes (written).
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.parts.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
     }
 }
 
@@ -768,7 +886,7 @@ pub fn start<IO, H>(
     handler: H,
 ) -> (MuxHandle, impl std::future::Future<Output = Error>)
 where
-    IO: AsyncRead + AsyncWrite + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -792,7 +910,8 @@ where
         touched: Vec::new(),
         control: BytesMut::new(),
         dgrams: BytesMut::new(),
-        wbuf: BytesMut::with_capacity(WRITE_BATCH + frame::HEADER_LEN * 16),
+        wbuf: OutBatch::default(),
+        hdrs: BytesMut::new(),
         conn_send_credit: 0,
         conn_recv_remaining: 0,
         conn_recv_unacked: 0,
@@ -822,7 +941,11 @@ struct Mux<H: Handler> {
     control: BytesMut,
     /// Encoded DATAGRAM frames (bounded; see MAX_PENDING_DATAGRAMS).
     dgrams: BytesMut,
-    wbuf: BytesMut,
+    /// The next write to the tunnel: frame headers, control frames and stream payloads as
+    /// they are (the readers' buffers), written with one vectored write.
+    wbuf: OutBatch,
+    /// Where frame headers (and small payloads) are encoded before being split off into `wbuf`.
+    hdrs: BytesMut,
     conn_send_credit: i64,
     conn_recv_remaining: u32,
     conn_recv_unacked: u32,
@@ -839,9 +962,9 @@ struct Mux<H: Handler> {
 impl<H: Handler> Mux<H> {
     async fn run<IO>(&mut self, io: IO, mut rx: mpsc::UnboundedReceiver<Cmd>) -> Error
     where
-        IO: AsyncRead + AsyncWrite + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut rd, mut wr) = tokio::io::split(io);
+        let (mut rd, mut wr) = split_io(io);
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -891,7 +1014,7 @@ impl<H: Handler> Mux<H> {
                     match res {
                         Ok(Some(0)) => break Error::PeerClosed("tunnel socket closed for writing".into()),
                         Ok(Some(n)) => {
-                            let _ = self.wbuf.split_to(n);
+                            self.wbuf.advance(n);
                             need_flush = true;
                         }
                         Ok(None) => need_flush = false,
@@ -1158,8 +1281,7 @@ impl<H: Handler> Mux<H> {
     /// Moves control frames, then round-robin data, into the write buffer.
     fn fill(&mut self) {
         if !self.control.is_empty() {
-            let c = self.control.split();
-            self.wbuf.unsplit(c);
+            self.wbuf.push(self.control.split().freeze());
         }
         if !self.dgrams.is_empty() {
             // Datagrams go before stream data (they are latency-sensitive and never wait for
@@ -1171,8 +1293,7 @@ impl<H: Handler> Mux<H> {
                     | usize::from(self.dgrams[take + 2]);
                 take += frame::HEADER_LEN + len;
             }
-            let d = self.dgrams.split_to(take);
-            self.wbuf.extend_from_slice(&d);
+            self.wbuf.push(self.dgrams.split_to(take).freeze());
         }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(id) = self.ready.pop_front() else { break };
@@ -1196,14 +1317,17 @@ impl<H: Handler> Mux<H> {
                     st.outq.pop_front();
                 }
                 let fin = st.outq.is_empty() && st.out_fin;
-                frame::put_header(
-                    &mut self.wbuf,
-                    FrameType::Data,
-                    if fin { FLAG_FIN } else { 0 },
-                    id,
-                    n,
-                );
-                self.wbuf.extend_from_slice(&piece);
+                let flags = if fin { FLAG_FIN } else { 0 };
+                self.hdrs.reserve(frame::HEADER_LEN + COPY_PAYLOAD_UP_TO);
+                self.hdrs
+                    .extend_from_slice(&frame::header(FrameType::Data, flags, id, n));
+                if n <= COPY_PAYLOAD_UP_TO {
+                    self.hdrs.extend_from_slice(&piece);
+                    self.wbuf.push(self.hdrs.split().freeze());
+                } else {
+                    self.wbuf.push(self.hdrs.split().freeze());
+                    self.wbuf.push(piece);
+                }
                 self.conn_send_credit -= n as i64;
                 st.bytes_out += n as u64;
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -1213,7 +1337,9 @@ impl<H: Handler> Mux<H> {
                     finished = true;
                 }
             } else if st.out_fin {
-                frame::put_header(&mut self.wbuf, FrameType::Data, FLAG_FIN, id, 0);
+                self.hdrs
+                    .extend_from_slice(&frame::header(FrameType::Data, FLAG_FIN, id, 0));
+                self.wbuf.push(self.hdrs.split().freeze());
                 st.out_fin = false;
                 st.local_done = true;
                 finished = true;
@@ -1481,6 +1607,68 @@ mod tests {
     use super::*;
     use crate::open::KIND_TCP;
     use std::sync::Mutex;
+
+    /// A writer that records how many slices each vectored write brought.
+    #[derive(Default)]
+    struct SliceCounter {
+        writes: Vec<usize>,
+    }
+
+    impl AsyncRead for SliceCounter {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            _buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for SliceCounter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.push(bufs.len());
+            Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A batch of frames reaches the transport as one vectored write (one TLS `send` of whole
+    /// records), not one write per frame header and payload.
+    #[tokio::test]
+    async fn the_write_half_passes_vectored_writes_through() {
+        let (_rd, mut wr) = split_io(SliceCounter::default());
+        assert!(wr.is_write_vectored());
+        let mut batch = OutBatch::default();
+        for i in 0..6u8 {
+            batch.push(Bytes::from(vec![i; 9]));
+            batch.push(Bytes::from(vec![i; 16 * 1024]));
+        }
+        let n = write_or_flush(&mut wr, &batch).await.unwrap();
+        assert_eq!(n, Some(6 * (9 + 16 * 1024)));
+        assert_eq!(wr.io().writes, vec![12]);
+    }
 
     #[derive(Clone, Default)]
     struct Collect {
