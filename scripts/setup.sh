@@ -48,7 +48,8 @@ want=("${CRATE_PKGS[@]}")
 [ "$PEERS" = 1 ] && want+=("${PEER_PKGS[@]}")
 # Without any cargo: Debian's current toolchain. bookworm's plain `cargo`/`rustc` are 1.63, older
 # than the crate needs (let-else wants 1.65); `cargo-web`/`rustc-web` (1.85+, kept current for
-# browser builds) provide /usr/bin/cargo and rustc.
+# browser builds) provide /usr/bin/cargo and rustc. The vector AES-GCM code needs 1.89+ (bookworm-
+# security ships 1.96); an older compiler builds without it (see crates/tunnel-core/build.rs).
 have_cargo || want+=(cargo-web rustc-web)
 
 missing=()

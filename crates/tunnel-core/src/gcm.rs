@@ -49,7 +49,7 @@
 //! GHASH is carry-less multiplies, and the tag check is ring's constant-time comparison. Branches
 //! depend only on the (public) lengths.
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(ri_vector_aes))]
 use core::convert::Infallible;
 use core::fmt;
 
@@ -60,9 +60,9 @@ pub const MAX_IN_OUT_LEN: u64 = (1 << 36) - 32;
 
 /// AES-GCM with a 12-byte nonce and 16-byte tag, VAES/VPCLMULQDQ code path.
 pub struct AesGcm {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(ri_vector_aes)]
     key: x86::Key,
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(ri_vector_aes))]
     never: Infallible,
 }
 
@@ -79,11 +79,11 @@ impl AesGcm {
     /// select the 512-bit path when present), when the key is not 16 or 32 bytes, or on
     /// non-x86_64 targets.
     pub fn new(key: &[u8]) -> Option<AesGcm> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(ri_vector_aes)]
         {
             x86::Key::new(key, x86::Width::detect()?).map(|key| AesGcm { key })
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(ri_vector_aes))]
         {
             let _ = key;
             None
@@ -92,21 +92,25 @@ impl AesGcm {
 
     /// Like [`AesGcm::new`] with a chosen register width, so tests and the benchmark can run
     /// both code paths on a CPU that has AVX-512.
-    #[cfg(all(test, target_arch = "x86_64"))]
+    #[cfg(all(test, ri_vector_aes))]
     fn with_width(key: &[u8], width: x86::Width) -> Option<AesGcm> {
         x86::Key::new(key, width).map(|key| AesGcm { key })
     }
 
     /// Encrypts `in_out` in place and returns the tag.
     ///
-    /// `in_out` must not be longer than [`MAX_IN_OUT_LEN`] (GCM's limit); beyond it the block
-    /// counter wraps, as GCM's `inc32` does, and the keystream repeats.
+    /// Panics if `in_out` is longer than [`MAX_IN_OUT_LEN`] (GCM's limit): beyond it the block
+    /// counter would wrap and the keystream repeat, which must never happen silently.
     pub fn seal_in_place(&self, nonce: &[u8; 12], aad: &[u8], in_out: &mut [u8]) -> [u8; 16] {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(ri_vector_aes)]
         {
+            assert!(
+                in_out.len() as u64 <= MAX_IN_OUT_LEN,
+                "AES-GCM input longer than GCM allows"
+            );
             self.key.seal(nonce, aad, in_out)
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(ri_vector_aes))]
         {
             let _ = (nonce, aad, in_out);
             match self.never {}
@@ -123,7 +127,7 @@ impl AesGcm {
         in_out: &mut [u8],
         tag: &[u8; 16],
     ) -> Result<(), ()> {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(ri_vector_aes)]
         {
             if in_out.len() as u64 > MAX_IN_OUT_LEN {
                 return Err(());
@@ -137,7 +141,7 @@ impl AesGcm {
                 Err(())
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(ri_vector_aes))]
         {
             let _ = (nonce, aad, in_out, tag);
             match self.never {}
@@ -145,7 +149,7 @@ impl AesGcm {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(ri_vector_aes)]
 mod x86 {
     use core::arch::x86_64::*;
 
@@ -896,8 +900,17 @@ mod x86 {
             buf[tail.len()..].fill(0);
             tail.copy_from_slice(&buf[..tail.len()]);
             acc = ghash_padded(&c, key, acc, &buf, tail.len());
+            wipe(&mut buf);
         }
         finish(key, acc, aad.len(), len, tag_mask)
+    }
+
+    /// Zeroes `buf` in a way the optimiser cannot drop as a dead store.
+    fn wipe(buf: &mut [u8]) {
+        for b in buf.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference.
+            unsafe { core::ptr::write_volatile(b, 0) };
+        }
     }
 
     /// Decrypts `data` in place, returns the tag the ciphertext should carry.
@@ -945,6 +958,8 @@ mod x86 {
             let ks = encrypt::<V, NR, N>(&c.rk, counter_blocks(&c, &mut ctr, inc));
             xor_in_place(buf.as_mut_ptr(), &ks);
             tail.copy_from_slice(&buf[..tail.len()]);
+            // Plaintext not yet authenticated, and unused keystream: not left on the stack.
+            wipe(&mut buf);
         }
         finish(key, acc, aad.len(), len, tag_mask)
     }
@@ -986,7 +1001,7 @@ mod x86 {
     );
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(all(test, ri_vector_aes))]
 mod tests {
     use super::x86::Width;
     use super::*;
@@ -996,7 +1011,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn hex(s: &str) -> Vec<u8> {
-        assert!(s.len().is_multiple_of(2), "odd-length hex");
+        assert_eq!(s.len() % 2, 0, "odd-length hex");
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -1125,6 +1140,10 @@ mod tests {
                     g.open_in_place(&nonce, &aad, &mut buf, &bad).is_err(),
                     "vector {n}: bad tag"
                 );
+                assert!(
+                    buf.iter().all(|&b| b == 0),
+                    "vector {n}: plaintext of a bad tag wiped"
+                );
             }
         }
     }
@@ -1169,7 +1188,8 @@ mod tests {
         rng.fill_bytes(&mut key);
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
-        let mut aad = vec![0u8; rng.gen_range(0..64)];
+        // AAD across the 256-byte-block loop of `ghash_aad` and its tail shapes.
+        let mut aad = vec![0u8; rng.gen_range(0..=600)];
         rng.fill_bytes(&mut aad);
         let mut pt = vec![0u8; len];
         rng.fill_bytes(&mut pt);
@@ -1234,6 +1254,11 @@ mod tests {
                 assert!(
                     g.open_in_place(&nonce, &aad, &mut ct, &tag).is_err(),
                     "tag bit {bit}: {}",
+                    what(w)
+                );
+                assert!(
+                    ct.iter().all(|&b| b == 0),
+                    "unauthenticated plaintext wiped: {}",
                     what(w)
                 );
             }

@@ -350,7 +350,8 @@ impl Cipher {
     fn open(&self, nonce: [u8; 12], aad: [u8; HEADER_LEN], data: &mut [u8]) -> Result<usize, ()> {
         match self {
             Cipher::Vector(k) => {
-                let (ct, tag) = data.split_at_mut(data.len() - TAG_LEN);
+                let ct_len = data.len().checked_sub(TAG_LEN).ok_or(())?;
+                let (ct, tag) = data.split_at_mut(ct_len);
                 let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| ())?;
                 k.open_in_place(&nonce, &aad, ct, tag)?;
                 Ok(ct.len())
