@@ -664,6 +664,7 @@ async fn run_session(
         flows.close_all();
         return;
     }
+    crate::runtime::release_freed_memory_soon();
     inner.events.as_ref()(event!("edgeConnected", {
         "edgeId": edge_id, "remoteAddress": proxy_protocol::unmap(peer).ip().to_string(),
         "remotePort": peer.port(), "transport": tunnel.transport()

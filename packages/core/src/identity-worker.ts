@@ -1,10 +1,10 @@
 import { randomBytes, webcrypto } from 'node:crypto';
-import { parentPort } from 'node:worker_threads';
 
 /**
- * Creates the hub's self-signed identity. Runs in a short-lived worker thread (see
- * `identity.ts`): @peculiar/x509 and its dependencies cost ~15 MiB of JavaScript heap that a
- * daemon should not keep for the rest of its life after a one-time key generation.
+ * Creates the hub's self-signed identity. Runs in a short-lived child process (see
+ * `identity.ts`): @peculiar/x509 and its dependencies cost ~15 MiB of JavaScript heap, and the
+ * Node internals they use several more, that a daemon should not keep for the rest of its life
+ * after a one-time key generation.
  */
 
 /**
@@ -45,7 +45,12 @@ export async function generate(): Promise<{ certPem: string; keyPem: string }> {
 }
 
 
+/** Sends the result to the hub and ends once it is delivered (the IPC channel closes). */
+function reply(message: object): void {
+  process.send?.(message, () => process.disconnect?.());
+}
+
 generate().then(
-  (identity) => parentPort?.postMessage({ identity }),
-  (error: unknown) => parentPort?.postMessage({ error: error instanceof Error ? error.message : String(error) }),
+  (identity) => reply({ identity }),
+  (error: unknown) => reply({ error: error instanceof Error ? error.message : String(error) }),
 );

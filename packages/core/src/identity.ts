@@ -1,7 +1,8 @@
 import { X509Certificate, createHash, createPrivateKey, randomBytes } from 'node:crypto';
 import { chmod, link, mkdir, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TunnelError } from './errors.js';
 
@@ -64,21 +65,31 @@ function checkPair(certPem: string, keyPem: string, certPath: string, keyPath: s
   return certificateFingerprint(cert);
 }
 
-/** Creates a new identity in a worker thread, so the libraries it needs leave no heap behind. */
+/**
+ * Creates a new identity in a short-lived child process. A worker thread was tried first: its heap
+ * goes when it ends, but the parts of Node it runs (crypto, module loading, a second isolate) stay
+ * mapped in the daemon, ~5 MiB of an idle hub's RSS for the rest of its life.
+ */
 function generate(): Promise<{ certPem: string; keyPem: string }> {
   return new Promise((resolve, reject) => {
-    // The compiled worker sits next to this module in dist/; when this module runs from its
+    // The compiled helper sits next to this module in dist/; when this module runs from its
     // TypeScript source (the test runner), the compiled copy is in ../dist.
     const here = import.meta.url;
-    const worker = new Worker(here.endsWith('.ts') ? new URL('../dist/identity-worker.js', here) : new URL('./identity-worker.js', here));
-    worker.once('message', (m: { identity?: { certPem: string; keyPem: string }; error?: string }) => {
+    const script = fileURLToPath(here.endsWith('.ts') ? new URL('../dist/identity-worker.js', here) : new URL('./identity-worker.js', here));
+    // No execArgv: the daemon's own flags (an inspector port, say) are not for the helper.
+    const child = fork(script, [], { execArgv: [], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    let settled = false;
+    child.once('message', (m: { identity?: { certPem: string; keyPem: string }; error?: string }) => {
+      settled = true;
       if (m.identity !== undefined) resolve(m.identity);
-      else reject(new Error(m.error ?? 'identity worker failed'));
-      void worker.terminate();
+      else reject(new Error(m.error ?? 'identity helper failed'));
     });
-    worker.once('error', reject);
-    worker.once('exit', (code) => {
-      if (code !== 0) reject(new Error(`identity worker exited with code ${code}`));
+    child.once('error', (error) => {
+      settled = true;
+      reject(error);
+    });
+    child.once('exit', (code, signal) => {
+      if (!settled) reject(new Error(`identity helper exited (${signal ?? `code ${code}`}) without an identity`));
     });
   });
 }
