@@ -98,7 +98,9 @@ const GATHER_MORE_AFTER: usize = 4 * 1024;
 /// Largest read from a stream's socket (credit permitting). 64 KiB is what the kernel hands
 /// over in one go on loopback and LAN paths (a GSO segment); reading it in one call rather than
 /// four 16 KiB ones cuts syscalls and mux messages per byte by four, and `fill` still cuts it
-/// into `max_frame` frames so streams interleave as before.
+/// into `max_frame` frames so streams interleave as before. Larger reads measured worse: a
+/// buffer at or above glibc's mmap threshold (128 KiB) is a fresh mapping per read, and the
+/// page faults nearly doubled the edge's CPU per byte at 256 KiB.
 const SOCKET_READ: usize = 64 * 1024;
 
 /// A stream keeps room for this many pending chunks between batches: one batch of full-size
