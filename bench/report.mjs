@@ -159,6 +159,11 @@ export function renderMarkdown(results, changes) {
   L.push(`- commit ${m.gitCommit ?? '?'}${m.gitDirty ? ' with uncommitted changes in crates/ or packages/' : ''}; performance settings ${results.settings.performance ?? 'defaults'}`);
   L.push(`- ${Object.entries(m.tools).map(([k, v]) => `${k} ${v ?? 'missing'}`).join(', ')}`);
   L.push(`- ${results.settings.netns ? 'run inside its own network namespace (unshare -n, tcp_tw_reuse=1 there only)' : 'NOT run in a private network namespace'}`);
+  L.push(
+    results.settings.cpuLayout === 'pinned'
+      ? '- CPU layout pinned, the same for every path: load generators and each path\'s entry process (our edge, sshd, the client-side stunnel/kcptun, socat) on CPU 0; its exit process (our hub, ssh, the server-side stunnel/kcptun) and the servers on CPU 1. Left to the kernel, the placement of these four busy processes flips between layouts that differ by ~1.5× for every relay, run to run (`--cpu-layout free` measures that way).'
+      : '- CPU layout left to the kernel (`--cpu-layout free`): throughput varies by up to ~1.5× between runs with the placement of the four busy processes.',
+  );
   L.push('');
   L.push('This machine is shared and small: other work running at the same time moves the absolute numbers by tens of');
   L.push('percent between runs. The rounds are interleaved across paths so the ratios suffer less; raw per-round samples');

@@ -27,12 +27,15 @@
 //                   implies --no-report)
 //   --no-report     do not rewrite docs/BENCHMARKS.md
 //   --keep          keep the work directory (logs of every process)
+//   --cpu-layout L  pinned (default with ≥ 2 CPUs and taskset): load generator and each path's
+//                   entry process on CPU 0, exit process and servers on CPU 1, the same for
+//                   every path (see cpuLayout in lib/proc.mjs); free: the kernel places them
 // Environment: BENCH_PERFORMANCE_JSON is passed to hub and edge as --performance.
 import { execFileSync, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { cpuSeconds, killAllSync, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
+import { cpuLayout, cpuSeconds, killAllSync, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
 import { iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
 import { PACKAGES, PEER_TOOLS, TARGET, startPeer, startTargets } from './lib/peers.mjs';
 import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
@@ -55,7 +58,7 @@ const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
 // Options
 
 function parseArgs(argv) {
-  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false };
+  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'pinned' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -75,6 +78,10 @@ function parseArgs(argv) {
     else if (a === '--profile') o.profile = true;
     else if (a === '--no-report') o.report = false;
     else if (a === '--keep') o.keep = true;
+    else if (a === '--cpu-layout') {
+      o.cpuLayout = value();
+      if (!['pinned', 'free'].includes(o.cpuLayout)) usage(`--cpu-layout: expected pinned or free, got ${o.cpuLayout}`);
+    }
     else usage(`unknown option ${a}`);
   }
   return o;
@@ -320,6 +327,7 @@ async function main() {
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => void cleanup().then(() => process.exit(130)));
 
   const machine = machineInfo();
+  cpuLayout.pinned = o.cpuLayout === 'pinned' && machine.nproc >= 2 && which('taskset') !== null;
   say(`bench: ${machine.nproc} × ${machine.cpuModel}, kernel ${machine.kernel}, ${o.rounds} rounds × ${o.seconds} s per measurement, work dir ${work}`);
   const loadBefore = loadavg();
   const want = (name) => o.paths === null || o.paths.includes(name);
@@ -488,7 +496,7 @@ async function main() {
     date: startedAt.toISOString(),
     durationSec: Math.round((Date.now() - startedAt.getTime()) / 1000),
     machine: { ...machine, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
-    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${UDP_RATE}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, netns: process.env.BENCH_NETNS === '1' },
+    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${UDP_RATE}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
     paths: rows,
     udp,
     memory,

@@ -3,10 +3,13 @@
 // returns numbers or `{ error }`; none throws for a failed measurement.
 import { execFile } from 'node:child_process';
 import net from 'node:net';
+import { onCpu } from './proc.mjs';
 
+/** Runs a load generator (on the entry side's CPU when the layout is pinned). */
 function run(cmd, args, timeoutMs) {
+  const [file, argv] = onCpu('entry', cmd, args);
   return new Promise((done) => {
-    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+    execFile(file, argv, { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
       done({ ok: error === null, stdout: String(stdout), stderr: String(stderr), error });
     });
   });

@@ -42,9 +42,9 @@ http { access_log off; client_body_temp_path ${dir}/nginx-body; proxy_temp_path 
 `,
   );
   const procs = [
-    startProcess('iperf3 -s', 'iperf3', ['-s', '-p', String(TARGET.iperf3), '-B', '127.0.0.1'], { logFile: join(dir, 'iperf3-server.log') }),
-    startProcess('sockperf sr', 'sockperf', ['sr', '--tcp', '-i', '127.0.0.1', '-p', String(TARGET.sockperf)], { logFile: join(dir, 'sockperf-server.log') }),
-    startProcess('nginx', which('nginx'), ['-c', join(dir, 'nginx.conf')], { logFile: join(dir, 'nginx.log') }),
+    startProcess('iperf3 -s', 'iperf3', ['-s', '-p', String(TARGET.iperf3), '-B', '127.0.0.1'], { logFile: join(dir, 'iperf3-server.log'), cpu: 'exit' }),
+    startProcess('sockperf sr', 'sockperf', ['sr', '--tcp', '-i', '127.0.0.1', '-p', String(TARGET.sockperf)], { logFile: join(dir, 'sockperf-server.log'), cpu: 'exit' }),
+    startProcess('nginx', which('nginx'), ['-c', join(dir, 'nginx.conf')], { logFile: join(dir, 'nginx.log'), cpu: 'exit' }),
   ];
   await sleep(500);
   for (const p of procs) if (!p.running) throw new Error(`${p.name} did not start:\n${p.log()}`);
@@ -74,7 +74,7 @@ export async function startPeer(name, dir) {
 
     case 'socat relay': {
       const procs = targetsInOrder.map((t, i) =>
-        startProcess(`socat ${t}`, 'socat', [`TCP-LISTEN:${6001 + i},bind=127.0.0.1,fork,reuseaddr,backlog=4096`, `TCP:127.0.0.1:${t}`], log(`socat-${t}`)),
+        startProcess(`socat ${t}`, 'socat', [`TCP-LISTEN:${6001 + i},bind=127.0.0.1,fork,reuseaddr,backlog=4096`, `TCP:127.0.0.1:${t}`], { ...log(`socat-${t}`), cpu: 'entry' }),
       );
       await sleep(300);
       return { ports: { tput: 6001, lat: 6002, conn: 6003 }, pids: procs.map((p) => p.pid) };
@@ -89,8 +89,8 @@ export async function startPeer(name, dir) {
       const client = ['foreground = yes', 'pid =', 'TIMEOUTclose = 0', ...targetsInOrder.flatMap((_, i) => [`[c${i}]`, 'client = yes', `accept = 127.0.0.1:${6111 + i}`, `connect = 127.0.0.1:${6101 + i}`])];
       writeFileSync(join(dir, 'stunnel-server.conf'), server.join('\n') + '\n');
       writeFileSync(join(dir, 'stunnel-client.conf'), client.join('\n') + '\n');
-      const s = startProcess('stunnel server', 'stunnel4', [join(dir, 'stunnel-server.conf')], log('stunnel-server'));
-      const c = startProcess('stunnel client', 'stunnel4', [join(dir, 'stunnel-client.conf')], log('stunnel-client'));
+      const s = startProcess('stunnel server', 'stunnel4', [join(dir, 'stunnel-server.conf')], { ...log('stunnel-server'), cpu: 'exit' });
+      const c = startProcess('stunnel client', 'stunnel4', [join(dir, 'stunnel-client.conf')], { ...log('stunnel-client'), cpu: 'entry' });
       await sleep(800);
       return { ports: { tput: 6111, lat: 6112, conn: 6113 }, pids: [s.pid, c.pid] };
     }
@@ -101,11 +101,11 @@ export async function startPeer(name, dir) {
       writeFileSync(join(dir, 'ssh-authorized'), execFileSync('cat', [join(dir, 'ssh-user.pub')]));
       chmodSync(join(dir, 'ssh-authorized'), 0o600);
       mkdirSync('/run/sshd', { recursive: true });
-      const sshd = startProcess('sshd', which('sshd'), ['-D', '-e', '-p', '2222', '-o', 'ListenAddress=127.0.0.1', '-h', join(dir, 'ssh-host'), '-o', `AuthorizedKeysFile=${dir}/ssh-authorized`, '-o', 'StrictModes=no', '-o', 'PidFile=none', '-o', 'MaxStartups=1000', '-o', 'PermitRootLogin=prohibit-password'], log('sshd'));
+      const sshd = startProcess('sshd', which('sshd'), ['-D', '-e', '-p', '2222', '-o', 'ListenAddress=127.0.0.1', '-h', join(dir, 'ssh-host'), '-o', `AuthorizedKeysFile=${dir}/ssh-authorized`, '-o', 'StrictModes=no', '-o', 'PidFile=none', '-o', 'MaxStartups=1000', '-o', 'PermitRootLogin=prohibit-password'], { ...log('sshd'), cpu: 'entry' });
       await sleep(800);
       const forwards = targetsInOrder.flatMap((t, i) => ['-R', `127.0.0.1:${6201 + i}:127.0.0.1:${t}`]);
       const user = userInfo().username;
-      const ssh = startProcess('ssh -R', 'ssh', ['-N', '-i', join(dir, 'ssh-user'), '-p', '2222', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ExitOnForwardFailure=yes', '-c', 'aes128-gcm@openssh.com', ...forwards, `${user}@127.0.0.1`], log('ssh'));
+      const ssh = startProcess('ssh -R', 'ssh', ['-N', '-i', join(dir, 'ssh-user'), '-p', '2222', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ExitOnForwardFailure=yes', '-c', 'aes128-gcm@openssh.com', ...forwards, `${user}@127.0.0.1`], { ...log('ssh'), cpu: 'exit' });
       await sleep(1500);
       if (!ssh.running) throw new Error(`ssh -R did not stay up:\n${ssh.log()}\n${sshd.log()}`);
       return { ports: { tput: 6201, lat: 6202, conn: 6203 }, pids: [sshd.pid, ssh.pid] };
@@ -116,8 +116,8 @@ export async function startPeer(name, dir) {
       const common = ['--mode', 'fast3', '--crypt', 'aes-128', '--key', 'bench', '--sndwnd', '4096', '--rcvwnd', '4096', '--nocomp'];
       const pids = [];
       targetsInOrder.forEach((t, i) => {
-        pids.push(startProcess(`kcptun-server ${t}`, 'kcptun-server', ['-t', `127.0.0.1:${t}`, '-l', `127.0.0.1:${6301 + i}`, ...common], log(`kcptun-server-${t}`)).pid);
-        pids.push(startProcess(`kcptun-client ${t}`, 'kcptun-client', ['-r', `127.0.0.1:${6301 + i}`, '-l', `127.0.0.1:${6311 + i}`, ...common], log(`kcptun-client-${t}`)).pid);
+        pids.push(startProcess(`kcptun-server ${t}`, 'kcptun-server', ['-t', `127.0.0.1:${t}`, '-l', `127.0.0.1:${6301 + i}`, ...common], { ...log(`kcptun-server-${t}`), cpu: 'exit' }).pid);
+        pids.push(startProcess(`kcptun-client ${t}`, 'kcptun-client', ['-r', `127.0.0.1:${6301 + i}`, '-l', `127.0.0.1:${6311 + i}`, ...common], { ...log(`kcptun-client-${t}`), cpu: 'entry' }).pid);
       });
       await sleep(1000);
       return { ports: { tput: 6311, lat: 6312, conn: 6313 }, pids };

@@ -29,16 +29,36 @@ export function which(bin) {
   return null;
 }
 
+/**
+ * Where each process of a path runs. On a 2-CPU machine a relay path has four busy processes
+ * (load generator → entry relay → exit relay → server) and the kernel's placement of them flips
+ * from run to run between layouts that differ by ~1.5× in throughput — for every relay alike
+ * (measured here: ours 17.6–19 Gbit/s with each hop crossing CPUs, 26–30 with each pair sharing
+ * one; ssh -R 13.4–19.3 unpinned). Unpinned rounds measured the scheduler's luck, so by default
+ * every path runs in the same layout: the load generator and the path's entry process on CPU 0,
+ * its exit process and the servers on CPU 1 (`--cpu-layout free` leaves placement to the kernel).
+ */
+export const cpuLayout = { pinned: false };
+
+/** `[cmd, args]` that runs `cmd args…` on the CPU of `side` ('entry' | 'exit') when pinned. */
+export function onCpu(side, cmd, args) {
+  if (!cpuLayout.pinned || side === undefined) return [cmd, args];
+  return ['taskset', ['-c', side === 'entry' ? '0' : '1', cmd, ...args]];
+}
+
 /** Every process we started, so one cleanup can stop them all by pid. */
 const started = new Set();
 
 /**
  * Starts `cmd args…` with stdout and stderr appended to `logFile`. Returns a handle with the
  * pid, the log text, `waitFor(regex)` over that log, `exited` and `stop()`.
+ * `cpu` ('entry' | 'exit') pins it as `cpuLayout` says.
  */
-export function startProcess(name, cmd, args, { logFile, env, cwd } = {}) {
+export function startProcess(name, cmd, args, { logFile, env, cwd, cpu } = {}) {
   const fd = openSync(logFile, 'a');
-  const child = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env, cwd });
+  // taskset execs the command: the pid is the command's own.
+  const [file, argv] = onCpu(cpu, cmd, args);
+  const child = spawn(file, argv, { stdio: ['ignore', fd, fd], env: env ?? process.env, cwd });
   closeSync(fd);
   let exitInfo = null;
   const exited = new Promise((done) => {

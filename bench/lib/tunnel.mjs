@@ -56,6 +56,7 @@ export async function startTunnel({ dir, edges, performance }) {
   const hub = startProcess('hub', process.execPath, [HUB_BIN, '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--target-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', String(GRACE_MS), '--no-watch', ...perf], {
     logFile: join(dir, 'hub.log'),
     env,
+    cpu: 'exit',
   });
   const listening = await hub.waitFor(/hub listening on .*:(\d+) fingerprint ([0-9a-f]{64})/);
   const hubPort = Number(listening[1]);
@@ -69,6 +70,7 @@ export async function startTunnel({ dir, edges, performance }) {
     const proc = startProcess(`edge ${e.id}`, process.execPath, [EDGE_BIN, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf], {
       logFile: join(dir, `edge-${e.id}.log`),
       env,
+      cpu: 'entry',
     });
     const connected = await proc.waitFor(/^tunnelConnected .*\btransport=(\S+)/m);
     const assigned = await proc.waitFor(/^portsAssigned .*\btcp=(\S*).*\budp=(\S*)/m);
