@@ -162,7 +162,7 @@ export function renderMarkdown(results, changes) {
   L.push(
     results.settings.cpuLayout === 'pinned'
       ? '- CPU layout pinned, the same for every path: load generators and each path\'s entry process (our edge, sshd, the client-side stunnel/kcptun, socat) on CPU 0; its exit process (our hub, ssh, the server-side stunnel/kcptun) and the servers on CPU 1. Left to the kernel, the placement of these four busy processes flips between layouts that differ by ~1.5× for every relay, run to run (`--cpu-layout free` measures that way).'
-      : '- CPU layout left to the kernel (`--cpu-layout free`): throughput varies by up to ~1.5× between runs with the placement of the four busy processes.',
+      : '- CPU layout left to the kernel (the default): a path\'s throughput varies by up to ~1.5× between rounds and runs with where the kernel puts its four busy processes (load generator, two relays, server); `--cpu-layout pinned` fixes one layout for every path.',
   );
   L.push('');
   L.push('This machine is shared and small: other work running at the same time moves the absolute numbers by tens of');

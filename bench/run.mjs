@@ -27,9 +27,10 @@
 //                   implies --no-report)
 //   --no-report     do not rewrite docs/BENCHMARKS.md
 //   --keep          keep the work directory (logs of every process)
-//   --cpu-layout L  pinned (default with ≥ 2 CPUs and taskset): load generator and each path's
-//                   entry process on CPU 0, exit process and servers on CPU 1, the same for
-//                   every path (see cpuLayout in lib/proc.mjs); free: the kernel places them
+//   --cpu-layout L  free (default): the kernel places every process, as on a user's machine;
+//                   pinned: load generator and each path's entry process on CPU 0, its exit
+//                   process and the servers on CPU 1, the same for every path (steadier
+//                   throughput for A/B runs; see cpuLayout in lib/proc.mjs)
 // Environment: BENCH_PERFORMANCE_JSON is passed to hub and edge as --performance.
 import { execFileSync, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
@@ -58,7 +59,7 @@ const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
 // Options
 
 function parseArgs(argv) {
-  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'pinned' };
+  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'free' };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {

@@ -32,11 +32,12 @@ export function which(bin) {
 /**
  * Where each process of a path runs. On a 2-CPU machine a relay path has four busy processes
  * (load generator → entry relay → exit relay → server) and the kernel's placement of them flips
- * from run to run between layouts that differ by ~1.5× in throughput — for every relay alike
- * (measured here: ours 17.6–19 Gbit/s with each hop crossing CPUs, 26–30 with each pair sharing
- * one; ssh -R 13.4–19.3 unpinned). Unpinned rounds measured the scheduler's luck, so by default
- * every path runs in the same layout: the load generator and the path's entry process on CPU 0,
- * its exit process and the servers on CPU 1 (`--cpu-layout free` leaves placement to the kernel).
+ * from run to run between layouts that differ by ~1.5× in throughput, for every relay alike
+ * (ours 17.6–19 Gbit/s with each hop crossing CPUs, 26–30 with each pair sharing one; ssh -R
+ * 13.4–19.3). `--cpu-layout pinned` runs every path in one layout — the load generator and the
+ * path's entry process on CPU 0, its exit process and the servers on CPU 1 — for steady A/B
+ * numbers. It is not the default: it also changes what the peers measure (ssh -R's new
+ * connections/s went from ~4k to ~20k), and the targets were set on unpinned numbers.
  */
 export const cpuLayout = { pinned: false };
 
