@@ -230,22 +230,11 @@ pub async fn handshake(
             "unsupported cipher suite {suite:?}"
         )))
     };
-    let channel = TlsChannel {
+    let channel = TlsChannel::new(
         tcp,
-        rd: Direction::new(suite, read).ok_or_else(unsupported)?,
-        wr: Direction::new(suite, write).ok_or_else(unsupported)?,
-        rbuf: vec![0u8; READ_BUFFER].into_boxed_slice(),
-        rpos: 0,
-        rend: 0,
-        plain: 0..0,
-        read_closed: false,
-        read_failed: None,
-        wbuf: Vec::with_capacity(SEND_BUFFER + WRITE_TAKE + 8 * MAX_RECORD),
-        wpos: 0,
-        answer_key_update: false,
-        close_sent: false,
-        key_update_after: KEY_UPDATE_AFTER,
-    };
+        Direction::new(suite, read).ok_or_else(unsupported)?,
+        Direction::new(suite, write).ok_or_else(unsupported)?,
+    );
     Ok((channel, conn))
 }
 
@@ -444,6 +433,25 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 }
 
 impl TlsChannel {
+    fn new(tcp: TcpStream, rd: Direction, wr: Direction) -> TlsChannel {
+        TlsChannel {
+            tcp,
+            rd,
+            wr,
+            rbuf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            rpos: 0,
+            rend: 0,
+            plain: 0..0,
+            read_closed: false,
+            read_failed: None,
+            wbuf: Vec::with_capacity(SEND_BUFFER + WRITE_TAKE + 8 * MAX_RECORD),
+            wpos: 0,
+            answer_key_update: false,
+            close_sent: false,
+            key_update_after: KEY_UPDATE_AFTER,
+        }
+    }
+
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
@@ -863,22 +871,7 @@ mod tests {
         raw.read_exact(&mut rec).await.unwrap();
         rec[HEADER_LEN + 2] ^= 0x40;
         let (mut w, r) = tcp_pair().await;
-        let mut victim = TlsChannel {
-            tcp: r,
-            rd: s.rd,
-            wr: s.wr,
-            rbuf: vec![0u8; READ_BUFFER].into_boxed_slice(),
-            rpos: 0,
-            rend: 0,
-            plain: 0..0,
-            read_closed: false,
-            read_failed: None,
-            wbuf: Vec::new(),
-            wpos: 0,
-            answer_key_update: false,
-            close_sent: false,
-            key_update_after: KEY_UPDATE_AFTER,
-        };
+        let mut victim = TlsChannel::new(r, s.rd, s.wr);
         w.write_all(&rec).await.unwrap();
         let mut buf = [0u8; 64];
         let e = victim.read(&mut buf).await.unwrap_err();
