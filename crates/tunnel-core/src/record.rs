@@ -54,7 +54,7 @@ const ALERT_CLOSE_NOTIFY: u8 = 0;
 /// Records sealed under one key before the writer moves to the next (KeyUpdate). RFC 8446 §5.5
 /// allows 2^24.5 full-size AES-GCM records per key; 2^24 (about 256 GiB) keeps a margin and
 /// costs one 22-byte record per 256 GiB.
-pub const KEY_UPDATE_AFTER: u64 = 1 << 24;
+const KEY_UPDATE_AFTER: u64 = 1 << 24;
 
 /// Socket read buffer: eight full records per `recv` (a 128 KiB batch, the size the muxer
 /// gathers) plus room for one record that arrived in part.
@@ -62,7 +62,7 @@ const READ_BUFFER: usize = 128 * 1024 + MAX_RECORD;
 
 /// Sealed bytes that may wait for the socket before `poll_write` stops taking more: two write
 /// batches, so the next batch is sealed while the kernel still takes the previous one.
-pub const SEND_BUFFER: usize = 256 * 1024;
+const SEND_BUFFER: usize = 256 * 1024;
 
 /// Plaintext taken by one `poll_write` (then sealed as up to eight records).
 const WRITE_TAKE: usize = 128 * 1024;
@@ -452,10 +452,6 @@ impl TlsChannel {
         }
     }
 
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-
     /// Opens the next whole record in `rbuf`, if there is one. `Ok(false)`: need more bytes.
     fn open_next(&mut self) -> io::Result<bool> {
         let avail = self.rend - self.rpos;
@@ -736,18 +732,28 @@ mod tests {
         (c.unwrap(), s.unwrap().0)
     }
 
-    /// Both ends on this record layer; returns (client, server) and their exporter values.
-    async fn channel_pair() -> ((TlsChannel, [u8; 32]), (TlsChannel, [u8; 32])) {
+    /// A handshake between two ends of this module over loopback, the client trusting `pin`.
+    async fn handshake_pair(
+        pin: String,
+    ) -> (
+        Result<(TlsChannel, rustls::Connection), HandshakeError>,
+        Result<(TlsChannel, rustls::Connection), HandshakeError>,
+    ) {
         let id = identity();
         let (c, s) = tcp_pair().await;
-        let (ccfg, ccap) = client_config(&crate::tls::client_config(Trust::Pinned(id.fingerprint.clone())));
+        let (ccfg, ccap) = client_config(&crate::tls::client_config(Trust::Pinned(pin)));
         let (scfg, scap) = server_config(&id.server_config().unwrap());
         let cconn = rustls::ClientConnection::new(ccfg, server_name()).unwrap();
         let sconn = rustls::ServerConnection::new(scfg).unwrap();
-        let (a, b) = tokio::join!(
+        tokio::join!(
             handshake(c, cconn.into(), &ccap),
             handshake(s, sconn.into(), &scap)
-        );
+        )
+    }
+
+    /// Both ends on this record layer; returns (client, server) and their exporter values.
+    async fn channel_pair() -> ((TlsChannel, [u8; 32]), (TlsChannel, [u8; 32])) {
+        let (a, b) = handshake_pair(identity().fingerprint).await;
         let (ca, cconn) = a.unwrap();
         let (sb, sconn) = b.unwrap();
         let mut e1 = [0u8; 32];
@@ -957,16 +963,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_pin_fails_the_handshake_with_the_pin_error() {
-        let id = identity();
-        let (c, s) = tcp_pair().await;
-        let (ccfg, ccap) = client_config(&crate::tls::client_config(Trust::Pinned("00".repeat(32))));
-        let (scfg, scap) = server_config(&id.server_config().unwrap());
-        let cconn = rustls::ClientConnection::new(ccfg, server_name()).unwrap();
-        let sconn = rustls::ServerConnection::new(scfg).unwrap();
-        let (a, b) = tokio::join!(
-            handshake(c, cconn.into(), &ccap),
-            handshake(s, sconn.into(), &scap)
-        );
+        let (a, b) = handshake_pair("00".repeat(32)).await;
         let ea = a.err().expect("client must fail").to_string();
         let eb = b.err().expect("server must fail").to_string();
         assert!(ea.contains(crate::tls::PIN_MISMATCH), "{ea}");
