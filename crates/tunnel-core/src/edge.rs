@@ -443,7 +443,6 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
         st.transport_reason = Some(reason.clone());
     }
     let hub = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
-    crate::runtime::release_freed_memory_soon();
     inner.events.as_ref()(event!("tunnelConnected", {
         "hubAddress": hub, "transport": tunnel.transport(), "reason": reason
     }));

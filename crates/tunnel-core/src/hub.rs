@@ -162,7 +162,6 @@ impl Hub {
             let inner = inner.clone();
             move || quic_accept_loop(inner.clone(), endpoint.clone())
         }));
-        let acceptor = tls;
         let gates = Arc::new(Gates {
             // Silent or slow clients may wait for their first bytes in large numbers (they cost
             // a socket and a small task); only clients that actually started TLS compete for
@@ -174,7 +173,7 @@ impl Hub {
         let sup = {
             let inner = inner.clone();
             supervise(inner.events.clone(), "hub listener".into(), move || {
-                accept_loop(inner.clone(), listener.clone(), acceptor.clone(), gates.clone())
+                accept_loop(inner.clone(), listener.clone(), tls.clone(), gates.clone())
             })
         };
         let task = tokio::spawn(sup);
@@ -355,7 +354,7 @@ struct Gates {
 async fn accept_loop(
     inner: Arc<Inner>,
     listener: Arc<TcpListener>,
-    acceptor: Arc<rustls::ServerConfig>,
+    tls_config: Arc<rustls::ServerConfig>,
     gates: Arc<Gates>,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
@@ -399,7 +398,7 @@ async fn accept_loop(
             continue;
         };
         let inner = inner.clone();
-        let acceptor = acceptor.clone();
+        let tls_config = tls_config.clone();
         let gates = gates.clone();
         tokio::spawn(async move {
             let _waiting = waiting;
@@ -417,7 +416,7 @@ async fn accept_loop(
                 // Silent until the deadline: not worth an event per connection.
                 return;
             };
-            let hs = tokio::time::timeout_at(deadline, handshake_edge(&inner, &acceptor, tcp, peer)).await;
+            let hs = tokio::time::timeout_at(deadline, handshake_edge(&inner, &tls_config, tcp, peer)).await;
             drop(permit);
             let result = match hs {
                 Ok(r) => r,
@@ -664,7 +663,6 @@ async fn run_session(
         flows.close_all();
         return;
     }
-    crate::runtime::release_freed_memory_soon();
     inner.events.as_ref()(event!("edgeConnected", {
         "edgeId": edge_id, "remoteAddress": proxy_protocol::unmap(peer).ip().to_string(),
         "remotePort": peer.port(), "transport": tunnel.transport()

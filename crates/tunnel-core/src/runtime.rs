@@ -74,31 +74,13 @@ async fn return_freed_memory() {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        trim();
+        // malloc_trim is a glibc extension; elsewhere freed memory is the allocator's business.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
-}
-
-fn trim() {
-    // malloc_trim is a glibc extension; elsewhere freed memory is the allocator's business.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// How long after a tunnel comes up its start-up garbage is handed back: long enough for the
-/// daemon to have handled the connection event, short enough that an idle daemon is at its
-/// floor within a second of connecting rather than at the next `TRIM_EVERY` tick.
-const TRIM_AFTER_CONNECT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Called when a tunnel is established (on either side): start-up and the handshake free a few
-/// MiB that would otherwise stay with the process until the next periodic trim.
-pub fn release_freed_memory_soon() {
-    tokio::spawn(async {
-        tokio::time::sleep(TRIM_AFTER_CONNECT).await;
-        let _ = tokio::task::spawn_blocking(trim).await;
-    });
 }
 
 #[cfg(test)]
