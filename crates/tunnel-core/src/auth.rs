@@ -3,8 +3,6 @@
 //! captured proof cannot be replayed on another session, and a man in the middle that
 //! terminates TLS cannot relay it.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -27,14 +25,17 @@ pub fn proof(
     binding: &[u8; 32],
     edge_id: &str,
 ) -> [u8; MAC_LEN] {
-    // A Hmac key may be any length; new_from_slice only fails for fixed-size-key MACs.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut mac = ring::hmac::Context::with_key(&key);
     mac.update(MAC_CONTEXT);
     mac.update(&version.to_be_bytes());
     mac.update(nonce);
     mac.update(binding);
     mac.update(edge_id.as_bytes());
-    mac.finalize().into_bytes().into()
+    let mut out = [0u8; MAC_LEN];
+    // HMAC-SHA256 tags are 32 bytes, which is what MAC_LEN is.
+    out.copy_from_slice(mac.sign().as_ref());
+    out
 }
 
 /// Constant-time comparison of two proofs.

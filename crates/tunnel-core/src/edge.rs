@@ -3,7 +3,7 @@
 //! one stream and every UDP client as one flow. Reconnects with backoff and jitter; while on the
 //! TLS fallback it keeps probing QUIC and moves new streams over once QUIC works.
 
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,7 +25,6 @@ use crate::handshake;
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::open::{OpenRecord, KIND_TCP};
 use crate::quic;
-use crate::record;
 use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::{self, Trust};
 use crate::tunnel::Tunnel;
@@ -325,7 +324,7 @@ fn close_listeners(inner: &Inner) {
 /// up to `cap`, so a fleet of edges does not reconnect in lock-step after a hub restart.
 fn backoff(base_ms: u64, cap_ms: u64, attempt: u32) -> Duration {
     let d = base_ms.saturating_mul(1u64 << attempt.min(20)).min(cap_ms);
-    let ms = rand::thread_rng().gen_range(d / 2..=d);
+    let ms = rand::rng().random_range(d / 2..=d);
     Duration::from_millis(ms)
 }
 
@@ -483,7 +482,7 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
     }
 }
 
-type ClientTls = record::TlsChannel;
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 fn pin_error(msg: &str) -> Option<Error> {
     let i = msg.find(tls::PIN_MISMATCH)?;
@@ -530,18 +529,18 @@ async fn tls_handshake(inner: &Arc<Inner>) -> Result<(ClientTls, handshake::Sess
         Err(_) => return Err(Error::Timeout(format!("connecting to the hub at {addr}"))),
     };
     let _ = tcp.set_nodelay(true);
-    let (config, secrets) = record::client_config(&tls::client_config(inner.trust.clone()));
-    let name = rustls::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
-    let conn = rustls::ClientConnection::new(config, name).map_err(|e| Error::Tls(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(inner.trust.clone())));
+    let name = rustls::pki_types::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
     let hs = async {
-        let (mut tls, conn) = record::handshake(tcp, conn.into(), &secrets).await.map_err(|e| {
+        let mut tls = connector.connect(name, tcp).await.map_err(|e| {
             let msg = e.to_string();
             pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
         })?;
-        let mut binding = [0u8; 32];
-        conn.export_keying_material(&mut binding, EXPORTER_LABEL, None)
+        let binding = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
             .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
-        drop(conn);
         let params = handshake::edge(&mut tls, &binding, &inner.opts.edge_id, &inner.opts.secret).await?;
         Ok::<_, Error>((tls, params))
     };
@@ -564,13 +563,13 @@ async fn dial_quic(
     };
     let endpoint = crate::udp::bound_std_socket(local)
         .and_then(|sock| {
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, quinn::TokioRuntime)
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, Arc::new(quinn::TokioRuntime))
         })
         .map_err(|source| Error::Bind {
             addr: format!("udp {local}"),
             source,
         })?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(tls::client_config(inner.trust.clone())));
+    let mut cfg = quic::client_crypto(tls::client_config(inner.trust.clone()))?;
     cfg.transport_config(Arc::new(quic::transport_config(
         &inner.opts.performance,
         Duration::from_millis(inner.opts.limits.heartbeat_interval_ms),
@@ -842,7 +841,7 @@ async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, eve
 
 /// No usable tunnel (draining or down): refuse with RST so the client retries elsewhere.
 fn refuse(sock: TcpStream) {
-    let _ = sock.set_linger(Some(Duration::ZERO));
+    crate::mux::abortive_close(&sock);
     drop(sock);
 }
 

@@ -8,7 +8,6 @@
 
 use ipnet_lite::{Cidr, Family};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
@@ -260,7 +259,7 @@ fn parse_rate(s: &str) -> Option<String> {
 
 /// A stable hash of the snapshot as sent (serde_json orders object keys).
 pub fn hash(v: &Value) -> String {
-    crate::tls::hex(&Sha256::digest(v.to_string().as_bytes()))[..16].to_string()
+    crate::tls::hex(ring::digest::digest(&ring::digest::SHA256, v.to_string().as_bytes()).as_ref())[..16].to_string()
 }
 
 /// The nftables table name for an edge: its own, so nothing else on the host is touched.

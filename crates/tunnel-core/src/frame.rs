@@ -318,7 +318,7 @@ pub fn read_u64(p: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
 
     fn roundtrip(kind: FrameType, flags: u8, stream: u32, payload: &[u8]) -> Frame {
         let mut b = BytesMut::new();
@@ -422,33 +422,33 @@ mod tests {
         let mut errors = 0usize;
         for _case in 0..20_000 {
             let mut b = BytesMut::new();
-            for _ in 0..rng.gen_range(1..5) {
-                let kind = kinds[rng.gen_range(0..kinds.len())];
-                let len = rng.gen_range(0..64);
-                let payload: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                encode(&mut b, kind, rng.gen(), rng.gen_range(0..4), &payload);
+            for _ in 0..rng.random_range(1..5) {
+                let kind = kinds[rng.random_range(0..kinds.len())];
+                let len = rng.random_range(0..64);
+                let payload: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                encode(&mut b, kind, rng.random(), rng.random_range(0..4), &payload);
             }
-            match rng.gen_range(0..4) {
+            match rng.random_range(0..4) {
                 0 => {
-                    for _ in 0..rng.gen_range(1..8) {
-                        let i = rng.gen_range(0..b.len());
-                        b[i] ^= 1 << rng.gen_range(0..8);
+                    for _ in 0..rng.random_range(1..8) {
+                        let i = rng.random_range(0..b.len());
+                        b[i] ^= 1 << rng.random_range(0..8);
                     }
                 }
                 1 => {
-                    let cut = rng.gen_range(0..b.len());
+                    let cut = rng.random_range(0..b.len());
                     b.truncate(cut);
                 }
                 2 => {
-                    let garbage: Vec<u8> = (0..rng.gen_range(1..40)).map(|_| rng.gen()).collect();
-                    let at = rng.gen_range(0..=b.len());
+                    let garbage: Vec<u8> = (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
+                    let at = rng.random_range(0..=b.len());
                     let tail = b.split_off(at);
                     b.extend_from_slice(&garbage);
                     b.extend_from_slice(&tail);
                 }
                 _ => {
-                    let i = rng.gen_range(0..b.len());
-                    b[i] = rng.gen();
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
                 }
             }
             loop {

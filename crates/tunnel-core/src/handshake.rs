@@ -10,7 +10,7 @@
 //! and the muxer starts on a clean stream.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rand::RngCore;
+use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{proof, proofs_equal, PROTOCOL_VERSION};
@@ -122,7 +122,7 @@ pub async fn hub<S: AsyncRead + AsyncWrite + Unpin>(
     params: SessionParams,
 ) -> Result<HubVerdict> {
     let mut nonce = [0u8; NONCE_LEN];
-    rand::thread_rng().fill_bytes(&mut nonce);
+    rand::rng().fill_bytes(&mut nonce);
     let mut ch = BytesMut::with_capacity(4 + NONCE_LEN);
     ch.put_u16(PROTOCOL_VERSION);
     ch.put_u16(PROTOCOL_VERSION);

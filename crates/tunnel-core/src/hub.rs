@@ -1,7 +1,7 @@
 //! The hub engine: accepts edge tunnels, authenticates them, pushes each its configuration,
 //! and forwards every stream to its port's target behind a PROXY protocol header.
 
-use rand::RngCore;
+use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +23,6 @@ use crate::handshake::{self, HubVerdict, SessionParams};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::open::{OpenRecord, KIND_UDP};
 use crate::proxy_protocol;
-use crate::record;
 use crate::supervise::{self, supervise, FaultPoint};
 use crate::tls::Identity;
 use crate::tunnel::Tunnel;
@@ -113,7 +112,7 @@ impl Hub {
         let (listener, udp_socket) = bind_tunnel_port(&opts.bind_host, opts.tunnel_port).await?;
         let port = listener.local_addr()?.port();
         let mut dummy_secret = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut dummy_secret);
+        rand::rng().fill_bytes(&mut dummy_secret);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             events,
@@ -136,7 +135,7 @@ impl Hub {
         let listener = Arc::new(listener);
         let quic_addr: SocketAddr = listener.local_addr()?;
         let quic_cfg = {
-            let mut c = quinn::ServerConfig::with_crypto(tls.clone());
+            let mut c = crate::quic::server_crypto(tls.clone())?;
             let heartbeat = Duration::from_millis(opts.limits.heartbeat_interval_ms);
             c.transport_config(Arc::new(crate::quic::transport_config(
                 &opts.performance,
@@ -151,7 +150,7 @@ impl Hub {
             quinn::EndpointConfig::default(),
             Some(quic_cfg),
             udp_socket,
-            quinn::TokioRuntime,
+            Arc::new(quinn::TokioRuntime),
         )
         .map_err(|source| Error::Bind {
             addr: format!("udp {quic_addr}"),
@@ -467,17 +466,16 @@ async fn first_record_arrived(tcp: &TcpStream) -> Option<()> {
     }
 }
 
-type ServerTls = record::TlsChannel;
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
 
 async fn handshake_edge(
     inner: &Arc<Inner>,
-    tls_config: &rustls::ServerConfig,
+    tls_config: &Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<(ServerTls, String, String)>> {
-    let (config, secrets) = record::server_config(tls_config);
-    let conn = rustls::ServerConnection::new(config).map_err(|e| Error::Tls(e.to_string()))?;
-    let (mut tls, conn) = match record::handshake(tcp, conn.into(), &secrets).await {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config.clone());
+    let mut tls = match acceptor.accept(tcp).await {
         Ok(t) => t,
         Err(e) => {
             let msg = e.to_string();
@@ -489,10 +487,11 @@ async fn handshake_edge(
             return Err(Error::Tls(reason));
         }
     };
-    let mut binding = [0u8; 32];
-    conn.export_keying_material(&mut binding, EXPORTER_LABEL, None)
+    let binding = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
         .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
-    drop(conn);
     match authenticate(inner, &mut tls, &binding, peer).await? {
         Some((edge_id, secret)) => Ok(Some((tls, edge_id, secret))),
         None => {
@@ -572,7 +571,10 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                     Some((edge_id, secret)) => Ok(Some((conn, control, edge_id, secret))),
                     None => {
                         // Let AUTH_FAIL reach the edge before the connection goes.
-                        let _ = control.send.finish().await;
+                        // finish() only queues the FIN; wait (bounded by the handshake
+                        // deadline around us) until the edge has it, then close.
+                        let _ = control.send.finish();
+                        let _ = control.send.stopped().await;
                         conn.close(
                             quinn::VarInt::from_u32(crate::quic::CLOSE_ERROR),
                             b"authentication failed",

@@ -533,8 +533,10 @@ async fn pump_mux_to_socket(
 
 /// SO_LINGER 0: the close that follows sends RST, which is what the client must see when the
 /// other side failed (a clean FIN would look like a complete, truncated reply).
-fn abortive_close(s: &TcpStream) {
-    let _ = s.set_linger(Some(Duration::ZERO));
+pub(crate) fn abortive_close(s: &TcpStream) {
+    // Linger 0 never blocks (the close discards what is unsent), which is why tokio deprecates
+    // `set_linger` in general and why it is fine here.
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 /// One read attempt that does not wait: `Pending` when nothing is readable right now.

@@ -64,8 +64,23 @@ pub fn transport_config(
     // 500 Mbit/s UDP flow is ~50k datagrams/s, so this absorbs ~100 ms of scheduling jitter.
     t.datagram_receive_buffer_size(Some(8 * 1024 * 1024));
     t.datagram_send_buffer_size(8 * 1024 * 1024);
-    t.initial_max_udp_payload_size(perf.quic_max_udp_payload);
+    t.initial_mtu(perf.quic_max_udp_payload);
     t
+}
+
+/// quinn's view of the hub's TLS configuration (TLS 1.3 with AES-128-GCM, which QUIC's Initial
+/// packets need, is always among our suites).
+pub fn server_crypto(tls: Arc<rustls::ServerConfig>) -> Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Tls(format!("QUIC server configuration: {e}")))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+/// quinn's view of the edge's TLS configuration (see [`server_crypto`]).
+pub fn client_crypto(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| Error::Tls(format!("QUIC client configuration: {e}")))?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
 /// The control stream as one AsyncRead + AsyncWrite (for the shared handshake code).
@@ -90,13 +105,13 @@ impl AsyncWrite for Duplex {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.send).poll_write(cx, buf)
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.send).poll_flush(cx)
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.send).poll_shutdown(cx)
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
     }
 }
 
@@ -200,7 +215,7 @@ impl QuicTunnel {
         let (mut send, recv) = match self.conn.open_bi().await {
             Ok(s) => s,
             Err(_) => {
-                let _ = sock.set_linger(Some(Duration::ZERO));
+                crate::mux::abortive_close(&sock);
                 return;
             }
         };
@@ -209,7 +224,7 @@ impl QuicTunnel {
         record.encode(&mut head);
         head[0] = (head.len() - 1) as u8;
         if send.write_all(&head).await.is_err() {
-            let _ = sock.set_linger(Some(Duration::ZERO));
+            crate::mux::abortive_close(&sock);
             return;
         }
         opened(send.id().index());
@@ -432,7 +447,7 @@ pub async fn pump(
         let res = tokio::io::copy(&mut r, &mut send).await;
         match res {
             Ok(n) => {
-                let _ = send.finish().await;
+                let _ = send.finish();
                 Ok(n)
             }
             Err(e) => {
@@ -472,8 +487,7 @@ pub async fn pump(
     };
     if failure.is_some() {
         // Abort: the client must see RST, not a clean end of a truncated reply.
-        let s: &TcpStream = w.as_ref();
-        let _ = s.set_linger(Some(Duration::ZERO));
+        crate::mux::abortive_close(w.as_ref());
     }
     (down_n.unwrap_or(0), up_n.unwrap_or(0), failure)
 }
@@ -526,15 +540,13 @@ mod tests {
     /// A hub-side QUIC tunnel and the raw client connection talking to it.
     async fn pair() -> (QuicTunnel, quinn::Connection, Seen, quinn::RecvStream) {
         let id = Identity::from_pem(CERT, KEY).unwrap();
-        let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(id.server_config().unwrap()));
+        let mut server_cfg = server_crypto(Arc::new(id.server_config().unwrap())).unwrap();
         let perf = Performance::default();
         server_cfg.transport_config(Arc::new(transport_config(&perf, Duration::from_secs(5), 100)));
         let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr().unwrap();
         let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut cc = quinn::ClientConfig::new(Arc::new(crate::tls::client_config(Trust::Pinned(
-            id.fingerprint.clone(),
-        ))));
+        let mut cc = client_crypto(crate::tls::client_config(Trust::Pinned(id.fingerprint.clone()))).unwrap();
         cc.transport_config(Arc::new(transport_config(&perf, Duration::from_secs(5), 100)));
         let (client_conn, server_conn) = tokio::join!(
             async { client.connect_with(cc, addr, "x").unwrap().await.unwrap() },
