@@ -2,15 +2,17 @@
 # Brings a fresh clone on a fresh Debian machine to "npm run demo / npm test work", and does
 # nothing (in a few seconds) when that is already so. Safe to run again at any time.
 #
-#   1. Debian packages: the Rust crates the addon builds from offline, the test peers, and cargo
-#      itself (cargo-web) when no cargo is installed. Only what is missing, as root, with apt.
+#   1. Debian packages: the test peers, a C compiler for ring's assembly, and cargo itself
+#      (Debian's cargo-web) only when no cargo is installed. Only what is missing, as root, with apt.
 #   2. npm ci, when node_modules is missing or older than package-lock.json / a package.json.
 #   3. the native addon (scripts/build-addon.mjs; a no-op when up to date).
 #   4. tsc -b (incremental; a no-op when up to date).
 #
-# Usage: bash scripts/setup.sh [--system-only [crates]]
+# Crates come from crates.io (Cargo.lock pins them); rustup's Rust is the expected toolchain.
+#
+# Usage: bash scripts/setup.sh [--system-only [build]]
 #   --system-only          step 1 only (used by docker/Dockerfile)
-#   --system-only crates   step 1, Rust crates and cargo only (no test peers)
+#   --system-only build    step 1, build tools only (no test peers)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,18 +25,11 @@ elapsed() { echo "$((($(date +%s%N) - T0) / 1000000)) ms"; }
 SYSTEM_ONLY=0 PEERS=1
 if [ "${1:-}" = --system-only ]; then
   SYSTEM_ONLY=1
-  [ "${2:-}" = crates ] && PEERS=0
+  [ "${2:-}" = build ] && PEERS=0
 fi
 
-# Rust crates in the versions Cargo.toml pins (Debian bookworm's), for offline builds.
-# serde's `derive` feature is served by librust-serde-derive-dev (no separate feature package).
-CRATE_PKGS=(
-  librust-tokio-dev librust-tokio-rustls-dev librust-tokio-rustls+dangerous-configuration-dev
-  librust-rustls-dev librust-quinn-dev librust-ring-dev librust-socket2-dev
-  librust-rustls-pemfile-dev librust-sha2-dev librust-hmac-dev librust-libc-dev librust-bytes-dev
-  librust-serde-dev librust-serde-json-dev librust-serde-derive-dev librust-thiserror-dev
-  librust-libloading-dev librust-rand-dev librust-subtle-dev
-)
+# ring (rustls' and quinn's crypto provider) compiles C and assembly: a C compiler is needed.
+BUILD_PKGS=(gcc libc6-dev)
 # Real peers the tests drive: haproxy consumes our PROXY headers; nft/libnftables for the
 # firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts and `ss`.
 PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl)
@@ -44,12 +39,11 @@ have_cargo() {
 }
 
 # --- 1. Debian packages ------------------------------------------------------------------------
-want=("${CRATE_PKGS[@]}")
+want=("${BUILD_PKGS[@]}")
 [ "$PEERS" = 1 ] && want+=("${PEER_PKGS[@]}")
-# Without any cargo: Debian's current toolchain. bookworm's plain `cargo`/`rustc` are 1.63, older
-# than the crate needs (let-else wants 1.65); `cargo-web`/`rustc-web` (1.85+, kept current for
-# browser builds) provide /usr/bin/cargo and rustc. The vector AES-GCM code needs 1.89+ (bookworm-
-# security ships 1.96); an older compiler builds without it (see crates/tunnel-core/build.rs).
+# Without any cargo: Debian's current toolchain. bookworm's plain `cargo`/`rustc` (1.63) are older
+# than the crates need; `cargo-web`/`rustc-web` (kept current for browser builds) provide
+# /usr/bin/cargo and rustc. rustup's toolchain, where present, is preferred.
 have_cargo || want+=(cargo-web rustc-web)
 
 missing=()
@@ -77,8 +71,8 @@ else
   command -v apt-get >/dev/null 2>&1 || why="apt-get unavailable"
   step "WARNING: $why; skipping system packages. Missing: ${missing[*]}"
   step "  as root on Debian/Ubuntu: apt-get install ${missing[*]}"
-  step "  (Rust may also come from https://rustup.rs instead of cargo-web; the librust-*-dev crates are only"
-  step "   needed where crates.io is unreachable; the test peers only for the tests using them)"
+  step "  (Rust may also come from https://rustup.rs instead of cargo-web; the test peers are only"
+  step "   needed for the tests using them)"
 fi
 
 [ "$SYSTEM_ONLY" = 1 ] && exit 0
@@ -88,12 +82,6 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
-# Probe crates.io once for this whole run instead of once per cargo call.
-if [ -z "${REMOTEINGRESS_CARGO_OFFLINE:-}" ]; then
-  REMOTEINGRESS_CARGO_OFFLINE=$(bash scripts/cargo.sh --detect)
-  export REMOTEINGRESS_CARGO_OFFLINE
-fi
-
 # --- 2. npm dependencies ------------------------------------------------------------------------
 STAMP=node_modules/.remoteingress-npm-ci.stamp
 needs_ci=0

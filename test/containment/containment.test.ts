@@ -74,6 +74,12 @@ describe('panic containment', () => {
   it('a panic in one stream task resets that stream only', async () => {
     const p = await pair();
     const other = await connectFrom(p.port);
+    // The hub's task for `other` must be past its fault point before the panic is armed, or
+    // the armed panic can hit `other` instead of the victim. One echoed byte proves it: the
+    // task connected to the target, which it does only after the fault point.
+    const firstEcho = new Promise<Buffer>((resolve) => other.once('data', resolve));
+    other.write('.');
+    expect((await firstEcho).toString()).toBe('.');
     loadNativeAddon().injectPanicForTest('hubStream');
     // The reset can come before Node even reports the connect (ECONNRESET on connect); either
     // way the victim gets no data.
