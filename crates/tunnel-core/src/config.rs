@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::proxy_protocol::ProxyVersion;
+use crate::wire::proxy_protocol::ProxyVersion;
 
 /// Tunables. Defaults are what the benchmarks settled on; each says why.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,10 +50,10 @@ impl Default for Performance {
 impl Performance {
     pub fn validate(&self) -> Result<()> {
         let p = self.max_frame_payload as usize;
-        if !(1024..=crate::frame::MAX_DATA_PAYLOAD).contains(&p) {
+        if !(1024..=crate::wire::frame::MAX_DATA_PAYLOAD).contains(&p) {
             return Err(Error::InvalidConfig(format!(
                 "performance.maxFramePayload: {p} is outside 1024..={}",
-                crate::frame::MAX_DATA_PAYLOAD
+                crate::wire::frame::MAX_DATA_PAYLOAD
             )));
         }
         if self.stream_window < self.max_frame_payload {
@@ -237,7 +237,7 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
         }
         if let Some(fw) = &e.firewall {
             if !fw.is_null() {
-                crate::firewall::validate(fw)
+                crate::engine::firewall::validate(fw)
                     .map_err(|err| Error::InvalidConfig(format!("edge {name:?}: {err}")))?;
             }
         }

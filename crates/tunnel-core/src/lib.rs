@@ -1,28 +1,30 @@
 //! remoteingress tunnel core: everything that touches tunnel bytes, with no knowledge of Node.
 //!
-//! Layers, bottom up: [`frame`] (bytes ↔ frames), [`open`] and [`proxy_protocol`] (records),
-//! [`mux`] (streams over one tunnel), [`tls`] + [`auth`] (who is on the other end),
-//! [`hub`] and [`edge`] (the two daemons' engines). The optional `napi` module is the thin
-//! binding that the Node packages load.
+//! Folders by layer, bottom up:
+//! - [`wire`]: bytes ↔ values — the frame codec, the stream/flow OPEN record, PROXY headers.
+//!   Nothing above this layer parses raw bytes.
+//! - [`auth`]: who is on the other end — the HMAC proof over nonce and channel binding, the
+//!   CHALLENGE/AUTH exchange, the per-source failure limiter.
+//! - [`transport`]: the tunnel's pipes — TLS 1.3 (rustls) and QUIC (quinn), and [`transport::tunnel::Tunnel`]
+//!   over both.
+//! - [`mux`]: many streams over one TLS connection — stream tasks, flow control, output
+//!   batching, the mux loop.
+//! - [`engine`]: the two daemons' engines ([`engine::hub`], [`engine::edge`]), UDP flows and
+//!   the edge firewall.
+//!
+//! Crate-wide plumbing sits at the top: [`config`], [`error`], [`events`], [`runtime`],
+//! [`supervise`]. The Node binding is a separate crate (`crates/tunnel-node`).
 
 pub mod auth;
 pub mod config;
-pub mod edge;
+pub mod engine;
 pub mod error;
 pub mod events;
-pub mod firewall;
-pub mod frame;
-pub mod handshake;
-pub mod hub;
 pub mod mux;
-pub mod open;
-pub mod proxy_protocol;
-pub mod quic;
 pub mod runtime;
 pub mod supervise;
-pub mod tls;
-pub mod tunnel;
-pub mod udp;
+pub mod transport;
+pub mod wire;
 
 #[cfg(feature = "napi")]
 mod napi;

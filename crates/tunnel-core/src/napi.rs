@@ -23,10 +23,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{self, EdgeOptions, EdgeSpec, HubOptions};
-use crate::edge::Edge;
+use crate::engine::edge::Edge;
+use crate::engine::hub::Hub;
 use crate::error::Error;
 use crate::events::EventSink;
-use crate::hub::Hub;
 
 // ---- the C ABI ---------------------------------------------------------------------------
 

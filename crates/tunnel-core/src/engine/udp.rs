@@ -16,9 +16,9 @@ use crate::config::PortSpec;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
-use crate::open::{OpenRecord, KIND_UDP};
-use crate::proxy_protocol::{self, ProxyVersion, Transport};
 use crate::supervise::AbortOnDrop;
+use crate::wire::open::{OpenRecord, KIND_UDP};
+use crate::wire::proxy_protocol::{self, ProxyVersion, Transport};
 
 /// Largest UDP payload (IPv4 limit 65,507; IPv6 jumbograms aside). Receive buffers are this big
 /// so nothing is ever clipped.

@@ -11,7 +11,7 @@
 use bytes::{BufMut, BytesMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::frame::{FrameError, FrameType};
+use crate::wire::frame::{FrameError, FrameType};
 
 pub const KIND_TCP: u8 = 1;
 /// A UDP flow (FLOW_OPEN).
@@ -118,7 +118,7 @@ mod tests {
             };
             let mut b = BytesMut::new();
             r.encode(&mut b);
-            assert!(b.len() <= crate::frame::OPEN_RECORD_MAX);
+            assert!(b.len() <= crate::wire::frame::OPEN_RECORD_MAX);
             assert_eq!(OpenRecord::decode(&b).unwrap(), r);
             for cut in 0..b.len() {
                 assert!(OpenRecord::decode(&b[..cut]).is_err());

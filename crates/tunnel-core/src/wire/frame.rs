@@ -461,7 +461,7 @@ mod tests {
                         // The typed parsers above the codec must not panic either.
                         let _ = parse_reset(&f.payload);
                         let _ = parse_goaway(f.kind, &f.payload);
-                        let _ = crate::open::OpenRecord::decode(&f.payload);
+                        let _ = crate::wire::open::OpenRecord::decode(&f.payload);
                     }
                     Ok(Some(Decoded::Skipped)) => assert!(b.len() < before),
                     Ok(None) => {

@@ -5,11 +5,11 @@ use bytes::{Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::frame::{self, FrameType};
+use crate::engine::udp::FlowTunnel;
 use crate::mux::{MuxHandle, MuxStats};
-use crate::open::OpenRecord;
-use crate::quic::QuicTunnel;
-use crate::udp::FlowTunnel;
+use crate::transport::quic::QuicTunnel;
+use crate::wire::frame::{self, FrameType};
+use crate::wire::open::OpenRecord;
 
 #[derive(Clone)]
 pub enum Tunnel {

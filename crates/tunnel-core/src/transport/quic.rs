@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::config::Performance;
 use crate::error::{Error, Result};
-use crate::frame::{self, Decoded, Frame, FrameType};
 use crate::mux::{reset, ClosedStream, Handler, MuxStats, RemoteStream, StreamIo};
-use crate::open::OpenRecord;
+use crate::wire::frame::{self, Decoded, Frame, FrameType};
+use crate::wire::open::OpenRecord;
 
 /// Written first on the control stream (QUIC streams are invisible to the peer until data
 /// flows on them) and doubles as a version check.
@@ -507,12 +507,12 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{Identity, Trust};
+    use crate::transport::tls::{Identity, Trust};
     use std::sync::Mutex;
 
     /// Throwaway self-signed identity for tests only (not used by anything else).
-    const CERT: &str = include_str!("testdata/cert.pem");
-    const KEY: &str = include_str!("testdata/key.pem");
+    const CERT: &str = include_str!("../testdata/cert.pem");
+    const KEY: &str = include_str!("../testdata/key.pem");
 
     #[derive(Clone, Default)]
     struct Seen {
@@ -546,7 +546,10 @@ mod tests {
         let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr().unwrap();
         let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut cc = client_crypto(crate::tls::client_config(Trust::Pinned(id.fingerprint.clone()))).unwrap();
+        let mut cc = client_crypto(crate::transport::tls::client_config(Trust::Pinned(
+            id.fingerprint.clone(),
+        )))
+        .unwrap();
         cc.transport_config(Arc::new(transport_config(&perf, Duration::from_secs(5), 100)));
         let (client_conn, server_conn) = tokio::join!(
             async { client.connect_with(cc, addr, "x").unwrap().await.unwrap() },

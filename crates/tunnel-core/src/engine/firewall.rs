@@ -259,7 +259,9 @@ fn parse_rate(s: &str) -> Option<String> {
 
 /// A stable hash of the snapshot as sent (serde_json orders object keys).
 pub fn hash(v: &Value) -> String {
-    crate::tls::hex(ring::digest::digest(&ring::digest::SHA256, v.to_string().as_bytes()).as_ref())[..16].to_string()
+    crate::transport::tls::hex(ring::digest::digest(&ring::digest::SHA256, v.to_string().as_bytes()).as_ref())
+        [..16]
+        .to_string()
 }
 
 /// The nftables table name for an edge: its own, so nothing else on the host is touched.

@@ -14,21 +14,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::auth::handshake;
 use crate::auth::EXPORTER_LABEL;
 use crate::config::EdgeOptions;
+use crate::engine::firewall::{self, Nft};
+use crate::engine::udp::{EdgeUdp, FlowTunnel};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::{log, EventSink};
-use crate::firewall::{self, Nft};
-use crate::frame::{Frame, FrameType};
-use crate::handshake;
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
-use crate::open::{OpenRecord, KIND_TCP};
-use crate::quic;
 use crate::supervise::{self, supervise, FaultPoint};
-use crate::tls::{self, Trust};
-use crate::tunnel::Tunnel;
-use crate::udp::{EdgeUdp, FlowTunnel};
+use crate::transport::quic;
+use crate::transport::tls::{self, Trust};
+use crate::transport::tunnel::Tunnel;
+use crate::wire::frame::{Frame, FrameType};
+use crate::wire::open::{OpenRecord, KIND_TCP};
 
 /// The TCP connect to the hub gives up after this (10 s: longer than any sane RTT plus SYN
 /// retries for one lost packet, short enough that the backoff loop keeps moving).
@@ -561,9 +561,14 @@ async fn dial_quic(
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = crate::udp::bound_std_socket(local)
+    let endpoint = crate::engine::udp::bound_std_socket(local)
         .and_then(|sock| {
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, Arc::new(quinn::TokioRuntime))
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                sock,
+                Arc::new(quinn::TokioRuntime),
+            )
         })
         .map_err(|source| Error::Bind {
             addr: format!("udp {local}"),
@@ -776,7 +781,7 @@ const PUBLIC_LISTEN_BACKLOG: i32 = 4096;
 /// Binds a public TCP port (see `udp::bind_candidates`) with SO_REUSEADDR, so a restarted edge
 /// re-binds despite TIME_WAIT connections.
 fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
-    crate::udp::bind_first(ip, port, |a| {
+    crate::engine::udp::bind_first(ip, port, |a| {
         let s = socket2::Socket::new(
             socket2::Domain::for_address(a),
             socket2::Type::STREAM,
@@ -813,7 +818,7 @@ async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, eve
             client,
             local,
         };
-        let c = crate::proxy_protocol::unmap(client);
+        let c = crate::wire::proxy_protocol::unmap(client);
         let opened = {
             let events = events.clone();
             move |id: u64| {
@@ -887,7 +892,7 @@ impl Handler for EdgeHandler {
     fn on_closed(&mut self, c: ClosedStream) {
         let (code, reason) = match &c.reset {
             None => (Value::Null, Value::Null),
-            Some((code, reason)) => (json!(crate::hub::reset_code(*code)), json!(reason)),
+            Some((code, reason)) => (json!(crate::engine::hub::reset_code(*code)), json!(reason)),
         };
         self.events.as_ref()(event!("streamClosed", {
             "streamId": c.id, "port": c.listen_port, "bytesIn": c.bytes_in,

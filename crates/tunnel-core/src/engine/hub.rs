@@ -13,20 +13,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::auth::handshake::{self, HubVerdict, SessionParams};
 use crate::auth::{FailureLimiter, EXPORTER_LABEL};
 use crate::config::{validate_edges, EdgeSpec, HubOptions, Limits, Performance, PortSpec};
+use crate::engine::udp::HubFlows;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::{log, EventSink};
-use crate::frame::FrameType;
-use crate::handshake::{self, HubVerdict, SessionParams};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
-use crate::open::{OpenRecord, KIND_UDP};
-use crate::proxy_protocol;
 use crate::supervise::{self, supervise, FaultPoint};
-use crate::tls::Identity;
-use crate::tunnel::Tunnel;
-use crate::udp::HubFlows;
+use crate::transport::tls::Identity;
+use crate::transport::tunnel::Tunnel;
+use crate::wire::frame::FrameType;
+use crate::wire::open::{OpenRecord, KIND_UDP};
+use crate::wire::proxy_protocol;
 
 /// A running hub. Cheap to clone.
 #[derive(Clone)]
@@ -135,14 +135,14 @@ impl Hub {
         let listener = Arc::new(listener);
         let quic_addr: SocketAddr = listener.local_addr()?;
         let quic_cfg = {
-            let mut c = crate::quic::server_crypto(tls.clone())?;
+            let mut c = crate::transport::quic::server_crypto(tls.clone())?;
             let heartbeat = Duration::from_millis(opts.limits.heartbeat_interval_ms);
-            c.transport_config(Arc::new(crate::quic::transport_config(
+            c.transport_config(Arc::new(crate::transport::quic::transport_config(
                 &opts.performance,
                 heartbeat,
                 opts.limits
                     .max_streams_per_edge
-                    .min(crate::quic::HUB_MAX_QUIC_STREAMS),
+                    .min(crate::transport::quic::HUB_MAX_QUIC_STREAMS),
             )));
             c
         };
@@ -331,7 +331,7 @@ async fn bind_tunnel_port(host: &str, port: u16) -> Result<(TcpListener, std::ne
             source,
         })?;
         let bound = listener.local_addr()?;
-        match crate::udp::bound_std_socket(bound) {
+        match crate::engine::udp::bound_std_socket(bound) {
             Ok(udp) => return Ok((listener, udp)),
             Err(source) => {
                 last = Some(Error::Bind {
@@ -562,11 +562,11 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 recv.read_exact(&mut pre)
                     .await
                     .map_err(|e| Error::Protocol(format!("control stream preamble: {e}")))?;
-                if &pre != crate::quic::PREAMBLE {
+                if &pre != crate::transport::quic::PREAMBLE {
                     return Err(Error::Protocol("bad QUIC control stream preamble".into()));
                 }
-                let binding = crate::quic::binding(&conn)?;
-                let mut control = crate::quic::Duplex { send, recv };
+                let binding = crate::transport::quic::binding(&conn)?;
+                let mut control = crate::transport::quic::Duplex { send, recv };
                 match authenticate(&inner, &mut control, &binding, peer).await? {
                     Some((edge_id, secret)) => Ok(Some((conn, control, edge_id, secret))),
                     None => {
@@ -576,7 +576,7 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                         let _ = control.send.finish();
                         let _ = control.send.stopped().await;
                         conn.close(
-                            quinn::VarInt::from_u32(crate::quic::CLOSE_ERROR),
+                            quinn::VarInt::from_u32(crate::transport::quic::CLOSE_ERROR),
                             b"authentication failed",
                         );
                         Ok(None)
@@ -593,7 +593,7 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 Ok(Some((conn, control, edge_id, secret))) => {
                     let (handler, slot) = HubHandler::new(&inner, &edge_id);
                     let flows = handler.flows.clone();
-                    let (quic, fut) = crate::quic::start(conn, None, control, handler, true);
+                    let (quic, fut) = crate::transport::quic::start(conn, None, control, handler, true);
                     let tunnel = Tunnel::Quic(quic);
                     let _ = slot.set(tunnel.clone());
                     run_session(inner, tunnel, flows, Box::pin(fut), peer, edge_id, secret).await;
@@ -824,7 +824,7 @@ impl Handler for HubHandler {
         });
     }
 
-    fn on_control(&mut self, frame: crate::frame::Frame) -> Result<()> {
+    fn on_control(&mut self, frame: crate::wire::frame::Frame) -> Result<()> {
         match frame.kind {
             FrameType::ConfigAck => {
                 if let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) {

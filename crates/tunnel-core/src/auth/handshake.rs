@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{proof, proofs_equal, PROTOCOL_VERSION};
 use crate::error::{Error, Result};
-use crate::frame::{self, Decoded, Frame, FrameType, AUTH_OK_LEN, MAC_LEN, NONCE_LEN};
+use crate::wire::frame::{self, Decoded, Frame, FrameType, AUTH_OK_LEN, MAC_LEN, NONCE_LEN};
 
 /// AUTH_FAIL codes.
 pub const FAIL_AUTH: u16 = 1;

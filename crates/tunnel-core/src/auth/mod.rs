@@ -3,12 +3,14 @@
 //! captured proof cannot be replayed on another session, and a man in the middle that
 //! terminates TLS cannot relay it.
 
+pub mod handshake;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
-use crate::frame::{MAC_LEN, NONCE_LEN};
+use crate::wire::frame::{MAC_LEN, NONCE_LEN};
 
 /// Protocol version spoken by this build. Bumped on any incompatible wire change.
 pub const PROTOCOL_VERSION: u16 = 1;

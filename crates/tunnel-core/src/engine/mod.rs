@@ -1,0 +1,8 @@
+//! The daemons' engines: the [`hub`] (authenticates edges, pushes their configuration, forwards
+//! streams and flows to targets with PROXY headers) and the [`edge`] (dials the hub, binds the
+//! assigned ports, applies the [`firewall`] snapshot), and the [`udp`] flow tables both use.
+
+pub mod edge;
+pub mod firewall;
+pub mod hub;
+pub mod udp;
