@@ -124,7 +124,7 @@ impl<H: Handler> Mux<H> {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut rd, mut wr) = split_io(io);
+        let (mut rd, mut wr) = tokio::io::split(io);
         let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,4 +1,7 @@
-//! The tunnel IO as the mux task uses it: two halves, non-blocking reads, batched writes.
+//! The tunnel IO as the mux task uses it: non-blocking reads and batched, vectored writes. The
+//! mux reads and writes from one task, but its read and write futures are pending at the same
+//! time, so it holds the IO as `tokio::io::split`'s two halves (which pass vectored writes
+//! through: one TLS `send` per batch of frames, not one per frame header).
 
 use super::*;
 
@@ -25,63 +28,6 @@ pub(super) async fn write_or_flush<W: AsyncWrite + Unpin>(
     let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
     let n = batch.slices(&mut slices);
     w.write_vectored(&slices[..n]).await.map(Some)
-}
-
-/// One half of the tunnel IO: the mux reads and writes it from one task, but its read and write
-/// futures are pending at the same time, so each holds a half. Each poll takes the (never
-/// contended) lock for its duration. tokio's `split` does the same but, in 1.24, drops vectored
-/// writes: every frame header would become a TLS record and a `send` of its own.
-pub(super) struct Half<IO>(Arc<std::sync::Mutex<IO>>);
-
-pub(super) fn split_io<IO>(io: IO) -> (Half<IO>, Half<IO>) {
-    let shared = Arc::new(std::sync::Mutex::new(io));
-    (Half(shared.clone()), Half(shared))
-}
-
-impl<IO> Half<IO> {
-    fn io(&self) -> std::sync::MutexGuard<'_, IO> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Half<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.io()).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Half<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.io()).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.io()).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io().is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.io()).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.io()).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
@@ -139,7 +85,7 @@ mod tests {
     /// records), not one write per frame header and payload.
     #[tokio::test]
     async fn the_write_half_passes_vectored_writes_through() {
-        let (_rd, mut wr) = split_io(SliceCounter::default());
+        let (rd, mut wr) = tokio::io::split(SliceCounter::default());
         assert!(wr.is_write_vectored());
         let mut batch = OutBatch::default();
         for i in 0..6u8 {
@@ -148,6 +94,6 @@ mod tests {
         }
         let n = write_or_flush(&mut wr, &batch).await.unwrap();
         assert_eq!(n, Some(6 * (9 + 16 * 1024)));
-        assert_eq!(wr.io().writes, vec![12]);
+        assert_eq!(rd.unsplit(wr).writes, vec![12]);
     }
 }

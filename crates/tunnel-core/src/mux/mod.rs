@@ -28,7 +28,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -54,7 +53,7 @@ pub use stream::{StreamCtx, StreamShared};
 use batch::OutBatch;
 pub use conn::start;
 use flow::grown_window;
-use io::{read_now, split_io, write_or_flush};
+use io::{read_now, write_or_flush};
 
 /// Which end of the tunnel this muxer is. Stream ids are split by parity so both ends can open
 /// streams without colliding: the edge opens odd ids (every client connection today); even ids
