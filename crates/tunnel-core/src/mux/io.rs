@@ -34,6 +34,7 @@ pub(super) async fn write_or_flush<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::mux::batch::OutBatch;
+    use std::pin::Pin;
 
     /// A writer that records how many slices each vectored write brought.
     #[derive(Default)]
