@@ -92,8 +92,13 @@ pub struct Limits {
     /// Streams open at once per tunnel: 65,536 covers a busy edge; beyond it new ones are reset.
     pub max_streams_per_edge: u32,
     /// TLS+auth handshakes in progress at once: 256 keeps a SYN-and-stall crowd from queueing
-    /// unbounded work while a real edge still gets a slot.
+    /// unbounded work while a real edge still gets a slot. Also the cap on unauthenticated QUIC
+    /// connections.
     pub max_pending_handshakes: u32,
+    /// Unauthenticated connections (TLS and QUIC together) one source — an IPv4 address or an
+    /// IPv6 /64 — may hold at once. 8: an edge needs one (two while quicWithFallback probes),
+    /// a few edges behind one NAT fit, and one address cannot hold the handshake slots.
+    pub max_pending_handshakes_per_source: u32,
     /// A client must finish TLS and authentication within this (10 s covers a slow link).
     pub handshake_timeout_ms: u64,
     /// The hub gives up connecting to a target after this (5 s: a target on the private
@@ -120,6 +125,7 @@ impl Default for Limits {
         Limits {
             max_streams_per_edge: 65_536,
             max_pending_handshakes: 256,
+            max_pending_handshakes_per_source: 8,
             handshake_timeout_ms: 10_000,
             target_connect_timeout_ms: 5_000,
             heartbeat_interval_ms: 5_000,
@@ -143,6 +149,10 @@ impl Limits {
         };
         pos("maxStreamsPerEdge", self.max_streams_per_edge.into())?;
         pos("maxPendingHandshakes", self.max_pending_handshakes.into())?;
+        pos(
+            "maxPendingHandshakesPerSource",
+            self.max_pending_handshakes_per_source.into(),
+        )?;
         pos("handshakeTimeoutMs", self.handshake_timeout_ms)?;
         pos("targetConnectTimeoutMs", self.target_connect_timeout_ms)?;
         pos("heartbeatIntervalMs", self.heartbeat_interval_ms)?;

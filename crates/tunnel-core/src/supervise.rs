@@ -2,6 +2,14 @@
 //! that restarts them if they panic and reports a `crashRecovered` event, so one bug costs one
 //! tunnel or one listener a restart — never the process. Panics in per-stream tasks are
 //! contained by tokio and turned into stream resets by the stream's guard (see `mux`).
+//!
+//! Tasks that a dependency spawns for itself are different: quinn runs its endpoint and
+//! connection drivers as tasks of their own, holding the endpoint's state behind locks. A panic
+//! there (quinn-proto 0.9 had two that one datagram could trigger) leaves a QUIC endpoint that
+//! silently stops, or poisoned locks that fail later. No supervisor of ours can restart that
+//! state, so [`DependencyTask`] turns such a panic into [`fatal`]: the cause on stderr and exit
+//! status [`FATAL_EXIT_CODE`], so the service manager restarts a whole, healthy daemon instead
+//! of leaving it half-dead.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,6 +66,56 @@ pub fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// Exit status after a panic inside a dependency's own task: EX_SOFTWARE ("internal software
+/// error") from sysexits.h, distinct from the daemons' 1 (runtime failure) and 2 (bad
+/// configuration), and non-zero so `Restart=on-failure` restarts the daemon.
+pub const FATAL_EXIT_CODE: i32 = 70;
+
+/// Ends the process after a failure nothing in it can recover from: one line on stderr naming
+/// the cause, then `_exit` — no destructors or atexit handlers, which could block on the very
+/// state that broke.
+pub fn fatal(what: &str) -> ! {
+    use std::io::Write;
+    let line = format!(
+        "remoteingress: fatal: {what}; exiting with status {FATAL_EXIT_CODE} so the service manager restarts the daemon\n"
+    );
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    // SAFETY: _exit only ends the process; it touches no Rust state.
+    unsafe { libc::_exit(FATAL_EXIT_CODE) }
+}
+
+/// A dependency's task, polled under `catch_unwind`: a panic in it is [`fatal`], naming `owner`
+/// (e.g. "quinn") and the panic's text.
+pub struct DependencyTask<F> {
+    owner: &'static str,
+    future: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future<Output = ()>> DependencyTask<F> {
+    pub fn new(owner: &'static str, future: F) -> Self {
+        DependencyTask {
+            owner,
+            future: Box::pin(future),
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for DependencyTask<F> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let owner = self.owner;
+        let future = self.future.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(p) => p,
+            Err(payload) => fatal(&format!(
+                "a task of {owner} panicked ({})",
+                panic_message(payload)
+            )),
+        }
+    }
+}
+
 /// Places where a test can inject one panic, to prove containment end to end.
 #[derive(Debug, Clone, Copy)]
 #[repr(u32)]
@@ -88,6 +146,46 @@ pub fn check(point: FaultPoint) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set in the child process of the test below.
+    const CHILD_ENV: &str = "TUNNEL_CORE_TEST_DEPENDENCY_PANIC_CHILD";
+
+    /// A panic in a dependency's task ends the process with the fatal status and names the
+    /// cause, instead of leaving a half-dead runtime. Runs in a child process (this test
+    /// binary again, this test only), since the process exits.
+    #[test]
+    fn a_panic_in_a_dependency_task_exits_with_the_cause() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                tokio::spawn(DependencyTask::new("quinn", async {
+                    tokio::task::yield_now().await;
+                    panic!("driver state corrupted");
+                }));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            });
+            unreachable!("the dependency task's panic must have ended the process");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "supervise::tests::a_panic_in_a_dependency_task_exits_with_the_cause",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(FATAL_EXIT_CODE), "stderr: {stderr}");
+        assert!(
+            stderr.contains("remoteingress: fatal: a task of quinn panicked (driver state corrupted)"),
+            "stderr: {stderr}"
+        );
+    }
     use std::sync::{Arc, Mutex};
 
     #[tokio::test]

@@ -131,7 +131,10 @@ export interface IPerformanceConfig {
 /** Resource bounds passed to the addon; every field optional, the addon's defaults suit production. */
 export interface ILimitsConfig {
   maxStreamsPerEdge?: number;
+  /** Unauthenticated tunnel connections (TLS and QUIC) at once (default 256 handshakes). */
   maxPendingHandshakes?: number;
+  /** Unauthenticated tunnel connections one IPv4 address or IPv6 /64 may hold at once (default 8). */
+  maxPendingHandshakesPerSource?: number;
   /** A peer must finish TLS and authentication within this. */
   handshakeTimeoutMs?: number;
   targetConnectTimeoutMs?: number;
@@ -195,6 +198,8 @@ export interface IHubStatus {
   fingerprint: string | null;
   allowedEdges: number;
   edges: IHubEdgeStatus[];
+  /** Tunnel connections that have not authenticated yet, by transport (absent once stopped). */
+  pendingHandshakes?: { tls: number; quic: number };
   [extra: string]: unknown;
 }
 

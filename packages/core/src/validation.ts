@@ -44,6 +44,7 @@ const PERFORMANCE_KEYS = ['workerThreads', 'maxFramePayload', 'streamWindow', 'c
 const LIMIT_KEYS = [
   'maxStreamsPerEdge',
   'maxPendingHandshakes',
+  'maxPendingHandshakesPerSource',
   'handshakeTimeoutMs',
   'targetConnectTimeoutMs',
   'heartbeatIntervalMs',

@@ -3,6 +3,7 @@
 //! captured proof cannot be replayed on another session, and a man in the middle that
 //! terminates TLS cannot relay it.
 
+pub mod admission;
 pub mod handshake;
 
 use std::collections::HashMap;
@@ -45,10 +46,28 @@ pub fn proofs_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// Per-source-address limiter for failed authentication attempts: a token bucket per address.
-/// A source that spent its budget is refused before TLS, so guessing secrets or burning the
-/// hub's CPU with handshakes is slow, while a legitimate edge that fails a few times (wrong
-/// secret during a rollout) is never locked out for long.
+/// The unit the pre-authentication limits count by: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's prefix: an attacker with a /64 has 2^64 addresses, so counting them one by one
+/// would bound nothing). IPv4-mapped IPv6 addresses count as the IPv4 address.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
+}
+
+/// Per-source limiter for failed attempts (wrong secret, unknown edge, a handshake that timed
+/// out or was abandoned): a token bucket per [`source_key`]. A source that spent its budget is
+/// refused before TLS, so guessing secrets or burning the hub's CPU with handshakes is slow,
+/// while a legitimate edge that fails a few times (wrong secret during a rollout) is never
+/// locked out for long.
 pub struct FailureLimiter {
     buckets: HashMap<IpAddr, (f64, Instant)>,
     burst: f64,
@@ -58,7 +77,9 @@ pub struct FailureLimiter {
 /// Entries are forgotten after this long without a failure; keeps the map bounded by the
 /// recent attacker set rather than growing forever.
 const LIMITER_IDLE_FORGET: Duration = Duration::from_secs(600);
-/// Hard cap on tracked addresses; beyond it the oldest are pruned first.
+/// Hard cap on tracked sources (~5 MiB of map at most). When it is reached, idle entries go
+/// first, then the least recently failed sixteenth — never all at once, which would hand a
+/// fresh budget to every source being limited.
 const LIMITER_MAX_ENTRIES: usize = 65_536;
 
 impl FailureLimiter {
@@ -71,8 +92,8 @@ impl FailureLimiter {
         }
     }
 
-    fn level(&self, ip: &IpAddr, now: Instant) -> f64 {
-        match self.buckets.get(ip) {
+    fn level(&self, key: &IpAddr, now: Instant) -> f64 {
+        match self.buckets.get(key) {
             None => self.burst,
             Some((tokens, at)) => {
                 (tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst)
@@ -80,23 +101,44 @@ impl FailureLimiter {
         }
     }
 
-    /// May this address attempt a handshake now?
+    /// May this source attempt a handshake now?
     pub fn allowed(&self, ip: &IpAddr) -> bool {
-        self.level(ip, Instant::now()) >= 1.0
+        self.level(&source_key(*ip), Instant::now()) >= 1.0
     }
 
     /// Records one failed attempt.
     pub fn record_failure(&mut self, ip: IpAddr) {
+        let key = source_key(ip);
         let now = Instant::now();
-        let tokens = (self.level(&ip, now) - 1.0).max(0.0);
-        if self.buckets.len() >= LIMITER_MAX_ENTRIES {
-            self.buckets
-                .retain(|_, (_, at)| now.duration_since(*at) < LIMITER_IDLE_FORGET);
-            if self.buckets.len() >= LIMITER_MAX_ENTRIES {
-                self.buckets.clear();
-            }
+        let tokens = (self.level(&key, now) - 1.0).max(0.0);
+        if self.buckets.len() >= LIMITER_MAX_ENTRIES && !self.buckets.contains_key(&key) {
+            self.evict(now);
         }
-        self.buckets.insert(ip, (tokens, now));
+        self.buckets.insert(key, (tokens, now));
+    }
+
+    /// Makes room: idle entries first, then the oldest sixteenth (so the cost is amortised
+    /// over the next 4,096 inserts).
+    fn evict(&mut self, now: Instant) {
+        self.buckets
+            .retain(|_, (_, at)| now.duration_since(*at) < LIMITER_IDLE_FORGET);
+        if self.buckets.len() < LIMITER_MAX_ENTRIES {
+            return;
+        }
+        let mut stamps: Vec<Instant> = self.buckets.values().map(|(_, at)| *at).collect();
+        let cut = stamps.len() / 16;
+        let (_, oldest_kept, _) = stamps.select_nth_unstable(cut);
+        let oldest_kept = *oldest_kept;
+        self.buckets.retain(|_, (_, at)| *at >= oldest_kept);
+    }
+
+    /// Sources tracked (for tests and status).
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 }
 
@@ -152,5 +194,43 @@ mod tests {
         slow.record_failure(ip);
         assert!(!slow.allowed(&ip));
         assert!(slow.allowed(&"127.0.0.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let mut l = FailureLimiter::new(2, 1);
+        l.record_failure("2001:db8:1:2::1".parse().unwrap());
+        l.record_failure("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert!(!l.allowed(&"2001:db8:1:2:abcd::1".parse().unwrap()));
+        assert!(l.allowed(&"2001:db8:1:3::1".parse().unwrap()));
+        l.record_failure("::ffff:127.0.0.7".parse().unwrap());
+        l.record_failure("127.0.0.7".parse().unwrap());
+        assert!(!l.allowed(&"127.0.0.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_full_limiter_evicts_the_oldest_not_everyone() {
+        let mut l = FailureLimiter::new(1, 1);
+        let first: IpAddr = "10.0.0.1".parse().unwrap();
+        l.record_failure(first);
+        std::thread::sleep(Duration::from_millis(2));
+        let limited: IpAddr = "10.0.0.2".parse().unwrap();
+        l.record_failure(limited);
+        for i in 0..LIMITER_MAX_ENTRIES as u32 {
+            l.record_failure(IpAddr::V4((0x0b00_0000 + i).into()));
+        }
+        assert!(l.len() <= LIMITER_MAX_ENTRIES);
+        assert!(l.len() > LIMITER_MAX_ENTRIES / 2);
+        // The first-recorded sources went; a limited source recorded later is still limited
+        // unless it was among the oldest sixteenth, which the next check shows is not everyone.
+        assert!(l.allowed(&first));
+        let still_limited = (0..1000u32)
+            .filter(|i| {
+                !l.allowed(&IpAddr::V4(
+                    (0x0b00_0000 + LIMITER_MAX_ENTRIES as u32 - 1 - i).into(),
+                ))
+            })
+            .count();
+        assert_eq!(still_limited, 1000);
     }
 }

@@ -567,7 +567,7 @@ async fn dial_quic(
                 quinn::EndpointConfig::default(),
                 None,
                 sock,
-                Arc::new(quinn::TokioRuntime),
+                crate::transport::quic::runtime(),
             )
         })
         .map_err(|source| Error::Bind {

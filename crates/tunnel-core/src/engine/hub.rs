@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::auth::admission::{Admission, Refusal, Via};
 use crate::auth::handshake::{self, HubVerdict, SessionParams};
 use crate::auth::{FailureLimiter, EXPORTER_LABEL};
 use crate::config::{validate_edges, EdgeSpec, HubOptions, Limits, Performance, PortSpec};
@@ -42,6 +43,11 @@ struct Inner {
     limits: Limits,
     state: Mutex<State>,
     limiter: Mutex<FailureLimiter>,
+    /// Unauthenticated connections, TLS and QUIC, in total and per source.
+    admission: Arc<Admission>,
+    /// When the last "refusing unauthenticated connections" warning was logged (one per
+    /// [`BUSY_LOG_EVERY`], not one per refused connection).
+    last_busy_log: Mutex<Option<Instant>>,
     /// Random stand-in secret for unknown edge ids (equal-time failures).
     dummy_secret: [u8; 32],
     shutdown: watch::Sender<bool>,
@@ -125,6 +131,13 @@ impl Hub {
                 opts.limits.auth_failure_burst,
                 opts.limits.auth_failures_per_minute,
             )),
+            admission: Admission::new(
+                opts.limits
+                    .max_pending_handshakes
+                    .saturating_mul(WAITING_PER_HANDSHAKE),
+                opts.limits.max_pending_handshakes_per_source,
+            ),
+            last_busy_log: Mutex::new(None),
             dummy_secret,
             shutdown,
             stopped: AtomicBool::new(false),
@@ -137,20 +150,28 @@ impl Hub {
         let quic_cfg = {
             let mut c = crate::transport::quic::server_crypto(tls.clone())?;
             let heartbeat = Duration::from_millis(opts.limits.heartbeat_interval_ms);
-            c.transport_config(Arc::new(crate::transport::quic::transport_config(
+            let mut transport = crate::transport::quic::transport_config(
                 &opts.performance,
                 heartbeat,
-                opts.limits
-                    .max_streams_per_edge
-                    .min(crate::transport::quic::HUB_MAX_QUIC_STREAMS),
-            )));
+                // Only the control stream until the edge has authenticated; raised after.
+                crate::transport::quic::PREAUTH_STREAMS,
+            );
+            // What an unauthenticated peer can make the hub buffer: the auth exchange needs
+            // well under a kilobyte. Raised to the configured window after authentication.
+            transport.receive_window(quinn::VarInt::from_u32(
+                crate::transport::quic::PREAUTH_RECEIVE_WINDOW,
+            ));
+            c.transport_config(Arc::new(transport));
+            // quinn's own queue of Initials not yet taken by the accept loop; past it quinn
+            // refuses by itself. Twice our cap: the accept loop decides faster than that fills.
+            c.max_incoming(opts.limits.max_pending_handshakes as usize * 2);
             c
         };
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(quic_cfg),
             udp_socket,
-            Arc::new(quinn::TokioRuntime),
+            crate::transport::quic::runtime(),
         )
         .map_err(|source| Error::Bind {
             addr: format!("udp {quic_addr}"),
@@ -161,18 +182,11 @@ impl Hub {
             let inner = inner.clone();
             move || quic_accept_loop(inner.clone(), endpoint.clone())
         }));
-        let gates = Arc::new(Gates {
-            // Silent or slow clients may wait for their first bytes in large numbers (they cost
-            // a socket and a small task); only clients that actually started TLS compete for
-            // the few handshake slots. 16× keeps a real edge's chance high under a crowd of
-            // idle connections while still bounding them.
-            waiting: Arc::new(Semaphore::new(opts.limits.max_pending_handshakes as usize * 16)),
-            handshakes: Arc::new(Semaphore::new(opts.limits.max_pending_handshakes as usize)),
-        });
+        let handshakes = Arc::new(Semaphore::new(opts.limits.max_pending_handshakes as usize));
         let sup = {
             let inner = inner.clone();
             supervise(inner.events.clone(), "hub listener".into(), move || {
-                accept_loop(inner.clone(), listener.clone(), tls.clone(), gates.clone())
+                accept_loop(inner.clone(), listener.clone(), tls.clone(), handshakes.clone())
             })
         };
         let task = tokio::spawn(sup);
@@ -244,6 +258,7 @@ impl Hub {
     }
 
     pub fn status(&self) -> Value {
+        let pending = self.inner.admission.pending();
         let st = lock(&self.inner.state);
         let edges: Vec<Value> = st
             .sessions
@@ -271,6 +286,7 @@ impl Hub {
             "fingerprint": self.inner.fingerprint,
             "allowedEdges": st.edges.len(),
             "edges": edges,
+            "pendingHandshakes": { "tls": pending.0, "quic": pending.1 },
         })
     }
 
@@ -344,23 +360,55 @@ async fn bind_tunnel_port(host: &str, port: u16) -> Result<(TcpListener, std::ne
     Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("cannot bind tunnel port {port}"))))
 }
 
-/// Admission control for tunnel connections before they are authenticated.
-struct Gates {
-    waiting: Arc<Semaphore>,
-    handshakes: Arc<Semaphore>,
+/// Unauthenticated connections allowed per handshake slot. Silent or slow clients may wait for
+/// their first bytes in numbers (they cost a socket and a small task); only clients that
+/// actually started TLS compete for the few handshake slots. 16× keeps a real edge's chance
+/// high under a crowd of idle connections while still bounding them.
+const WAITING_PER_HANDSHAKE: u32 = 16;
+
+/// At most one "refusing unauthenticated connections" warning this often: a flood must not
+/// become a flood of log lines.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Inner {
+    /// Logs (throttled) that an unauthenticated connection was refused, and why.
+    fn note_refused(&self, via: &str, why: Refusal, ip: std::net::IpAddr) {
+        let mut last = lock(&self.last_busy_log);
+        if last.is_some_and(|t| t.elapsed() < BUSY_LOG_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let (tls, quic) = self.admission.pending();
+        let what = match why {
+            Refusal::Full => "the hub's limit of unauthenticated connections is reached".to_string(),
+            Refusal::SourceFull => format!(
+                "{ip} already holds {} unauthenticated connections (limits.maxPendingHandshakesPerSource)",
+                self.limits.max_pending_handshakes_per_source
+            ),
+        };
+        log(
+            &self.events,
+            "warn",
+            format!("refusing new {via} tunnel connections: {what} ({tls} TLS and {quic} QUIC pending)"),
+        );
+    }
+
+    /// One failed or abandoned attempt from `ip` counts against its budget.
+    fn failed_attempt(&self, ip: std::net::IpAddr) {
+        lock(&self.limiter).record_failure(ip);
+    }
 }
 
 async fn accept_loop(
     inner: Arc<Inner>,
     listener: Arc<TcpListener>,
     tls_config: Arc<rustls::ServerConfig>,
-    gates: Arc<Gates>,
+    handshakes: Arc<Semaphore>,
 ) {
     let mut shutdown = inner.shutdown.subscribe();
     if *shutdown.borrow() {
         return;
     }
-    let mut last_busy_log = Instant::now() - Duration::from_secs(60);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -381,50 +429,49 @@ async fn accept_loop(
             drop(tcp);
             continue;
         }
-        let Ok(waiting) = gates.waiting.clone().try_acquire_owned() else {
-            drop(tcp);
-            if last_busy_log.elapsed() > Duration::from_secs(10) {
-                last_busy_log = Instant::now();
-                log(
-                    &inner.events,
-                    "warn",
-                    format!(
-                        "{} unauthenticated tunnel connections already pending; refusing new ones",
-                        16 * inner.limits.max_pending_handshakes as usize
-                    ),
-                );
+        let admitted = match inner.admission.try_admit(ip, Via::Tls) {
+            Ok(a) => a,
+            Err(why) => {
+                drop(tcp);
+                inner.note_refused("TLS", why, ip);
+                continue;
             }
-            continue;
         };
         let inner = inner.clone();
         let tls_config = tls_config.clone();
-        let gates = gates.clone();
+        let handshakes = handshakes.clone();
         tokio::spawn(async move {
-            let _waiting = waiting;
             let _ = tcp.set_nodelay(true);
             let deadline = tokio::time::Instant::now() + inner.limits.handshake_timeout();
-            let admitted = tokio::time::timeout_at(deadline, async {
+            let slot = tokio::time::timeout_at(deadline, async {
                 // A client holds no handshake slot until its whole first TLS record (the
                 // ClientHello) has arrived: silent clients and clients that dribble a few bytes
                 // and stall wait here, costing only a socket, while real edges go ahead.
                 first_record_arrived(&tcp).await?;
-                gates.handshakes.clone().acquire_owned().await.ok()
+                handshakes.acquire_owned().await.ok()
             })
             .await;
-            let Ok(Some(permit)) = admitted else {
-                // Silent until the deadline: not worth an event per connection.
+            let Ok(Some(slot)) = slot else {
+                // Silent, or gone, until the deadline: an abandoned attempt. Not worth an event
+                // per connection, but it counts against the source.
+                inner.failed_attempt(ip);
                 return;
             };
             let hs = tokio::time::timeout_at(deadline, handshake_edge(&inner, &tls_config, tcp, peer)).await;
-            drop(permit);
+            drop(slot);
             let result = match hs {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout("edge did not finish the handshake in time".into())),
             };
             match result {
-                Ok(Some((tls, edge_id, secret))) => run_tls_session(inner, tls, peer, edge_id, secret).await,
+                Ok(Some((tls, edge_id, secret))) => {
+                    drop(admitted);
+                    run_tls_session(inner, tls, peer, edge_id, secret).await
+                }
+                // Refused by authenticate(), which counted it.
                 Ok(None) => {}
                 Err(e) => {
+                    inner.failed_attempt(ip);
                     inner.events.as_ref()(event!("authFailed", {
                         "remoteAddress": ip.to_string(), "remotePort": peer.port(),
                         "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
@@ -523,7 +570,7 @@ async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     match verdict {
         Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((edge_id, secret))),
         Ok(HubVerdict::Refused { edge_id, reason }) => {
-            lock(&inner.limiter).record_failure(ip);
+            inner.failed_attempt(ip);
             inner.events.as_ref()(event!("authFailed", {
                 "remoteAddress": ip.to_string(), "remotePort": peer.port(),
                 "edgeId": edge_id, "code": "ERR_AUTH_FAILED",
@@ -531,66 +578,79 @@ async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }));
             Ok(None)
         }
-        Err(e) => {
-            lock(&inner.limiter).record_failure(ip);
-            Err(e)
-        }
+        // The caller counts errors (with the TLS and QUIC failures around this exchange).
+        Err(e) => Err(e),
     }
 }
 
 /// Accepts QUIC tunnels: handshake on the edge's control stream, then a session like TLS's.
+///
+/// Before authentication a QUIC peer costs almost nothing (RFC 9000 §8.1, §21): an Initial from
+/// an address that has not proven it receives our packets gets a stateless Retry; a source over
+/// its failure budget is ignored; past the caps on unauthenticated connections (global and per
+/// source) the hub refuses with one packet; an admitted connection may open only the control
+/// stream and make the hub buffer at most [`crate::transport::quic::PREAUTH_RECEIVE_WINDOW`]
+/// bytes, its datagrams are discarded as they arrive, and it must authenticate within the
+/// handshake deadline.
 async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
-    while let Some(connecting) = endpoint.accept().await {
+    while let Some(incoming) = endpoint.accept().await {
         supervise::check(FaultPoint::HubListener);
-        let peer = connecting.remote_address();
+        let peer = incoming.remote_address();
         let ip = proxy_protocol::unmap(peer).ip();
         if !lock(&inner.limiter).allowed(&ip) {
-            drop(connecting);
+            incoming.ignore();
             continue;
         }
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                // Stateless: quinn keeps nothing, the token comes back with the next Initial.
+                let _ = incoming.retry();
+            } else {
+                incoming.refuse();
+            }
+            continue;
+        }
+        let quic_pending = inner.admission.pending().1;
+        let admitted = if quic_pending >= inner.limits.max_pending_handshakes as usize {
+            Err(Refusal::Full)
+        } else {
+            inner.admission.try_admit(ip, Via::Quic)
+        };
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(why) => {
+                incoming.refuse();
+                inner.note_refused("QUIC", why, ip);
+                continue;
+            }
+        };
+        let Ok(connecting) = incoming.accept() else {
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
-            let hs = tokio::time::timeout(inner.limits.handshake_timeout(), async {
-                let conn = connecting
-                    .await
-                    .map_err(|e| Error::Tls(format!("QUIC handshake failed: {e}")))?;
-                let (send, mut recv) = conn
-                    .accept_bi()
-                    .await
-                    .map_err(|e| Error::PeerClosed(format!("no control stream: {e}")))?;
-                let mut pre = [0u8; 4];
-                recv.read_exact(&mut pre)
-                    .await
-                    .map_err(|e| Error::Protocol(format!("control stream preamble: {e}")))?;
-                if &pre != crate::transport::quic::PREAMBLE {
-                    return Err(Error::Protocol("bad QUIC control stream preamble".into()));
-                }
-                let binding = crate::transport::quic::binding(&conn)?;
-                let mut control = crate::transport::quic::Duplex { send, recv };
-                match authenticate(&inner, &mut control, &binding, peer).await? {
-                    Some((edge_id, secret)) => Ok(Some((conn, control, edge_id, secret))),
-                    None => {
-                        // Let AUTH_FAIL reach the edge before the connection goes.
-                        // finish() only queues the FIN; wait (bounded by the handshake
-                        // deadline around us) until the edge has it, then close.
-                        let _ = control.send.finish();
-                        let _ = control.send.stopped().await;
-                        conn.close(
-                            quinn::VarInt::from_u32(crate::transport::quic::CLOSE_ERROR),
-                            b"authentication failed",
-                        );
-                        Ok(None)
-                    }
-                }
-            })
+            let hs = tokio::time::timeout(
+                inner.limits.handshake_timeout(),
+                quic_handshake(&inner, connecting, peer),
+            )
             .await
             .unwrap_or_else(|_| {
                 Err(Error::Timeout(
-                    "edge did not finish the QUIC handshake in time".into(),
+                    "edge did not finish the QUIC handshake and authentication in time".into(),
                 ))
             });
             match hs {
                 Ok(Some((conn, control, edge_id, secret))) => {
+                    drop(admitted);
+                    // Authenticated: the edge may now open a stream per client and fill the
+                    // configured windows.
+                    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
+                        inner
+                            .limits
+                            .max_streams_per_edge
+                            .min(crate::transport::quic::HUB_MAX_QUIC_STREAMS),
+                    ));
+                    conn.set_receive_window(quinn::VarInt::from_u32(inner.perf.connection_window));
                     let (handler, slot) = HubHandler::new(&inner, &edge_id);
                     let flows = handler.flows.clone();
                     let (quic, fut) = crate::transport::quic::start(conn, None, control, handler, true);
@@ -598,8 +658,10 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                     let _ = slot.set(tunnel.clone());
                     run_session(inner, tunnel, flows, Box::pin(fut), peer, edge_id, secret).await;
                 }
+                // Refused by authenticate(), which counted it.
                 Ok(None) => {}
                 Err(e) => {
+                    inner.failed_attempt(ip);
                     inner.events.as_ref()(event!("authFailed", {
                         "remoteAddress": ip.to_string(), "remotePort": peer.port(),
                         "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
@@ -608,6 +670,60 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             }
         });
     }
+}
+
+type QuicAuthenticated = (quinn::Connection, crate::transport::quic::Duplex, String, String);
+
+/// The QUIC handshake, the control stream and authentication. Datagrams that arrive before
+/// authentication are read and dropped, so an unauthenticated peer cannot fill the hub's
+/// datagram buffer. Dropping this future (the deadline) drops the connection, which closes it.
+async fn quic_handshake(
+    inner: &Arc<Inner>,
+    connecting: quinn::Connecting,
+    peer: SocketAddr,
+) -> Result<Option<QuicAuthenticated>> {
+    let conn = connecting
+        .await
+        .map_err(|e| Error::Tls(format!("QUIC handshake failed: {e}")))?;
+    let discard_datagrams = async {
+        while conn.read_datagram().await.is_ok() {}
+        std::future::pending::<()>().await
+    };
+    let exchange = async {
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| Error::PeerClosed(format!("no control stream: {e}")))?;
+        let mut pre = [0u8; 4];
+        recv.read_exact(&mut pre)
+            .await
+            .map_err(|e| Error::Protocol(format!("control stream preamble: {e}")))?;
+        if &pre != crate::transport::quic::PREAMBLE {
+            return Err(Error::Protocol("bad QUIC control stream preamble".into()));
+        }
+        let binding = crate::transport::quic::binding(&conn)?;
+        let mut control = crate::transport::quic::Duplex { send, recv };
+        match authenticate(inner, &mut control, &binding, peer).await? {
+            Some((edge_id, secret)) => Ok(Some((control, edge_id, secret))),
+            None => {
+                // Let AUTH_FAIL reach the edge before the connection goes: finish() only queues
+                // the FIN; stopped() waits for the edge's acknowledgement (bounded by the
+                // deadline around us).
+                let _ = control.send.finish();
+                let _ = control.send.stopped().await;
+                conn.close(
+                    quinn::VarInt::from_u32(crate::transport::quic::CLOSE_ERROR),
+                    b"authentication failed",
+                );
+                Ok(None)
+            }
+        }
+    };
+    let authenticated = tokio::select! {
+        r = exchange => r?,
+        () = discard_datagrams => unreachable!("discard_datagrams never completes"),
+    };
+    Ok(authenticated.map(|(control, edge_id, secret)| (conn, control, edge_id, secret)))
 }
 
 fn session_params(perf: &Performance, limits: &Limits) -> SessionParams {

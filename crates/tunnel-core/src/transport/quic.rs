@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::config::Performance;
 use crate::error::{Error, Result};
 use crate::mux::{reset, ClosedStream, Handler, MuxStats, RemoteStream, StreamIo};
+use crate::supervise::DependencyTask;
 use crate::wire::frame::{self, Decoded, Frame, FrameType};
 use crate::wire::open::OpenRecord;
 
@@ -36,13 +37,21 @@ pub const PREAMBLE: &[u8; 4] = b"RIQ1";
 /// The QUIC datagram header: flow id.
 pub const DATAGRAM_HEADER: usize = 4;
 
-/// Concurrent streams a QUIC tunnel accepts from its peer. quinn 0.9 creates the state of every
-/// allowed stream when the connection starts (~290 bytes each), so this is memory paid up
-/// front: 16,384 concurrent TCP clients per edge costs the hub ~4.6 MiB per QUIC edge, where the
-/// 65,536 of the TLS muxer would cost ~18 MiB. Beyond it, new clients wait for a stream to end
-/// (QUIC flow control) rather than being refused. Edges accept none: hub-opened streams are not
-/// used yet.
+/// Concurrent streams an authenticated QUIC tunnel accepts from its peer. quinn creates an entry
+/// for every allowed stream when the limit is raised, so this is memory paid up front per QUIC
+/// edge (much less than the TLS muxer's 65,536 would cost). Beyond it, new clients wait for a
+/// stream to end (QUIC flow control) rather than being refused. Edges accept none: hub-opened
+/// streams are not used yet.
 pub const HUB_MAX_QUIC_STREAMS: u32 = 16_384;
+
+/// Streams an unauthenticated edge may open: the control stream, nothing else. Raised to
+/// [`HUB_MAX_QUIC_STREAMS`] (or `limits.maxStreamsPerEdge`) once it has authenticated.
+pub const PREAUTH_STREAMS: u32 = 1;
+
+/// Connection receive window before authentication: the CHALLENGE/AUTH exchange is under a
+/// kilobyte, so 64 KiB is ample for it and bounds what an unauthenticated peer can make the hub
+/// buffer (256 pending connections × 64 KiB = 16 MiB at worst).
+pub const PREAUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
 
 /// Transport settings. `accept_streams` is how many concurrent streams the peer may open.
 pub fn transport_config(
@@ -66,6 +75,35 @@ pub fn transport_config(
     t.datagram_send_buffer_size(8 * 1024 * 1024);
     t.initial_mtu(perf.quic_max_udp_payload);
     t
+}
+
+/// The runtime quinn's endpoints run on: tokio's, except that the tasks quinn spawns for itself
+/// (endpoint and connection drivers) run as [`DependencyTask`]s, so a panic inside quinn ends
+/// the process with its cause (see [`crate::supervise`]) instead of silently stopping QUIC.
+#[derive(Debug)]
+pub struct Runtime(quinn::TokioRuntime);
+
+/// [`Runtime`], as quinn takes it.
+pub fn runtime() -> Arc<dyn quinn::Runtime> {
+    Arc::new(Runtime(quinn::TokioRuntime))
+}
+
+impl quinn::Runtime for Runtime {
+    fn new_timer(&self, at: std::time::Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
+        self.0.new_timer(at)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        tokio::spawn(DependencyTask::new("quinn", future));
+    }
+
+    fn wrap_udp_socket(&self, sock: std::net::UdpSocket) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        self.0.wrap_udp_socket(sock)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.0.now()
+    }
 }
 
 /// quinn's view of the hub's TLS configuration (TLS 1.3 with AES-128-GCM, which QUIC's Initial
