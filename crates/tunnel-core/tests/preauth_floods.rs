@@ -1,0 +1,229 @@
+//! Floods of unauthenticated tunnel connections against a hub in a child process: its memory
+//! stays bounded, an authenticated edge keeps working, and every unauthenticated connection is
+//! gone by the authentication deadline (issue 12).
+
+mod support;
+
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+use tunnel_core::transport::{quic, tls};
+
+#[test]
+fn child_entry() {
+    child_entry_body();
+}
+
+/// The flood tests measure latency and memory: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The hub's authentication deadline in these tests (limits.handshakeTimeoutMs): short, so the
+/// test can watch every unauthenticated connection end.
+const AUTH_DEADLINE: Duration = Duration::from_millis(3000);
+
+/// Unauthenticated QUIC handshakes in the flood, and the rate they start at.
+const QUIC_FLOOD: usize = 1000;
+const QUIC_FLOOD_EVERY: Duration = Duration::from_millis(8); // 125 per second
+/// Source addresses the flood comes from (127.0.0.2 ..).
+const FLOOD_SOURCES: u8 = 8;
+
+/// Issue 12's bounds.
+const MAX_RSS_GROWTH_KIB: u64 = 32 * 1024;
+const MAX_ECHO_LATENCY: Duration = Duration::from_millis(500);
+
+fn hub_arg(edge_port: u16) -> serde_json::Value {
+    json!({ "edgePort": edge_port, "limits": { "handshakeTimeoutMs": AUTH_DEADLINE.as_millis() as u64 } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_handshake_flood_leaves_memory_bounded_and_the_edge_working() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let edge_port = free_port();
+    let (mut hub, info) = Daemon::spawn("hub", hub_arg(edge_port));
+    let edge = start_edge(edge_options(&info, "quic"));
+    wait_for_echo(edge_port, Duration::from_secs(10)).await;
+    assert_eq!(edge.status()["transport"], "quic");
+    // Let the hub settle (first tunnel, first trim) before the baseline.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = hub.rss_kib();
+
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
+    let fingerprint = info["fingerprint"].as_str().unwrap().to_string();
+    let endpoints: Vec<quinn::Endpoint> = (0..FLOOD_SOURCES)
+        .map(|i| {
+            let ip: IpAddr = format!("127.0.0.{}", 2 + i).parse().unwrap();
+            quinn::Endpoint::client(SocketAddr::new(ip, 0)).expect("flood endpoint")
+        })
+        .collect();
+    let mut client_cfg = quic::client_crypto(tls::client_config(tls::Trust::Pinned(fingerprint))).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(20).try_into().unwrap()));
+    client_cfg.transport_config(Arc::new(transport));
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The edge's echo, every 100 ms while the flood runs.
+    let worst_echo = Arc::new(AtomicU64::new(0));
+    let echo_failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let prober = tokio::spawn({
+        let (done, worst, failures) = (done.clone(), worst_echo.clone(), echo_failures.clone());
+        async move {
+            let mut n = 0u32;
+            while !done.load(Ordering::Acquire) {
+                n += 1;
+                match tokio::time::timeout(MAX_ECHO_LATENCY, echo_once(edge_port, format!("probe {n}").as_bytes())).await {
+                    Ok(Ok(t)) => {
+                        worst.fetch_max(t.as_micros() as u64, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => failures.lock().unwrap().push(format!("probe {n}: {e}")),
+                    Err(_) => failures.lock().unwrap().push(format!("probe {n}: no echo within {MAX_ECHO_LATENCY:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    // The hub's memory, every 50 ms.
+    let max_rss = Arc::new(AtomicU64::new(rss_before));
+    let sampler = tokio::spawn({
+        let (done, max_rss, pid) = (done.clone(), max_rss.clone(), hub.pid());
+        async move {
+            while !done.load(Ordering::Acquire) {
+                max_rss.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    // The flood: handshakes that never authenticate, held until the hub ends them.
+    let established = Arc::new(AtomicUsize::new(0));
+    let overstayed = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..QUIC_FLOOD {
+        let connecting = endpoints[i % endpoints.len()].connect_with(client_cfg.clone(), hub_addr, "hub.remoteingress.invalid");
+        let (established, overstayed) = (established.clone(), overstayed.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(connecting) = connecting else { return };
+            let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(10), connecting).await else {
+                return;
+            };
+            let since = Instant::now();
+            established.fetch_add(1, Ordering::Relaxed);
+            conn.closed().await;
+            let lived = since.elapsed();
+            if lived > AUTH_DEADLINE + Duration::from_millis(1000) {
+                overstayed.lock().unwrap().push(lived);
+            }
+        }));
+        tokio::time::sleep(QUIC_FLOOD_EVERY).await;
+    }
+    let flood_took = started.elapsed();
+    // Every handshake has ended one way or the other by deadline + margin after the last.
+    for t in tasks {
+        tokio::time::timeout(AUTH_DEADLINE + Duration::from_secs(12), t)
+            .await
+            .expect("an unauthenticated connection outlived the deadline")
+            .unwrap();
+    }
+    done.store(true, Ordering::Release);
+    prober.await.unwrap();
+    sampler.await.unwrap();
+
+    let rate = QUIC_FLOOD as f64 / flood_took.as_secs_f64();
+    let growth = max_rss.load(Ordering::Relaxed).saturating_sub(rss_before);
+    let established = established.load(Ordering::Relaxed);
+    eprintln!(
+        "QUIC flood: {QUIC_FLOOD} handshakes at {rate:.0}/s from {FLOOD_SOURCES} sources, {established} completed; hub RSS {rss_before} KiB + {growth} KiB at most; worst echo {} µs",
+        worst_echo.load(Ordering::Relaxed)
+    );
+    assert!(rate >= 100.0, "the flood must come at ≥ 100 handshakes/s, got {rate:.0}");
+    assert!(established > 0, "no flood handshake completed: the test did not test anything");
+    assert!(growth <= MAX_RSS_GROWTH_KIB, "hub RSS grew by {growth} KiB");
+    let failures = echo_failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "the edge's echo failed during the flood: {failures:?}");
+    let overstayed = overstayed.lock().unwrap().clone();
+    assert!(overstayed.is_empty(), "unauthenticated connections outlived the deadline: {overstayed:?}");
+    assert_eq!(hub.status()["pendingHandshakes"]["quic"], 0);
+    assert!(hub.alive());
+    edge.stop(Duration::from_millis(100)).await;
+}
+
+/// 2,000 TLS connections from one address, never authenticating, while a legitimate edge from
+/// another address connects.
+const TLS_FLOOD: usize = 2000;
+const LEGIT_CONNECT_LIMIT: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_crowd_from_one_address_does_not_keep_another_edge_out() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let edge_port = free_port();
+    let (mut hub, info) = Daemon::spawn("hub", hub_arg(edge_port));
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(tls::Trust::DangerouslyAnyCertificate)));
+    let flood_ip: IpAddr = "127.0.0.2".parse().unwrap();
+
+    // Half complete TLS and then say nothing; half connect and send nothing at all.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let flood = tokio::spawn({
+        let (held, attempts) = (held.clone(), attempts.clone());
+        async move {
+            let mut tasks = Vec::new();
+            for i in 0..TLS_FLOOD {
+                let (held, attempts, connector) = (held.clone(), attempts.clone(), connector.clone());
+                tasks.push(tokio::spawn(async move {
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind(SocketAddr::new(flood_ip, 0)).unwrap();
+                    let Ok(tcp) = sock.connect(hub_addr).await else { return };
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    if i % 2 == 0 {
+                        held.lock().unwrap().push(Box::new(tcp) as Box<dyn std::any::Any + Send>);
+                    } else {
+                        let name = rustls::pki_types::ServerName::try_from("hub.remoteingress.invalid").unwrap();
+                        if let Ok(Ok(t)) = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await {
+                            held.lock().unwrap().push(Box::new(t) as Box<dyn std::any::Any + Send>);
+                        }
+                    }
+                }));
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    });
+    // The legitimate edge dials in the middle of the crowd.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let edge = start_edge(edge_options(&info, "tcpTls"));
+    loop {
+        if edge.status()["state"] == "connected" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < LEGIT_CONNECT_LIMIT,
+            "the legitimate edge did not connect within {LEGIT_CONNECT_LIMIT:?}: {}",
+            edge.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t0.elapsed();
+    flood.await.unwrap();
+    wait_for_echo(edge_port, Duration::from_secs(5)).await;
+    let pending = hub.status()["pendingHandshakes"].clone();
+    eprintln!(
+        "TLS crowd: {} connections from {flood_ip}; legitimate edge connected in {took:?}; hub pending {pending}",
+        attempts.load(Ordering::Relaxed)
+    );
+    assert!(attempts.load(Ordering::Relaxed) >= TLS_FLOOD / 2, "the crowd did not connect");
+    // The crowd is gone by the deadline.
+    tokio::time::sleep(AUTH_DEADLINE + Duration::from_millis(500)).await;
+    assert_eq!(hub.status()["pendingHandshakes"]["tls"], 0);
+    assert!(hub.alive());
+    drop(held);
+    edge.stop(Duration::from_millis(100)).await;
+}

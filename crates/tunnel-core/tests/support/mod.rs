@@ -1,0 +1,288 @@
+//! Test harness for the hostile-traffic tests: daemons in child processes (so a crash or an
+//! abort is observed as the child's death, and its memory is its own), edges in-process, echo
+//! targets, and measurements.
+//!
+//! A child is this same test binary, re-run with `--exact child_entry` and the role in the
+//! environment; each test binary that uses this module declares `child_entry` with
+//! [`child_entry_body`]. Children talk in lines on stdout prefixed with `@@ ` (the test
+//! harness prints its own lines too) and take commands on stdin; stdin closing ends them.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_core::engine::edge::Edge;
+use tunnel_core::engine::hub::Hub;
+use tunnel_core::events::EventSink;
+
+pub const CERT: &str = include_str!("../../src/testdata/cert.pem");
+pub const KEY: &str = include_str!("../../src/testdata/key.pem");
+pub const EDGE_ID: &str = "edge-1";
+pub const SECRET: &str = "a-secret-of-enough-length";
+
+const ROLE_ENV: &str = "TUNNEL_CORE_TEST_CHILD_ROLE";
+const ARG_ENV: &str = "TUNNEL_CORE_TEST_CHILD_ARG";
+const PREFIX: &str = "@@ ";
+
+/// How long a child may take to report that it started (a release build starts in
+/// milliseconds; the bound only keeps a broken child from hanging the test).
+const CHILD_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The body of each test binary's `child_entry` test: runs the role named in the environment,
+/// or returns at once in the parent.
+pub fn child_entry_body() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return;
+    };
+    let arg: Value = serde_json::from_str(&std::env::var(ARG_ENV).unwrap_or_default()).unwrap_or(Value::Null);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        match role.as_str() {
+            "hub" => run_hub_child(arg).await,
+            "edge" => run_edge_child(arg).await,
+            other => panic!("unknown child role {other}"),
+        }
+    });
+    // Leave without running the rest of the harness (or other tests) in the child.
+    std::process::exit(0);
+}
+
+fn say(v: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{PREFIX}{v}");
+    let _ = out.flush();
+}
+
+/// Commands from stdin, one per line, on a thread (stdin is blocking); closed at EOF.
+fn commands() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `arg`: `{ "edgePort": N, "limits": {...} }`. Runs a TCP echo target and a hub whose one
+/// allowed edge serves `edgePort` → the echo target. Says `{tunnelPort, fingerprint}`.
+async fn run_hub_child(arg: Value) {
+    let echo = echo_server().await;
+    let events: EventSink = std::sync::Arc::new(|_| {});
+    let opts = json!({
+        "tunnelPort": arg.get("tunnelPort").cloned().unwrap_or(json!(0)),
+        "bindHost": "127.0.0.1",
+        "certPem": CERT, "keyPem": KEY,
+        "limits": arg.get("limits").cloned().unwrap_or(json!({})),
+    });
+    let hub = Hub::start(serde_json::from_value(opts).expect("hub options"), events)
+        .await
+        .expect("hub starts");
+    let edges = json!([{ "id": EDGE_ID, "secret": SECRET,
+        "tcp": [{ "port": arg["edgePort"], "targetHost": "127.0.0.1", "targetPort": echo.port(), "proxyProtocol": "none" }] }]);
+    hub.set_edges(serde_json::from_value(edges).expect("edge specs"))
+        .expect("edges accepted");
+    say(json!({ "tunnelPort": hub.port(), "fingerprint": hub.fingerprint() }));
+    let mut cmds = commands();
+    while let Some(cmd) = cmds.recv().await {
+        if cmd == "status" {
+            say(hub.status());
+        }
+    }
+    hub.stop(Duration::from_millis(100)).await;
+}
+
+/// `arg`: the edge's options (JSON as the addon takes them). Says `{"started": true}`.
+async fn run_edge_child(arg: Value) {
+    let events: EventSink = std::sync::Arc::new(|_| {});
+    let edge = Edge::start(serde_json::from_value(arg).expect("edge options"), events).expect("edge starts");
+    say(json!({ "started": true }));
+    let mut cmds = commands();
+    while let Some(cmd) = cmds.recv().await {
+        if cmd == "status" {
+            say(edge.status());
+        }
+    }
+    edge.stop(Duration::from_millis(100)).await;
+}
+
+/// A daemon in a child process.
+pub struct Daemon {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Daemon {
+    /// Starts `role` with `arg` and waits for its first report.
+    pub fn spawn(role: &str, arg: Value) -> (Daemon, Value) {
+        let mut child = Command::new(std::env::current_exe().expect("test binary path"))
+            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+            .env(ROLE_ENV, role)
+            .env(ARG_ENV, arg.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("child starts");
+        let stdout: ChildStdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may have printed "test child_entry ... " on the same line first.
+                if let Some(rest) = line.find(PREFIX).map(|i| &line[i + PREFIX.len()..]) {
+                    if let Ok(v) = serde_json::from_str(rest) {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut d = Daemon { child, stdin, lines };
+        let first = d
+            .lines
+            .recv_timeout(CHILD_START_TIMEOUT)
+            .unwrap_or_else(|_| panic!("{role} child did not start: {:?}", d.child.try_wait()));
+        (d, first)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How it ended, if it did.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The daemon's status document.
+    pub fn status(&mut self) -> Value {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "status").expect("child reads commands");
+        stdin.flush().expect("flush");
+        self.lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("child answers status")
+    }
+
+    /// Resident set size in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP echo server on an ephemeral loopback port, for the life of the runtime.
+pub async fn echo_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = l.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port free for binding now (TCP and UDP) on 127.0.0.1.
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = t.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One byte-exact echo through `port` on 127.0.0.1; how long it took.
+pub async fn echo_once(port: u16, payload: &[u8]) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(payload).await.map_err(|e| format!("write: {e}"))?;
+    let mut got = vec![0u8; payload.len()];
+    s.read_exact(&mut got).await.map_err(|e| format!("read: {e}"))?;
+    if got != payload {
+        return Err("echo differs from what was sent".into());
+    }
+    Ok(t0.elapsed())
+}
+
+/// Waits until an echo through `port` works, or panics after `limit`.
+pub async fn wait_for_echo(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), echo_once(port, b"ready?")).await {
+            Ok(Ok(_)) => return,
+            r => {
+                if Instant::now() > deadline {
+                    panic!("no echo through port {port} within {limit:?}: {r:?}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Edge options for the hub a [`Daemon`] reported.
+pub fn edge_options(hub: &Value, transport_mode: &str) -> Value {
+    json!({
+        "hubHost": "127.0.0.1", "hubPort": hub["tunnelPort"], "edgeId": EDGE_ID, "secret": SECRET,
+        "hubFingerprint": hub["fingerprint"], "transportMode": transport_mode,
+        "reconnect": { "baseMs": 100, "capMs": 1000 },
+    })
+}
+
+/// An edge in this process.
+pub fn start_edge(opts: Value) -> Edge {
+    Edge::start(serde_json::from_value(opts).expect("edge options"), std::sync::Arc::new(|_| {}))
+        .expect("edge starts")
+}
