@@ -2,8 +2,8 @@
 //!
 //! Layers, bottom up: [`frame`] (bytes ↔ frames), [`open`] and [`proxy_protocol`] (records),
 //! [`mux`] (streams over one tunnel), [`tls`] + [`auth`] (who is on the other end),
-//! [`hub`] and [`edge`] (the two daemons' engines). The optional `napi` module is the thin
-//! binding that the Node packages load.
+//! [`hub`] and [`edge`] (the two daemons' engines). The Node binding is another crate
+//! (`crates/tunnel-node`) that uses only this public API.
 
 pub mod auth;
 pub mod config;
@@ -25,9 +25,6 @@ pub mod supervise;
 pub mod tls;
 pub mod tunnel;
 pub mod udp;
-
-#[cfg(feature = "napi")]
-mod napi;
 
 pub use error::{Error, Result};
 
