@@ -1,44 +1,35 @@
 #!/usr/bin/env node
-// Builds the native addon (crates/tunnel-core, feature `napi`, release) and installs it as
-// packages/core/native/remoteingress.node.
+// Builds the native addon (crates/tunnel-node, the napi-rs binding, release) with @napi-rs/cli and
+// installs it as packages/core/native/remoteingress.node.
 //
 //   node scripts/build-addon.mjs           build if any Rust input is newer than the .node
-//   node scripts/build-addon.mjs --force   always run cargo
+//   node scripts/build-addon.mjs --force   always run the build
 //
 // It is the root package's postinstall, so it runs inside `npm ci`: it says exactly what is missing
 // and exits 1 rather than leave a half-installed tree without explanation.
 //
-// Cargo goes through scripts/cargo.sh, which holds the one offline rule (crates.io when reachable,
-// Debian's packaged crates otherwise). Other scripts can use the same wrapper from JS with
-// `runCargo(args)` exported below, or from a shell with `bash scripts/cargo.sh <args>`.
+// `napi build` runs cargo (`cargo metadata`, then `cargo build`) by name, so the cargo found here
+// (PATH, then ~/.cargo/bin, where rustup puts it) goes first on its PATH. It writes the addon as
+// <target>/napi/remoteingress.node (the name is `napi.binaryName` in packages/core/package.json),
+// next to the index.d.ts it generates; this script copies the addon into packages/core.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const CARGO_SH = path.join(ROOT, 'scripts', 'cargo.sh');
 export const ADDON_PATH = path.join(ROOT, 'packages', 'core', 'native', 'remoteingress.node');
 
-/** What cargo writes for the `cdylib` crate type on each platform. */
-const LIB_NAME = {
-  linux: 'libtunnel_core.so',
-  darwin: 'libtunnel_core.dylib',
-  win32: 'tunnel_core.dll',
-}[process.platform] ?? 'libtunnel_core.so';
+/** The binding crate, and the package whose `napi` config names the addon (it ships the .node). */
+const MANIFEST = path.join('crates', 'tunnel-node', 'Cargo.toml');
+const NAPI_PACKAGE_JSON = path.join('packages', 'core', 'package.json');
 
 /** Inputs of the addon build: a newer one means the .node is stale. */
 const INPUTS = ['crates', 'Cargo.toml', 'Cargo.lock'];
 
 function log(msg) {
   process.stderr.write(`build-addon: ${msg}\n`);
-}
-
-/** Runs cargo through scripts/cargo.sh (offline-aware). Returns the exit status. */
-export function runCargo(args, options = {}) {
-  const r = spawnSync('bash', [CARGO_SH, ...args], { cwd: ROOT, stdio: 'inherit', ...options });
-  if (r.error) throw r.error;
-  return r.status ?? 1;
 }
 
 function newestMtime(p) {
@@ -68,8 +59,27 @@ export function addonUpToDate() {
   return INPUTS.every((p) => newestMtime(path.join(ROOT, p)) <= built);
 }
 
-function cargoAvailable() {
-  return spawnSync('bash', [CARGO_SH, '--which'], { cwd: ROOT, stdio: 'ignore' }).status === 0;
+/** The cargo binary on PATH, else rustup's in ~/.cargo/bin, or undefined. */
+function findCargo() {
+  const r = spawnSync('sh', ['-c', 'command -v cargo'], { cwd: ROOT, encoding: 'utf8' });
+  const onPath = r.status === 0 ? r.stdout.trim() : '';
+  if (onPath !== '') return onPath;
+  const home = process.env.CARGO_HOME ?? path.join(process.env.HOME ?? '', '.cargo');
+  const rustup = path.join(home, 'bin', 'cargo');
+  return fs.existsSync(rustup) ? rustup : undefined;
+}
+
+/** The @napi-rs/cli entry script (a root devDependency), or undefined when it is not installed. */
+function findNapiCli() {
+  try {
+    const require = createRequire(path.join(ROOT, 'package.json'));
+    const pkgPath = require.resolve('@napi-rs/cli/package.json');
+    const { bin } = JSON.parse(fs.readFileSync(pkgPath, 'utf8'));
+    const script = typeof bin === 'string' ? bin : bin?.napi;
+    return script === undefined ? undefined : path.join(path.dirname(pkgPath), script);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Loads the fresh addon in a child process, so a broken build is reported here, not in a test. */
@@ -86,25 +96,35 @@ export function buildAddon({ force = false } = {}) {
     log(`up to date (${path.relative(ROOT, ADDON_PATH)})`);
     return 0;
   }
-  if (!cargoAvailable()) {
+  const cargo = findCargo();
+  if (cargo === undefined) {
     log('cargo (Rust) is needed to build the native addon and was not found on PATH or in ~/.cargo/bin.');
-    log('  Debian/Ubuntu: run `bash scripts/setup.sh` as root (it installs cargo-web and the librust-*-dev crates)');
-    log('  elsewhere:     install Rust from https://rustup.rs, then run `npm run build:addon`');
+    log('  install Rust from https://rustup.rs (or run `bash scripts/setup.sh` as root), then run `npm run build:addon`');
     return 1;
   }
-  const started = Date.now();
-  log('cargo build --release -p tunnel-core --features napi');
-  const status = runCargo(['build', '--release', '-p', 'tunnel-core', '--features', 'napi']);
-  if (status !== 0) {
-    log(`cargo build failed (exit ${status}); the addon was not installed. See the cargo output above.`);
-    return status || 1;
+  const napi = findNapiCli();
+  if (napi === undefined) {
+    log('@napi-rs/cli (a devDependency of the repository root) is needed to build the native addon and is not installed.');
+    log('  run `npm install` (or `npm ci`) in the repository root, then `npm run build:addon`');
+    return 1;
   }
   const targetDir = process.env.CARGO_TARGET_DIR
     ? path.resolve(ROOT, process.env.CARGO_TARGET_DIR)
     : path.join(ROOT, 'target');
-  const lib = path.join(targetDir, 'release', LIB_NAME);
+  const outputDir = path.join(targetDir, 'napi');
+  const args = ['build', '--release', '--manifest-path', MANIFEST, '--package-json-path', NAPI_PACKAGE_JSON, '--output-dir', outputDir];
+  const started = Date.now();
+  log(`napi ${args.join(' ')}  (cargo: ${cargo})`);
+  const env = { ...process.env, PATH: [path.dirname(cargo), process.env.PATH].filter(Boolean).join(path.delimiter) };
+  const r = spawnSync(process.execPath, [napi, ...args], { cwd: ROOT, stdio: 'inherit', env });
+  if (r.error) throw r.error;
+  if (r.status !== 0) {
+    log(`napi build failed (exit ${r.status ?? r.signal}); the addon was not installed. See the cargo output above.`);
+    return r.status || 1;
+  }
+  const lib = path.join(outputDir, path.basename(ADDON_PATH));
   if (!fs.existsSync(lib)) {
-    log(`cargo succeeded but ${lib} is missing (is crate-type "cdylib" set in crates/tunnel-core?)`);
+    log(`napi build succeeded but ${lib} is missing (is crate-type "cdylib" set in crates/tunnel-node, and napi.binaryName "remoteingress" in ${NAPI_PACKAGE_JSON}?)`);
     return 1;
   }
   // Copy then rename: a running process that has the old .node loaded keeps its inode, and a

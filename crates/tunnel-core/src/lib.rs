@@ -26,9 +26,6 @@ pub mod supervise;
 pub mod transport;
 pub mod wire;
 
-#[cfg(feature = "napi")]
-mod napi;
-
 pub use error::{Error, Result};
 
 pub fn version() -> &'static str {

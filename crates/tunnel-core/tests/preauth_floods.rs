@@ -73,12 +73,20 @@ async fn a_quic_handshake_flood_leaves_memory_bounded_and_the_edge_working() {
             let mut n = 0u32;
             while !done.load(Ordering::Acquire) {
                 n += 1;
-                match tokio::time::timeout(MAX_ECHO_LATENCY, echo_once(edge_port, format!("probe {n}").as_bytes())).await {
+                match tokio::time::timeout(
+                    MAX_ECHO_LATENCY,
+                    echo_once(edge_port, format!("probe {n}").as_bytes()),
+                )
+                .await
+                {
                     Ok(Ok(t)) => {
                         worst.fetch_max(t.as_micros() as u64, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => failures.lock().unwrap().push(format!("probe {n}: {e}")),
-                    Err(_) => failures.lock().unwrap().push(format!("probe {n}: no echo within {MAX_ECHO_LATENCY:?}")),
+                    Err(_) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("probe {n}: no echo within {MAX_ECHO_LATENCY:?}")),
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -102,7 +110,11 @@ async fn a_quic_handshake_flood_leaves_memory_bounded_and_the_edge_working() {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..QUIC_FLOOD {
-        let connecting = endpoints[i % endpoints.len()].connect_with(client_cfg.clone(), hub_addr, "hub.remoteingress.invalid");
+        let connecting = endpoints[i % endpoints.len()].connect_with(
+            client_cfg.clone(),
+            hub_addr,
+            "hub.remoteingress.invalid",
+        );
         let (established, overstayed) = (established.clone(), overstayed.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(connecting) = connecting else { return };
@@ -138,13 +150,25 @@ async fn a_quic_handshake_flood_leaves_memory_bounded_and_the_edge_working() {
         "QUIC flood: {QUIC_FLOOD} handshakes at {rate:.0}/s from {FLOOD_SOURCES} sources, {established} completed; hub RSS {rss_before} KiB + {growth} KiB at most; worst echo {} µs",
         worst_echo.load(Ordering::Relaxed)
     );
-    assert!(rate >= 100.0, "the flood must come at ≥ 100 handshakes/s, got {rate:.0}");
-    assert!(established > 0, "no flood handshake completed: the test did not test anything");
+    assert!(
+        rate >= 100.0,
+        "the flood must come at ≥ 100 handshakes/s, got {rate:.0}"
+    );
+    assert!(
+        established > 0,
+        "no flood handshake completed: the test did not test anything"
+    );
     assert!(growth <= MAX_RSS_GROWTH_KIB, "hub RSS grew by {growth} KiB");
     let failures = echo_failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "the edge's echo failed during the flood: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "the edge's echo failed during the flood: {failures:?}"
+    );
     let overstayed = overstayed.lock().unwrap().clone();
-    assert!(overstayed.is_empty(), "unauthenticated connections outlived the deadline: {overstayed:?}");
+    assert!(
+        overstayed.is_empty(),
+        "unauthenticated connections outlived the deadline: {overstayed:?}"
+    );
     assert_eq!(hub.status()["pendingHandshakes"]["quic"], 0);
     assert!(hub.alive());
     edge.stop(Duration::from_millis(100)).await;
@@ -161,7 +185,9 @@ async fn a_tls_crowd_from_one_address_does_not_keep_another_edge_out() {
     let edge_port = free_port();
     let (mut hub, info) = Daemon::spawn("hub", hub_arg(edge_port));
     let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(tls::Trust::DangerouslyAnyCertificate)));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(
+        tls::Trust::DangerouslyAnyCertificate,
+    )));
     let flood_ip: IpAddr = "127.0.0.2".parse().unwrap();
 
     // Half complete TLS and then say nothing; half connect and send nothing at all.
@@ -176,14 +202,23 @@ async fn a_tls_crowd_from_one_address_does_not_keep_another_edge_out() {
                 tasks.push(tokio::spawn(async move {
                     let sock = tokio::net::TcpSocket::new_v4().unwrap();
                     sock.bind(SocketAddr::new(flood_ip, 0)).unwrap();
-                    let Ok(tcp) = sock.connect(hub_addr).await else { return };
+                    let Ok(tcp) = sock.connect(hub_addr).await else {
+                        return;
+                    };
                     attempts.fetch_add(1, Ordering::Relaxed);
                     if i % 2 == 0 {
-                        held.lock().unwrap().push(Box::new(tcp) as Box<dyn std::any::Any + Send>);
+                        held.lock()
+                            .unwrap()
+                            .push(Box::new(tcp) as Box<dyn std::any::Any + Send>);
                     } else {
-                        let name = rustls::pki_types::ServerName::try_from("hub.remoteingress.invalid").unwrap();
-                        if let Ok(Ok(t)) = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await {
-                            held.lock().unwrap().push(Box::new(t) as Box<dyn std::any::Any + Send>);
+                        let name =
+                            rustls::pki_types::ServerName::try_from("hub.remoteingress.invalid").unwrap();
+                        if let Ok(Ok(t)) =
+                            tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await
+                        {
+                            held.lock()
+                                .unwrap()
+                                .push(Box::new(t) as Box<dyn std::any::Any + Send>);
                         }
                     }
                 }));
@@ -219,7 +254,10 @@ async fn a_tls_crowd_from_one_address_does_not_keep_another_edge_out() {
         "TLS crowd: {} connections from {flood_ip}; legitimate edge connected in {took:?}; hub pending {pending}",
         attempts.load(Ordering::Relaxed)
     );
-    assert!(attempts.load(Ordering::Relaxed) >= TLS_FLOOD / 2, "the crowd did not connect");
+    assert!(
+        attempts.load(Ordering::Relaxed) >= TLS_FLOOD / 2,
+        "the crowd did not connect"
+    );
     // The crowd is gone by the deadline.
     tokio::time::sleep(AUTH_DEADLINE + Duration::from_millis(500)).await;
     assert_eq!(hub.status()["pendingHandshakes"]["tls"], 0);

@@ -217,7 +217,9 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A TCP echo server on an ephemeral loopback port, for the life of the runtime.
 pub async fn echo_server() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
     let addr = l.local_addr().expect("local addr");
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -283,6 +285,9 @@ pub fn edge_options(hub: &Value, transport_mode: &str) -> Value {
 
 /// An edge in this process.
 pub fn start_edge(opts: Value) -> Edge {
-    Edge::start(serde_json::from_value(opts).expect("edge options"), std::sync::Arc::new(|_| {}))
-        .expect("edge starts")
+    Edge::start(
+        serde_json::from_value(opts).expect("edge options"),
+        std::sync::Arc::new(|_| {}),
+    )
+    .expect("edge starts")
 }
