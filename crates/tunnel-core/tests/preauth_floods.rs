@@ -18,7 +18,7 @@ fn child_entry() {
 }
 
 /// The flood tests measure latency and memory: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The hub's authentication deadline in these tests (limits.handshakeTimeoutMs): short, so the
 /// test can watch every unauthenticated connection end.
@@ -40,7 +40,7 @@ fn hub_arg(edge_port: u16) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_handshake_flood_leaves_memory_bounded_and_the_edge_working() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let edge_port = free_port();
     let (mut hub, info) = Daemon::spawn("hub", hub_arg(edge_port));
     let edge = start_edge(edge_options(&info, "quic"));
@@ -181,7 +181,7 @@ const LEGIT_CONNECT_LIMIT: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_crowd_from_one_address_does_not_keep_another_edge_out() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let edge_port = free_port();
     let (mut hub, info) = Daemon::spawn("hub", hub_arg(edge_port));
     let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
