@@ -116,7 +116,7 @@ async fn hostile_initials_leave_the_hub_serving_its_edge() {
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    while let Ok(_) = sock.recv_from(&mut buf) {
+    while sock.recv_from(&mut buf).is_ok() {
         replies += 1;
     }
     eprintln!(
