@@ -31,6 +31,9 @@
 //                   pinned: load generator and each path's entry process on CPU 0, its exit
 //                   process and the servers on CPU 1, the same for every path (steadier
 //                   throughput for A/B runs; see cpuLayout in lib/proc.mjs)
+//   --compare DIR   also run another checkout's built tunnel (e.g. a worktree of the commit
+//                   before a change) as paths "tcpTls@base" and "quic@base", in the same rounds,
+//                   for before/after numbers from one run (implies --no-report)
 // Environment: BENCH_PERFORMANCE_JSON is passed to hub and edge as --performance.
 import { execFileSync, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
@@ -53,7 +56,7 @@ const IDLE_TARGET_PORT = 7990;
 /** Workloads measured per path each round (`--workloads` picks a subset). */
 const WORKLOADS = ['tput', 'lat', 'conn', 'udp'];
 /** Entry ports of our tunnel; +0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 (TCP control + UDP). */
-const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
+const TUNNEL_BASE = { tcpTls: 7201, quic: 7301, 'tcpTls@base': 7401, 'quic@base': 7501 };
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -79,6 +82,10 @@ function parseArgs(argv) {
     else if (a === '--profile') o.profile = true;
     else if (a === '--no-report') o.report = false;
     else if (a === '--keep') o.keep = true;
+    else if (a === '--compare') {
+      o.compare = value();
+      o.report = false;
+    }
     else if (a === '--cpu-layout') {
       o.cpuLayout = value();
       if (!['pinned', 'free'].includes(o.cpuLayout)) usage(`--cpu-layout: expected pinned or free, got ${o.cpuLayout}`);
@@ -391,6 +398,39 @@ async function main() {
         continue;
       }
       paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [tunnel.hubPid], edge: [e.pid] }, udpBound: e.udpBound });
+    }
+  }
+
+  // The comparison tree's tunnel (--compare): its own hub and edges, the same workloads.
+  let baseTunnel = null;
+  if (o.compare) {
+    const baseModes = ['tcpTls', 'quic'].filter((m) => want(`${m}@base`));
+    const edges = baseModes.map((mode) => {
+      const b = TUNNEL_BASE[`${mode}@base`];
+      return {
+        id: `base-${mode.toLowerCase()}`,
+        transportMode: mode,
+        tcp: [
+          { port: b, targetPort: TARGET.iperf3 },
+          { port: b + 1, targetPort: TARGET.sockperf },
+          { port: b + 2, targetPort: TARGET.nginx },
+          { port: b + 3, targetPort: IDLE_TARGET_PORT },
+          { port: b + 4, targetPort: TARGET.iperf3 },
+        ],
+        udp: [{ port: b + 4, targetPort: TARGET.iperf3 }],
+      };
+    });
+    if (edges.length > 0) {
+      baseTunnel = await startTunnel({ dir: join(work, 'base-tunnel'), edges, performance, root: o.compare });
+      for (const e of baseTunnel.edges) {
+        const name = `${e.requestedTransport}@base`;
+        const b = TUNNEL_BASE[name];
+        if (e.transport !== e.requestedTransport) {
+          paths.set(name, { kind: 'tunnel', status: 'not yet', note: `edge asked for ${e.requestedTransport}, tunnel runs ${e.transport}` });
+          continue;
+        }
+        paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [baseTunnel.hubPid], edge: [e.pid] }, udpBound: e.udpBound });
+      }
     }
   }
 

@@ -35,11 +35,15 @@ function cleanEnv() {
  * @param {string} o.dir            work directory (state, allowed-edges file, logs)
  * @param {Array<{id: string, transportMode: string, tcp: Array<{port: number, targetPort: number}>, udp?: Array<{port: number, targetPort: number}>}>} o.edges
  * @param {string} [o.performance]  JSON passed as --performance to hub and edges
+ * @param {string} [o.root]         checkout whose built CLIs to run (default: this one)
  * @returns hub and edges, each edge with the transport it actually uses and whether its UDP
  *          ports were bound (how the harness tells "did not run as asked" from "measured").
  */
-export async function startTunnel({ dir, edges, performance }) {
+export async function startTunnel({ dir, edges, performance, root = ROOT }) {
   mkdirSync(dir, { recursive: true });
+  // Another checkout's built CLIs (bench --compare): the same harness, that tree's code.
+  const hubBin = root === ROOT ? HUB_BIN : join(root, 'packages/hub/dist/bin.js');
+  const edgeBin = root === ROOT ? EDGE_BIN : join(root, 'packages/edge/dist/bin.js');
   const stateDir = join(dir, 'hub-state');
   const edgesFile = join(dir, 'allowed-edges.json');
   const allowed = edges.map((e) => ({
@@ -53,7 +57,7 @@ export async function startTunnel({ dir, edges, performance }) {
   const perf = performance ? ['--performance', performance] : [];
   const env = cleanEnv();
 
-  const hub = startProcess('hub', process.execPath, [HUB_BIN, '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--target-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', String(GRACE_MS), '--no-watch', ...perf], {
+  const hub = startProcess('hub', process.execPath, [hubBin, '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--target-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', String(GRACE_MS), '--no-watch', ...perf], {
     logFile: join(dir, 'hub.log'),
     env,
     cpu: 'exit',
@@ -63,11 +67,11 @@ export async function startTunnel({ dir, edges, performance }) {
 
   const started = [];
   for (const e of edges) {
-    const token = execFileSync(process.execPath, [HUB_BIN, 'token', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--edge-id', e.id, '--hub-host', '127.0.0.1', '--hub-port', String(hubPort)], {
+    const token = execFileSync(process.execPath, [hubBin, 'token', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--edge-id', e.id, '--hub-host', '127.0.0.1', '--hub-port', String(hubPort)], {
       encoding: 'utf8',
       env,
     }).trim();
-    const proc = startProcess(`edge ${e.id}`, process.execPath, [EDGE_BIN, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf], {
+    const proc = startProcess(`edge ${e.id}`, process.execPath, [edgeBin, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf], {
       logFile: join(dir, `edge-${e.id}.log`),
       env,
       cpu: 'entry',
