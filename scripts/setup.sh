@@ -31,8 +31,9 @@ fi
 # ring (rustls' and quinn's crypto provider) compiles C and assembly: a C compiler is needed.
 BUILD_PKGS=(gcc libc6-dev)
 # Real peers the tests drive: haproxy consumes our PROXY headers; nft/libnftables for the
-# firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts and `ss`.
-PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl)
+# firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts and `ss`;
+# dnsdist reads PROXY v2 over UDP, and dig (bind9-dnsutils) asks it through the tunnel.
+PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl dnsdist bind9-dnsutils)
 
 have_cargo() {
   command -v cargo >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ] || [ -x "$HOME/.cargo/bin/cargo" ]

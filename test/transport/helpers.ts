@@ -113,10 +113,12 @@ export function freeUdpPort(): Promise<number> {
 export interface IUdpFlowAtTarget {
   /** The hub's upstream socket for this flow, as the target sees it. */
   remote: string;
-  /** Parsed PROXY v2 header (the flow's first datagram), if it was one. */
+  /** Parsed PROXY v2 header of the flow's first datagram, if it had one. */
   header?: { command: number; transport: number; family: number; famByte: number; source: { address: string; port: number }; destination: { address: string; port: number }; length: number };
-  /** How many datagrams from this remote carried the PROXY v2 signature (must be exactly 1). */
+  /** How many datagrams from this remote were a PROXY v2 header alone (separateDatagram: exactly 1). */
   headers: number;
+  /** How many payload datagrams came with a PROXY v2 header in front (everyDatagram: all of them). */
+  prepended: number;
   /** sha256 of every payload datagram (after the header), in arrival order. */
   payloadHashes: string[];
   firstAt: number;
@@ -142,48 +144,50 @@ export async function startUdpTarget(cleanups: Cleanups, proxy: boolean): Promis
   const socket = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 * 1024 * 1024, sendBufferSize: 4 * 1024 * 1024 });
   const flows = new Map<string, IUdpFlowAtTarget>();
   const errors: string[] = [];
-  socket.on('message', (message, rinfo) => {
+  socket.on('message', (datagram, rinfo) => {
     const remote = `${rinfo.address}:${rinfo.port}`;
     let flow = flows.get(remote);
-    const isHeader = message.length >= 16 && message.subarray(0, 12).equals(V2_SIGNATURE);
-    if (proxy && isHeader && flow !== undefined && flow.headers > 0) {
-      // A new flow whose upstream socket got the port of an earlier, closed one (the kernel
-      // reuses ephemeral ports): the header is what marks a flow, so keep the old record under
-      // another key and start a new one.
+    // A PROXY v2 header alone (mode separateDatagram) or before the payload (everyDatagram,
+    // firstDatagram): its declared length says where the payload starts.
+    const signed = datagram.length >= 16 && datagram.subarray(0, 12).equals(V2_SIGNATURE);
+    const declared = signed ? 16 + datagram.readUInt16BE(14) : 0;
+    const prepended = signed && datagram.length > declared;
+    const headerBytes = signed ? datagram.subarray(0, Math.min(declared, datagram.length)) : undefined;
+    const message = prepended ? datagram.subarray(declared) : datagram;
+    let parsedHeader: IUdpFlowAtTarget['header'] | undefined;
+    if (proxy && headerBytes !== undefined) {
+      try {
+        const { parsed, source, destination } = parseProxyV2(Buffer.from(headerBytes));
+        if (!prepended && declared !== datagram.length) errors.push(`${remote}: header datagram is ${datagram.length} B but declares ${declared} B`);
+        parsedHeader = { command: parsed.command, transport: parsed.transportProtocol, family: parsed.addressFamilyType, famByte: headerBytes[13] ?? -1, source, destination, length: headerBytes.length };
+      } catch (error) {
+        errors.push(`${remote}: proxy-protocol-js rejected ${Buffer.from(headerBytes).toString('hex')}: ${(error as { message?: string }).message}`);
+      }
+    }
+    const sameClient = (a: IUdpFlowAtTarget['header'], b: IUdpFlowAtTarget['header']) => a !== undefined && b !== undefined && a.source.address === b.source.address && a.source.port === b.source.port;
+    // A new flow whose upstream socket got the port of an earlier, closed one (the kernel reuses
+    // ephemeral ports): a separate header datagram, or a prepended one naming another client,
+    // marks it; keep the old record under another key and start a new one.
+    const newFlowOnReusedPort = flow !== undefined && proxy && signed && (prepended ? !sameClient(flow.header, parsedHeader) : flow.headers > 0);
+    if (flow !== undefined && newFlowOnReusedPort) {
       flows.set(`${remote}#${flows.size}`, flow);
       flows.delete(remote);
       flow = undefined;
     }
     if (flow === undefined) {
-      flow = { remote, headers: 0, payloadHashes: [], firstAt: Date.now() };
+      flow = { remote, headers: 0, prepended: 0, payloadHashes: [], firstAt: Date.now() };
       flows.set(remote, flow);
       if (proxy) {
-        if (!isHeader) errors.push(`${remote}: first datagram (${message.length} B) is not a PROXY v2 header`);
-        else {
-          try {
-            const { parsed, source, destination } = parseProxyV2(message);
-            const declared = 16 + message.readUInt16BE(14);
-            if (declared !== message.length) errors.push(`${remote}: header datagram is ${message.length} B but declares ${declared} B`);
-            flow.header = {
-              command: parsed.command,
-              transport: parsed.transportProtocol,
-              family: parsed.addressFamilyType,
-              famByte: message[13] ?? -1,
-              source,
-              destination,
-              length: message.length,
-            };
-          } catch (error) {
-            errors.push(`${remote}: proxy-protocol-js rejected ${message.toString('hex')}: ${(error as { message?: string }).message}`);
-          }
-        }
+        if (!signed) errors.push(`${remote}: first datagram (${datagram.length} B) carries no PROXY v2 header`);
+        else flow.header = parsedHeader;
       }
     }
-    if (isHeader) {
+    if (signed && !proxy) errors.push(`${remote}: PROXY header on a port without PROXY protocol`);
+    if (signed && !prepended) {
       flow.headers += 1;
-      if (!proxy) errors.push(`${remote}: PROXY header on a port without PROXY protocol`);
       return;
     }
+    if (prepended) flow.prepended += 1;
     flow.payloadHashes.push(sha256(message));
     socket.send(message, rinfo.port, rinfo.address);
   });

@@ -33,7 +33,7 @@ describe.each(['tcpTls', 'quic'] as const)('UDP echo over %s', (transportMode) =
   it(`carries ${FLOWS} flows of 1 B..60 KiB datagrams, each reply matched, one PROXY v2 DGRAM header per flow`, async () => {
     const target = await startUdpTarget(cleanups, true);
     const edgePort = await freeUdpPort();
-    const pair = await startTransportPair(cleanups, { transportMode, udp: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'v2' }] });
+    const pair = await startTransportPair(cleanups, { transportMode, udp: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'v2', proxyProtocolUdp: 'separateDatagram' }] });
     expect(edgeStatus(pair).transport).toBe(transportMode);
     expect(hubEdgeStatus(pair)?.transport).toBe(transportMode);
 
@@ -197,5 +197,32 @@ describe.each(['tcpTls', 'quic'] as const)('UDP echo over %s', (transportMode) =
     // Every flow was announced to the target all the same.
     expect(target.errors).toEqual([]);
     expect(target.flows.size).toBe(FIRSTS);
+  });
+
+  /**
+   * The header where real consumers read it: with the default mode every datagram of a flow
+   * reaches the target as `PROXY v2 header ‖ payload` (dnsdist, Unbound, NSD, PowerDNS and Knot
+   * read it so); with `firstDatagram` only the first one does.
+   */
+  it.each([
+    ['everyDatagram (the default)', undefined, [true, true, true]],
+    ['firstDatagram', 'firstDatagram' as const, [true, false, false]],
+  ])('puts the PROXY v2 header in front of the payload: %s', async (_name, mode, expected) => {
+    const target = await startUdpTarget(cleanups, true);
+    const edgePort = await freeUdpPort();
+    const spec = { port: edgePort, targetPort: target.port, proxyProtocol: 'v2' as const, ...(mode ? { proxyProtocolUdp: mode } : {}) };
+    await startTransportPair(cleanups, { transportMode, udp: [spec] });
+    const client = await udpClient(cleanups, edgePort);
+    for (const [index] of expected.entries()) {
+      const request = payload(100 + index);
+      client.send(request);
+      expect((await client.next(3000))?.equals(request), `reply ${index}`).toBe(true);
+    }
+    expect(target.errors).toEqual([]);
+    const [flow] = [...target.flows.values()];
+    expect(target.flows.size).toBe(1);
+    expect({ separate: flow?.headers, prepended: flow?.prepended }).toEqual({ separate: 0, prepended: expected.filter(Boolean).length });
+    expect(flow?.header?.source).toEqual({ address: '127.0.0.1', port: client.port });
+    expect(flow?.header?.destination.port).toBe(edgePort);
   });
 });

@@ -52,7 +52,9 @@ describe.each(['tcpTls', 'quic'] as const)('UDP flow idle expiry over %s', (tran
     const edgePort = await freeUdpPort();
     const pair = await startTransportPair(cleanups, {
       transportMode,
-      udp: [{ port: edgePort, targetPort: target.port }],
+      // A separate header datagram marks each new flow at the target (with the header in front
+      // of every datagram, a returning client's new flow could not be told from its old one).
+      udp: [{ port: edgePort, targetPort: target.port, proxyProtocolUdp: 'separateDatagram' }],
       hub: { limits: { udpFlowIdleMs: IDLE_MS } },
     });
     expect((edgeStatus(pair) as unknown as { config: { udpIdleMs: number } }).config.udpIdleMs).toBe(IDLE_MS);

@@ -49,11 +49,25 @@ describe('validateAllowedEdges: normalisation', () => {
       { port: 8080, targetHost: 'backend.internal', targetPort: 80, proxyProtocol: 'none' },
     ]);
     expect(edge?.udp).toEqual([
-      { port: 5353, targetHost: '10.0.0.5', targetPort: 5353, proxyProtocol: 'v2' },
-      { port: 5354, targetHost: '10.0.0.5', targetPort: 5354, proxyProtocol: 'none' },
+      { port: 5353, targetHost: '10.0.0.5', targetPort: 5353, proxyProtocol: 'v2', proxyProtocolUdp: 'everyDatagram' },
+      { port: 5354, targetHost: '10.0.0.5', targetPort: 5354, proxyProtocol: 'none', proxyProtocolUdp: 'everyDatagram' },
     ]);
     expect(edge?.bindAddress).toBe('::');
     expect(edge?.stunIntervalSecs).toBe(30);
+  });
+
+  it('takes a UDP port\'s PROXY v2 header mode and rejects it on TCP ports or with a bad value', () => {
+    const [edge] = validateAllowedEdges(
+      [{ id: 'e', secret: SECRET, listenPorts: [], listenPortsUdp: [{ port: 53, proxyProtocolUdp: 'separateDatagram' }, { port: 54, proxyProtocolUdp: 'firstDatagram' }] }],
+      opts,
+    );
+    expect(edge?.udp.map((p) => p.proxyProtocolUdp)).toEqual(['separateDatagram', 'firstDatagram']);
+    expect(() => validateAllowedEdges([{ id: 'e', secret: SECRET, listenPorts: [{ port: 80, proxyProtocolUdp: 'everyDatagram' }] }], opts)).toThrow(
+      /listenPorts\[0\]\.proxyProtocolUdp.*UDP ports only/,
+    );
+    expect(() =>
+      validateAllowedEdges([{ id: 'e', secret: SECRET, listenPorts: [], listenPortsUdp: [{ port: 53, proxyProtocolUdp: 'always' as never }] }], opts),
+    ).toThrow(/listenPortsUdp\[0\]\.proxyProtocolUdp.*'everyDatagram', 'firstDatagram' or 'separateDatagram'/);
   });
 
   it('gives UDP ports PROXY v2 when the edge default is v1', () => {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::wire::proxy_protocol::ProxyVersion;
+use crate::wire::proxy_protocol::{ProxyVersion, UdpProxyMode};
 
 /// Tunables. Defaults are what the benchmarks settled on; each says why.
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +198,9 @@ pub struct PortSpec {
     pub target_host: String,
     pub target_port: u16,
     pub proxy_protocol: ProxyVersion,
+    /// UDP ports with a PROXY v2 header: where the header goes (see [`UdpProxyMode`]).
+    #[serde(default)]
+    pub proxy_protocol_udp: UdpProxyMode,
 }
 
 /// One allowed edge, normalised by the JS layer.

@@ -9,6 +9,13 @@ import type { TDisconnectCode } from './errors.js';
 export type TProxyProtocol = 'v1' | 'v2' | 'none';
 export type TIpProtocol = 'tcp' | 'udp';
 
+/**
+ * Where a UDP port's PROXY v2 header goes: prepended to every datagram (the default, what
+ * dnsdist, Unbound, NSD, PowerDNS Recursor and Knot Resolver read), prepended to the flow's first
+ * datagram only, or sent alone as the flow's first datagram (remoteingress before 0.2).
+ */
+export type TUdpProxyMode = 'everyDatagram' | 'firstDatagram' | 'separateDatagram';
+
 /** A listen port: a bare number forwards to the hub's `targetHost` on the same port. */
 export type TListenPort =
   | number
@@ -20,6 +27,8 @@ export type TListenPort =
       targetPort?: number;
       /** Default: the edge's `proxyProtocol` (TCP) — see `TAllowedEdge.proxyProtocol`. */
       proxyProtocol?: TProxyProtocol;
+      /** UDP ports only: where the PROXY v2 header goes. Default `'everyDatagram'`. */
+      proxyProtocolUdp?: TUdpProxyMode;
     };
 
 export interface IFirewallRateLimit {
@@ -76,6 +85,8 @@ export interface INormalisedPort {
   targetHost: string;
   targetPort: number;
   proxyProtocol: TProxyProtocol;
+  /** UDP ports only. */
+  proxyProtocolUdp?: TUdpProxyMode;
 }
 
 export interface INormalisedFirewall {

@@ -8,6 +8,7 @@ import type {
   IPerformanceConfig,
   TIpProtocol,
   TProxyProtocol,
+  TUdpProxyMode,
 } from './types.js';
 
 /** Edge ids travel in tokens, logs and nftables comments, so they stay short and shell-safe. */
@@ -36,7 +37,8 @@ const EDGE_KEYS = new Set([
   'firewallConfig',
   'stunIntervalSecs',
 ]);
-const PORT_KEYS = new Set(['port', 'targetHost', 'targetPort', 'proxyProtocol']);
+const PORT_KEYS = new Set(['port', 'targetHost', 'targetPort', 'proxyProtocol', 'proxyProtocolUdp']);
+const UDP_PROXY_MODES: readonly TUdpProxyMode[] = ['everyDatagram', 'firstDatagram', 'separateDatagram'];
 const FIREWALL_KEYS = new Set(['blockedIps', 'rateLimits', 'rules']);
 const RATE_LIMIT_KEYS = new Set(['id', 'port', 'protocol', 'rate', 'burst', 'perSourceIP']);
 const RULE_KEYS = new Set(['id', 'direction', 'action', 'sourceIP', 'destPort', 'protocol']);
@@ -289,7 +291,19 @@ function normalisePorts(
         proxyProtocol = spec.proxyProtocol as TProxyProtocol;
       }
     }
-    ports.push({ port: isValidPort(port) ? port : 0, targetHost, targetPort, proxyProtocol });
+    let proxyProtocolUdp: TUdpProxyMode = 'everyDatagram';
+    if (spec.proxyProtocolUdp !== undefined) {
+      if (protocol === 'tcp') {
+        issues.add(join(entryPath, 'proxyProtocolUdp'), spec.proxyProtocolUdp, 'applies to UDP ports only (listenPortsUdp)');
+      } else if (!UDP_PROXY_MODES.includes(spec.proxyProtocolUdp as TUdpProxyMode)) {
+        issues.add(join(entryPath, 'proxyProtocolUdp'), spec.proxyProtocolUdp, "must be 'everyDatagram', 'firstDatagram' or 'separateDatagram'");
+      } else {
+        proxyProtocolUdp = spec.proxyProtocolUdp as TUdpProxyMode;
+      }
+    }
+    const normalised: INormalisedPort = { port: isValidPort(port) ? port : 0, targetHost, targetPort, proxyProtocol };
+    if (protocol === 'udp') normalised.proxyProtocolUdp = proxyProtocolUdp;
+    ports.push(normalised);
   });
   return ports;
 }

@@ -18,7 +18,7 @@ use crate::event;
 use crate::events::EventSink;
 use crate::supervise::AbortOnDrop;
 use crate::wire::open::{OpenRecord, KIND_UDP};
-use crate::wire::proxy_protocol::{self, ProxyVersion, Transport};
+use crate::wire::proxy_protocol::{self, ProxyVersion, Transport, UdpProxyMode};
 
 /// Largest UDP payload (IPv4 limit 65,507; IPv6 jumbograms aside). Receive buffers are this big
 /// so nothing is ever clipped.
@@ -408,7 +408,35 @@ enum HubFlowState {
 
 struct HubFlow {
     state: HubFlowState,
+    /// The PROXY v2 header still to go with this flow's datagrams, per the port's mode: kept
+    /// for `EveryDatagram`, taken after the first for `FirstDatagram`, `None` otherwise.
+    header: Option<Bytes>,
+    keep_header: bool,
     _task: Option<AbortOnDrop<()>>,
+}
+
+impl HubFlow {
+    /// The header to put before the next datagram, if any (and forgets it when only the first
+    /// datagram carries one).
+    fn next_header(&mut self) -> Option<Bytes> {
+        if self.keep_header {
+            self.header.clone()
+        } else {
+            self.header.take()
+        }
+    }
+}
+
+/// Sends `header ‖ payload` as one datagram without copying either (one `sendmsg` with two
+/// slices), or just `payload`. Never waits: a full socket buffer is an error the caller counts.
+fn try_send_with(sock: &UdpSocket, header: Option<&[u8]>, payload: &[u8]) -> std::io::Result<usize> {
+    match header {
+        None => sock.try_send(payload),
+        Some(h) => sock.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(sock)
+                .send_vectored(&[std::io::IoSlice::new(h), std::io::IoSlice::new(payload)])
+        }),
+    }
 }
 
 /// Datagrams that arrive for a flow whose FLOW_OPEN has not been processed yet: over QUIC a
@@ -473,10 +501,25 @@ impl HubFlows {
                 *o = rest;
                 mine.into_iter().map(|(_, _, d)| d).collect()
             };
+            let header = (route.proxy_protocol != ProxyVersion::None).then(|| {
+                Bytes::from(proxy_protocol::v2(
+                    record.client,
+                    record.local,
+                    Transport::Datagram,
+                ))
+            });
+            let (header, keep_header) = match route.proxy_protocol_udp {
+                UdpProxyMode::EveryDatagram => (header, true),
+                UdpProxyMode::FirstDatagram => (header, false),
+                // Sent once, on its own, when the upstream socket is ready.
+                UdpProxyMode::SeparateDatagram => (None, false),
+            };
             flows.insert(
                 flow,
                 HubFlow {
                     state: HubFlowState::Connecting(early),
+                    header,
+                    keep_header,
                     _task: None,
                 },
             );
@@ -496,23 +539,37 @@ impl HubFlows {
                     return;
                 }
             };
-            if route.proxy_protocol != ProxyVersion::None {
+            if route.proxy_protocol != ProxyVersion::None
+                && route.proxy_protocol_udp == UdpProxyMode::SeparateDatagram
+            {
                 // PROXY v2 DGRAM header as the flow's first datagram (v1 has no UDP form).
                 let header = proxy_protocol::v2(record.client, record.local, Transport::Datagram);
                 let _ = sock.send(&header).await;
             }
-            let pending = {
-                let mut flows = lock(&me.flows);
-                match flows.get_mut(&flow) {
-                    Some(f) => match std::mem::replace(&mut f.state, HubFlowState::Ready(sock.clone())) {
-                        HubFlowState::Connecting(q) => q,
-                        HubFlowState::Ready(_) => VecDeque::new(),
-                    },
-                    None => return, // closed meanwhile
-                }
-            };
-            for d in pending {
-                if sock.send(&d).await.is_ok() {
+            // The datagrams that waited, each with its header as the mode wants; the flow is
+            // Ready only after them, so none of the later ones can overtake them.
+            loop {
+                let next = {
+                    let mut flows = lock(&me.flows);
+                    let Some(f) = flows.get_mut(&flow) else { return }; // closed meanwhile
+                    let next = match &mut f.state {
+                        HubFlowState::Connecting(q) => q.pop_front(),
+                        HubFlowState::Ready(_) => None,
+                    };
+                    match next {
+                        Some(d) => Some((f.next_header(), d)),
+                        None => {
+                            f.state = HubFlowState::Ready(sock.clone());
+                            None
+                        }
+                    }
+                };
+                let Some((header, d)) = next else { break };
+                let sent = match header {
+                    Some(h) => sock.send(&[&h[..], &d[..]].concat()).await,
+                    None => sock.send(&d).await,
+                };
+                if sent.is_ok() {
                     me.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -537,15 +594,25 @@ impl HubFlows {
     /// A datagram from the client side for `flow`.
     pub fn datagram(&self, flow: u32, payload: Bytes) {
         let mut flows = lock(&self.flows);
-        match flows.get_mut(&flow).map(|f| &mut f.state) {
-            // Never block the tunnel on one upstream socket: a full buffer drops.
-            Some(HubFlowState::Ready(sock)) if sock.try_send(&payload).is_ok() => {
-                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(HubFlowState::Connecting(q)) if q.len() < PENDING_PER_FLOW => q.push_back(payload),
-            Some(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        match flows.get_mut(&flow) {
+            Some(f) => match &mut f.state {
+                HubFlowState::Ready(_) => {
+                    let header = f.next_header();
+                    let HubFlowState::Ready(sock) = &f.state else {
+                        unreachable!("matched Ready above")
+                    };
+                    // Never block the tunnel on one upstream socket: a full buffer drops.
+                    if try_send_with(sock, header.as_deref(), &payload).is_ok() {
+                        self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                HubFlowState::Connecting(q) if q.len() < PENDING_PER_FLOW => q.push_back(payload),
+                HubFlowState::Connecting(_) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             None if flow <= self.highest_opened.load(Ordering::Relaxed) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -633,4 +700,89 @@ async fn connect_upstream(route: &PortSpec) -> Result<UdpSocket> {
         source,
     })?;
     Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what a hub flow sends back towards the edge (nothing, here).
+    struct NoTunnel;
+
+    impl FlowTunnel for NoTunnel {
+        fn flow_open(&self, _flow: u32, _record: &OpenRecord) {}
+        fn datagram(&self, _flow: u32, _payload: Bytes) {}
+        fn flow_close(&self, _flow: u32) {}
+    }
+
+    /// The three places a UDP port's PROXY v2 header can go, as the target receives them.
+    #[tokio::test]
+    async fn the_udp_proxy_header_goes_where_the_port_says() {
+        use crate::wire::proxy_protocol::V2_SIGNATURE;
+        let client: SocketAddr = "203.0.113.7:5353".parse().unwrap();
+        let local: SocketAddr = "198.51.100.1:53".parse().unwrap();
+        let header = proxy_protocol::v2(client, local, Transport::Datagram);
+        for (mode, name, expect) in [
+            (
+                UdpProxyMode::EveryDatagram,
+                "everyDatagram",
+                vec![true, true, true],
+            ),
+            (
+                UdpProxyMode::FirstDatagram,
+                "firstDatagram",
+                vec![true, false, false],
+            ),
+            (
+                UdpProxyMode::SeparateDatagram,
+                "separateDatagram",
+                vec![false, false, false],
+            ),
+        ] {
+            let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let route: PortSpec = serde_json::from_value(serde_json::json!({
+                "port": 53, "targetHost": "127.0.0.1", "targetPort": target.local_addr().unwrap().port(),
+                "proxyProtocol": "v2", "proxyProtocolUdp": name,
+            }))
+            .unwrap();
+            let flows = HubFlows::new("e", 16, crate::events::null_sink());
+            let record = OpenRecord {
+                kind: crate::wire::open::KIND_UDP,
+                service: 0,
+                listen_port: 53,
+                client,
+                local,
+            };
+            // The first datagram arrives before the upstream socket is ready, the others after.
+            flows.open(1, record, Some(route), Arc::new(NoTunnel));
+            flows.datagram(1, Bytes::from_static(b"query-0"));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            let mut sent = 1;
+            while got.len() < 3 + usize::from(mode == UdpProxyMode::SeparateDatagram) {
+                let n = tokio::time::timeout(Duration::from_secs(5), target.recv(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                got.push(buf[..n].to_vec());
+                while sent < 3 {
+                    flows.datagram(1, Bytes::from(format!("query-{sent}")));
+                    sent += 1;
+                }
+            }
+            if mode == UdpProxyMode::SeparateDatagram {
+                assert_eq!(got.remove(0), header, "{mode:?}: the header alone first");
+            }
+            for (i, (d, with_header)) in got.iter().zip(&expect).enumerate() {
+                let payload = format!("query-{i}");
+                if *with_header {
+                    assert!(d.starts_with(&V2_SIGNATURE), "{mode:?} datagram {i}");
+                    assert_eq!(&d[..header.len()], &header[..], "{mode:?} datagram {i}");
+                    assert_eq!(&d[header.len()..], payload.as_bytes(), "{mode:?} datagram {i}");
+                } else {
+                    assert_eq!(d, payload.as_bytes(), "{mode:?} datagram {i}");
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,24 @@ pub enum ProxyVersion {
     V2,
 }
 
+/// How a UDP port's PROXY v2 header reaches its target.
+///
+/// DNS servers that take PROXY v2 over UDP (dnsdist, Unbound, NSD, PowerDNS Recursor, Knot
+/// Resolver) read the header *prepended to each datagram*: that is the default. Some targets
+/// want it only on a flow's first datagram, and older remoteingress hubs sent it as a datagram
+/// of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UdpProxyMode {
+    /// Header ‖ payload in every datagram of the flow.
+    #[default]
+    EveryDatagram,
+    /// Header ‖ payload in the flow's first datagram; the rest as sent.
+    FirstDatagram,
+    /// The header alone as the flow's first datagram, then the payloads as sent.
+    SeparateDatagram,
+}
+
 /// The v2 signature: "\r\n\r\n\0\r\nQUIT\n".
 pub const V2_SIGNATURE: [u8; 12] = [
     0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
