@@ -58,6 +58,22 @@ const WORKLOADS = ['tput', 'lat', 'conn', 'udp'];
 /** Entry ports of our tunnel; +0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 (TCP control + UDP). */
 const TUNNEL_BASE = { tcpTls: 7201, quic: 7301, 'tcpTls@base': 7401, 'quic@base': 7501 };
 
+/** One bench edge: its entry ports from `b` (+0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 TCP + UDP). */
+function benchEdge(id, transportMode, b) {
+  return {
+    id,
+    transportMode,
+    tcp: [
+      { port: b, targetPort: TARGET.iperf3 },
+      { port: b + 1, targetPort: TARGET.sockperf },
+      { port: b + 2, targetPort: TARGET.nginx },
+      { port: b + 3, targetPort: IDLE_TARGET_PORT },
+      { port: b + 4, targetPort: TARGET.iperf3 },
+    ],
+    udp: [{ port: b + 4, targetPort: TARGET.iperf3 }],
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Options
 
@@ -369,21 +385,7 @@ async function main() {
   let tunnel = null;
   let freshIdle = null;
   if (modes.length > 0) {
-    const edges = modes.map((mode) => {
-      const b = TUNNEL_BASE[mode];
-      return {
-        id: `bench-${mode.toLowerCase()}`,
-        transportMode: mode,
-        tcp: [
-          { port: b, targetPort: TARGET.iperf3 },
-          { port: b + 1, targetPort: TARGET.sockperf },
-          { port: b + 2, targetPort: TARGET.nginx },
-          { port: b + 3, targetPort: IDLE_TARGET_PORT },
-          { port: b + 4, targetPort: TARGET.iperf3 },
-        ],
-        udp: [{ port: b + 4, targetPort: TARGET.iperf3 }],
-      };
-    });
+    const edges = modes.map((mode) => benchEdge(`bench-${mode.toLowerCase()}`, mode, TUNNEL_BASE[mode]));
     tunnel = await startTunnel({ dir: join(work, 'tunnel'), edges, performance });
     await sleep(1000);
     // The hub's idle RSS with only the tcpTls edge connected (sampled before the next edge dialled).
@@ -405,21 +407,7 @@ async function main() {
   let baseTunnel = null;
   if (o.compare) {
     const baseModes = ['tcpTls', 'quic'].filter((m) => want(`${m}@base`));
-    const edges = baseModes.map((mode) => {
-      const b = TUNNEL_BASE[`${mode}@base`];
-      return {
-        id: `base-${mode.toLowerCase()}`,
-        transportMode: mode,
-        tcp: [
-          { port: b, targetPort: TARGET.iperf3 },
-          { port: b + 1, targetPort: TARGET.sockperf },
-          { port: b + 2, targetPort: TARGET.nginx },
-          { port: b + 3, targetPort: IDLE_TARGET_PORT },
-          { port: b + 4, targetPort: TARGET.iperf3 },
-        ],
-        udp: [{ port: b + 4, targetPort: TARGET.iperf3 }],
-      };
-    });
+    const edges = baseModes.map((mode) => benchEdge(`base-${mode.toLowerCase()}`, mode, TUNNEL_BASE[`${mode}@base`]));
     if (edges.length > 0) {
       baseTunnel = await startTunnel({ dir: join(work, 'base-tunnel'), edges, performance, root: o.compare });
       for (const e of baseTunnel.edges) {

@@ -122,17 +122,25 @@ pub fn hub_stop<'env>(
     handle: &External<Handle>,
     grace_ms: f64,
 ) -> Result<PromiseRaw<'env, Resolved>> {
-    guard(|| {
-        let grace = grace_period(grace_ms)?;
-        let engine = std::mem::replace(&mut *lock(&handle.core.engine), Engine::None);
-        let was_running = matches!(engine, Engine::Hub(_));
-        let delta = if was_running { -1 } else { 0 };
-        spawn_promise(env, handle.core.clone(), 0, delta, async move {
-            if let Engine::Hub(hub) = engine {
-                hub.stop(grace).await;
-            }
-            Ok(None)
-        })
+    guard(|| stop_engine(env, handle, grace_ms))
+}
+
+/// Stops whatever the handle runs (drain within `grace_ms`); resolves when it has stopped.
+fn stop_engine<'env>(
+    env: &'env Env,
+    handle: &External<Handle>,
+    grace_ms: f64,
+) -> Outcome<PromiseRaw<'env, Resolved>> {
+    let grace = grace_period(grace_ms)?;
+    let engine = std::mem::replace(&mut *lock(&handle.core.engine), Engine::None);
+    let delta = if matches!(engine, Engine::None) { 0 } else { -1 };
+    spawn_promise(env, handle.core.clone(), 0, delta, async move {
+        match engine {
+            Engine::Hub(hub) => hub.stop(grace).await,
+            Engine::Edge(edge) => edge.stop(grace).await,
+            Engine::None => {}
+        }
+        Ok(None)
     })
 }
 
@@ -178,18 +186,7 @@ pub fn edge_stop<'env>(
     handle: &External<Handle>,
     grace_ms: f64,
 ) -> Result<PromiseRaw<'env, Resolved>> {
-    guard(|| {
-        let grace = grace_period(grace_ms)?;
-        let engine = std::mem::replace(&mut *lock(&handle.core.engine), Engine::None);
-        let was_running = matches!(engine, Engine::Edge(_));
-        let delta = if was_running { -1 } else { 0 };
-        spawn_promise(env, handle.core.clone(), 0, delta, async move {
-            if let Engine::Edge(edge) = engine {
-                edge.stop(grace).await;
-            }
-            Ok(None)
-        })
-    })
+    guard(|| stop_engine(env, handle, grace_ms))
 }
 
 /// Which `streamOpened`/`streamClosed` records the handle delivers: "all" (the default),

@@ -397,6 +397,16 @@ impl Inner {
     fn failed_attempt(&self, ip: std::net::IpAddr) {
         lock(&self.limiter).record_failure(ip);
     }
+
+    /// A handshake or authentication that ended in an error: counted, and reported.
+    fn attempt_failed(&self, peer: SocketAddr, e: &Error) {
+        let ip = proxy_protocol::unmap(peer).ip();
+        self.failed_attempt(ip);
+        self.events.as_ref()(event!("authFailed", {
+            "remoteAddress": ip.to_string(), "remotePort": peer.port(),
+            "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
+        }));
+    }
 }
 
 async fn accept_loop(
@@ -470,13 +480,7 @@ async fn accept_loop(
                 }
                 // Refused by authenticate(), which counted it.
                 Ok(None) => {}
-                Err(e) => {
-                    inner.failed_attempt(ip);
-                    inner.events.as_ref()(event!("authFailed", {
-                        "remoteAddress": ip.to_string(), "remotePort": peer.port(),
-                        "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
-                    }));
-                }
+                Err(e) => inner.attempt_failed(peer, &e),
             }
         });
     }
@@ -660,13 +664,7 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 }
                 // Refused by authenticate(), which counted it.
                 Ok(None) => {}
-                Err(e) => {
-                    inner.failed_attempt(ip);
-                    inner.events.as_ref()(event!("authFailed", {
-                        "remoteAddress": ip.to_string(), "remotePort": peer.port(),
-                        "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
-                    }));
-                }
+                Err(e) => inner.attempt_failed(peer, &e),
             }
         });
     }
