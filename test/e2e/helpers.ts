@@ -153,7 +153,7 @@ export class EventLog {
 }
 
 export const HUB_EVENTS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered', 'log'] as const;
-export const EDGE_EVENTS = ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'portBindFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered', 'log', 'transportChanged', 'firewallConfigUpdated', 'firewallConfigRejected', 'firewallUnavailable'] as const;
+export const EDGE_EVENTS = ['tunnelConnected', 'tunnelDisconnected', 'portsAssigned', 'portBindFailed', 'streamOpened', 'streamClosed', 'eventsDropped', 'crashRecovered', 'log', 'transportChanged', 'firewallConfigUpdated', 'firewallConfigRejected', 'firewallUnavailable', 'serviceLimitReached'] as const;
 
 // ---------------------------------------------------------------------------------------------
 // Hub and edge
@@ -217,6 +217,8 @@ export interface IPairOptions {
   edgeId?: string;
   /** The edge's ports (each a free port from `freePort()`, as the caller must know them to connect). */
   listenPorts: Array<Exclude<TListenPort, number>>;
+  /** Named services of the edge (their TCP edge ports are waited for like listen ports). */
+  services?: TAllowedEdge['services'];
   /** More allowed edges on the same hub (not started). */
   otherEdges?: TAllowedEdge[];
   hub?: Partial<IHubConfig>;
@@ -228,13 +230,13 @@ export interface IPairOptions {
 export async function startPair(cleanups: Cleanups, options: IPairOptions): Promise<IPair> {
   const edgeId = options.edgeId ?? 'edge-1';
   const secret = randomSecret();
-  const allowed: TAllowedEdge = { id: edgeId, secret, bindAddress: '127.0.0.1', listenPorts: options.listenPorts };
+  const allowed: TAllowedEdge = { id: edgeId, secret, bindAddress: '127.0.0.1', listenPorts: options.listenPorts, ...(options.services ? { services: options.services } : {}) };
   const hub = await startHub(cleanups, { ...options.hub, allowedEdges: [allowed, ...(options.otherEdges ?? [])] });
   const token = encodeConnectionToken({ hubHost: '127.0.0.1', hubPort: hub.tunnelPort, edgeId, secret, hubFingerprint: hub.fingerprint });
   const { edge, log: edgeLog } = await startEdge(
     cleanups,
     { token, transportMode: options.transportMode ?? 'tcpTls' },
-    options.listenPorts.map((entry) => entry.port),
+    [...options.listenPorts.map((entry) => entry.port), ...(options.services ?? []).filter((s) => s.protocol === 'tcp').map((s) => s.edgePort)],
   );
   return { ...hub, edge, edgeLog, edgeId, secret, token };
 }

@@ -201,6 +201,48 @@ pub struct PortSpec {
     /// UDP ports with a PROXY v2 header: where the header goes (see [`UdpProxyMode`]).
     #[serde(default)]
     pub proxy_protocol_udp: UdpProxyMode,
+    /// The named service this port serves (a UUID or a name, unique per edge); `None` for a
+    /// plain `listenPorts` entry, whose id is `tcp/<port>` or `udp/<port>`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A human-readable name, reported in status and events.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where the edge binds this service (default: the edge's `bindAddress`).
+    #[serde(default)]
+    pub bind_address: Option<String>,
+    /// Connections the edge carries for this service at once; beyond it new clients are
+    /// refused at once (TCP services).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// A connection with no byte either way for this long is closed by the edge (TCP).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u32>,
+}
+
+impl PortSpec {
+    /// The service id: the configured one, or `tcp/<port>` / `udp/<port>` for a plain port.
+    pub fn service_id(&self, udp: bool) -> String {
+        match &self.service {
+            Some(id) => id.clone(),
+            None => format!("{}/{}", if udp { "udp" } else { "tcp" }, self.port),
+        }
+    }
+
+    /// The number the stream/flow OPEN record carries for this service: the first four bytes
+    /// of SHA-256 of the service id, with the top bit set so it is never 0 ("route by port").
+    /// Derived, not assigned, so it is the same on every hub and across restarts and updates;
+    /// two ids of one edge that map to the same number are refused when the edges are set.
+    pub fn service_number(&self, udp: bool) -> u32 {
+        service_number(&self.service_id(udp))
+    }
+}
+
+/// See [`PortSpec::service_number`].
+pub fn service_number(id: &str) -> u32 {
+    let d = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let b = d.as_ref();
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | 0x8000_0000
 }
 
 /// One allowed edge, normalised by the JS layer.
@@ -259,9 +301,44 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
                 Error::InvalidConfig(format!("edge {name:?}: bindAddress {b:?} is not an IP address"))
             })?;
         }
+        let mut services = std::collections::HashMap::new();
         for (proto, ports) in [("listenPorts", &e.tcp), ("listenPortsUdp", &e.udp)] {
             let mut seen = std::collections::HashSet::new();
             for p in ports {
+                let id = p.service_id(proto == "listenPortsUdp");
+                if id.is_empty()
+                    || id.len() > 64
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: service id {id:?} must be 1-64 characters of [A-Za-z0-9._-]"
+                    )));
+                }
+                let number = service_number(&id);
+                if let Some(other) = services.insert(number, id.clone()) {
+                    let why = if other == id {
+                        "is used twice"
+                    } else {
+                        "collides with another service id; rename one"
+                    };
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: service id {id:?} {why} ({other:?})"
+                    )));
+                }
+                if let Some(b) = &p.bind_address {
+                    b.parse::<IpAddr>().map_err(|_| {
+                        Error::InvalidConfig(format!(
+                            "edge {name:?}: service {id:?}: bindAddress {b:?} is not an IP address"
+                        ))
+                    })?;
+                }
+                if p.max_connections == Some(0) || p.idle_timeout_secs == Some(0) {
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: service {id:?}: maxConnections and idleTimeoutSecs must be positive"
+                    )));
+                }
                 if p.port == 0 || p.target_port == 0 {
                     return Err(Error::InvalidConfig(format!(
                         "edge {name:?}: {proto} port {} / targetPort {} must be 1-65535",

@@ -58,6 +58,26 @@ export interface IFirewallConfig {
   rules?: IFirewallRule[];
 }
 
+/** A named service an edge serves: routed by its id, with its own limits. */
+export interface IServiceConfig {
+  /** A UUID or a name (1–64 of `A-Z a-z 0-9 . _ -`), unique per edge. */
+  id: string;
+  name?: string;
+  protocol: TIpProtocol;
+  /** The public port the edge binds for it. */
+  edgePort: number;
+  /** Where the edge binds it (default: the edge's `bindAddress`). */
+  bindAddress?: string;
+  /** Where the hub forwards its connections and flows. */
+  target: { host: string; port: number };
+  proxyProtocol?: TProxyProtocol;
+  proxyProtocolUdp?: TUdpProxyMode;
+  /** TCP: connections at once; beyond it new clients are refused at once. */
+  maxConnections?: number;
+  /** TCP: a connection with no byte either way for this long is closed. */
+  idleTimeoutSecs?: number;
+}
+
 export interface TAllowedEdge {
   /** 1–64 characters of `A-Z a-z 0-9 . _ -`; unique among allowed edges. */
   id: string;
@@ -65,6 +85,8 @@ export interface TAllowedEdge {
   secret: string;
   listenPorts: TListenPort[];
   listenPortsUdp?: TListenPort[];
+  /** Named services (each also binds its `edgePort`); `listenPorts` entries are shorthand for these. */
+  services?: IServiceConfig[];
   /** Address the edge binds its public ports on. Default: all addresses. */
   bindAddress?: string;
   /**
@@ -87,6 +109,12 @@ export interface INormalisedPort {
   proxyProtocol: TProxyProtocol;
   /** UDP ports only. */
   proxyProtocolUdp?: TUdpProxyMode;
+  /** Named services: the service id (absent for plain listen ports: `tcp/<port>`, `udp/<port>`). */
+  service?: string;
+  name?: string;
+  bindAddress?: string;
+  maxConnections?: number;
+  idleTimeoutSecs?: number;
 }
 
 export interface INormalisedFirewall {
@@ -242,6 +270,9 @@ export interface IHubStreamOpenedEvent {
   clientPort: number;
   targetHost: string;
   targetPort: number;
+  /** The service the stream was routed by (`tcp/<port>` for a plain listen port). */
+  serviceId: string;
+  serviceName: string | null;
 }
 export interface IHubStreamClosedEvent {
   kind: 'streamClosed';
@@ -374,6 +405,8 @@ export interface IEdgeStatus {
   quicProbe?: { at: number; code: string; message: string } | null;
   udp?: IUdpCounters;
   firewall?: IEdgeFirewallStatus;
+  /** The TCP services and their counters. */
+  services?: IEdgeServiceStatus[];
   [extra: string]: unknown;
 }
 
@@ -445,6 +478,31 @@ export interface IEdgeUdpFlowsExpiredEvent {
   kind: 'udpFlowsExpired';
   count: number;
 }
+/** A service at its `maxConnections`: new clients are being refused (at most one event per 5 s per service). */
+export interface IEdgeServiceLimitReachedEvent {
+  kind: 'serviceLimitReached';
+  serviceId: string;
+  serviceName: string | null;
+  port: number;
+  maxConnections: number;
+  /** Clients refused so far. */
+  refused: number;
+}
+/** One service in the edge's status. */
+export interface IEdgeServiceStatus {
+  id: string;
+  name: string | null;
+  protocol: TIpProtocol;
+  port: number;
+  bindAddress: string | null;
+  maxConnections: number | null;
+  idleTimeoutSecs: number | null;
+  /** Connections now, ever, refused at maxConnections, closed for idleness. */
+  active: number;
+  total: number;
+  refused: number;
+  idleClosed: number;
+}
 export interface IEdgeStreamOpenedEvent {
   kind: 'streamOpened';
   streamId: number;
@@ -471,6 +529,7 @@ export interface IEdgeEvents {
   firewallUnavailable: [IEdgeFirewallUnavailableEvent];
   transportChanged: [IEdgeTransportChangedEvent];
   udpFlowsExpired: [IEdgeUdpFlowsExpiredEvent];
+  serviceLimitReached: [IEdgeServiceLimitReachedEvent];
   streamOpened: [IEdgeStreamOpenedEvent];
   streamClosed: [IEdgeStreamClosedEvent];
   /** The `streamClosed` records of streams that failed (`code` set). Listening to this alone costs only for failures. */

@@ -32,12 +32,29 @@ const EDGE_KEYS = new Set([
   'secret',
   'listenPorts',
   'listenPortsUdp',
+  'services',
   'bindAddress',
   'proxyProtocol',
   'firewallConfig',
   'stunIntervalSecs',
 ]);
 const PORT_KEYS = new Set(['port', 'targetHost', 'targetPort', 'proxyProtocol', 'proxyProtocolUdp']);
+const SERVICE_KEYS = new Set([
+  'id',
+  'name',
+  'protocol',
+  'edgePort',
+  'bindAddress',
+  'target',
+  'proxyProtocol',
+  'proxyProtocolUdp',
+  'maxConnections',
+  'idleTimeoutSecs',
+  'bufferBytes',
+  'trustProxyFrom',
+]);
+/** A service id: a UUID or a name, in the characters edge ids use (they travel in logs and status). */
+const SERVICE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 const UDP_PROXY_MODES: readonly TUdpProxyMode[] = ['everyDatagram', 'firstDatagram', 'separateDatagram'];
 const FIREWALL_KEYS = new Set(['blockedIps', 'rateLimits', 'rules']);
 const RATE_LIMIT_KEYS = new Set(['id', 'port', 'protocol', 'rate', 'burst', 'perSourceIP']);
@@ -215,6 +232,9 @@ function normaliseEdge(
   // PROXY v1 has no way to say "UDP", so UDP ports take v2 unless the edge turned headers off.
   const udpDefault: TProxyProtocol = edgeProxy === 'none' ? 'none' : 'v2';
   const udp = normalisePorts(edge.listenPortsUdp ?? [], join(path, 'listenPortsUdp'), 'udp', udpDefault, options, issues);
+  if (edge.services !== undefined) {
+    normaliseServices(edge.services, join(path, 'services'), { tcp: edgeProxy ?? 'v1', udp: udpDefault }, { tcp, udp }, issues);
+  }
 
   let firewall: INormalisedFirewall | null = null;
   if (edge.firewallConfig !== undefined && edge.firewallConfig !== null) {
@@ -306,6 +326,97 @@ function normalisePorts(
     ports.push(normalised);
   });
   return ports;
+}
+
+/**
+ * Named services: each becomes one port entry of its protocol, carrying its id and limits.
+ * `listenPorts` / `listenPortsUdp` entries are services too (ids `tcp/<port>`, `udp/<port>`), so
+ * a port may appear once per protocol across both forms.
+ */
+function normaliseServices(
+  value: unknown,
+  path: string,
+  defaults: Record<TIpProtocol, TProxyProtocol>,
+  into: Record<TIpProtocol, INormalisedPort[]>,
+  issues: Issues,
+): void {
+  if (!Array.isArray(value)) {
+    issues.add(path, value, 'must be an array of services {id, protocol, edgePort, target: {host, port}, …}');
+    return;
+  }
+  const ids = new Map<string, number>();
+  value.forEach((entry, index) => {
+    const at = join(path, index);
+    if (!isRecord(entry)) {
+      issues.add(at, entry, 'must be an object {id, protocol, edgePort, target: {host, port}, …}');
+      return;
+    }
+    issues.unknownKeys(entry, SERVICE_KEYS, at);
+    const id = entry.id;
+    if (typeof id !== 'string' || !SERVICE_ID_PATTERN.test(id)) {
+      issues.add(join(at, 'id'), id, 'must be a UUID or a name of 1–64 characters of A-Z a-z 0-9 . _ -');
+    } else if (ids.has(id)) {
+      issues.add(join(at, 'id'), id, `duplicate service id (also ${join(path, ids.get(id) ?? 0)})`);
+    } else {
+      ids.set(id, index);
+    }
+    const protocol = entry.protocol;
+    if (!IP_PROTOCOLS.includes(protocol as TIpProtocol)) {
+      issues.add(join(at, 'protocol'), protocol, "must be 'tcp' or 'udp'");
+      return;
+    }
+    const proto = protocol as TIpProtocol;
+    if (entry.name !== undefined && (typeof entry.name !== 'string' || entry.name.length === 0 || entry.name.length > 128)) {
+      issues.add(join(at, 'name'), entry.name, 'must be a string of 1–128 characters');
+    }
+    if (!isValidPort(entry.edgePort)) issues.add(join(at, 'edgePort'), entry.edgePort, 'must be an integer from 1 to 65535');
+    else if (into[proto].some((p) => p.port === entry.edgePort)) {
+      issues.add(join(at, 'edgePort'), entry.edgePort, `${proto.toUpperCase()} port already served by another service or listen port of this edge`);
+    }
+    const target = entry.target;
+    let targetHost = '';
+    let targetPort = 0;
+    if (!isRecord(target)) issues.add(join(at, 'target'), target, 'must be {host, port}');
+    else {
+      issues.unknownKeys(target, new Set(['host', 'port']), join(at, 'target'));
+      if (isValidHost(target.host)) targetHost = target.host;
+      else issues.add(join(join(at, 'target'), 'host'), target.host, 'must be a non-empty host name or IP address');
+      if (isValidPort(target.port)) targetPort = target.port;
+      else issues.add(join(join(at, 'target'), 'port'), target.port, 'must be an integer from 1 to 65535');
+    }
+    let proxyProtocol = defaults[proto];
+    if (entry.proxyProtocol !== undefined) {
+      if (!PROXY_PROTOCOLS.includes(entry.proxyProtocol as TProxyProtocol)) issues.add(join(at, 'proxyProtocol'), entry.proxyProtocol, "must be 'v1', 'v2' or 'none'");
+      else if (proto === 'udp' && entry.proxyProtocol === 'v1') issues.add(join(at, 'proxyProtocol'), entry.proxyProtocol, "PROXY v1 cannot carry UDP; use 'v2' or 'none'");
+      else proxyProtocol = entry.proxyProtocol as TProxyProtocol;
+    }
+    const service: INormalisedPort = { port: isValidPort(entry.edgePort) ? entry.edgePort : 0, targetHost, targetPort, proxyProtocol, service: typeof id === 'string' ? id : '' };
+    if (proto === 'udp') {
+      service.proxyProtocolUdp = 'everyDatagram';
+      if (entry.proxyProtocolUdp !== undefined) {
+        if (UDP_PROXY_MODES.includes(entry.proxyProtocolUdp as TUdpProxyMode)) service.proxyProtocolUdp = entry.proxyProtocolUdp as TUdpProxyMode;
+        else issues.add(join(at, 'proxyProtocolUdp'), entry.proxyProtocolUdp, "must be 'everyDatagram', 'firstDatagram' or 'separateDatagram'");
+      }
+    } else if (entry.proxyProtocolUdp !== undefined) {
+      issues.add(join(at, 'proxyProtocolUdp'), entry.proxyProtocolUdp, "applies to 'udp' services only");
+    }
+    if (typeof entry.name === 'string') service.name = entry.name;
+    if (entry.bindAddress !== undefined) {
+      if (isValidIp(entry.bindAddress)) service.bindAddress = entry.bindAddress;
+      else issues.add(join(at, 'bindAddress'), entry.bindAddress, 'must be an IPv4 or IPv6 address');
+    }
+    for (const key of ['maxConnections', 'idleTimeoutSecs'] as const) {
+      const v = entry[key];
+      if (v === undefined) continue;
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0 || v > 0xffff_ffff) issues.add(join(at, key), v, 'must be a positive integer');
+      else if (proto === 'udp') issues.add(join(at, key), v, "is enforced for 'tcp' services only in this version");
+      else service[key] = v;
+    }
+    for (const key of ['bufferBytes', 'trustProxyFrom'] as const) {
+      if (entry[key] !== undefined) issues.add(join(at, key), entry[key], 'is not supported by this version');
+    }
+    into[proto].push(service);
+  });
 }
 
 function normaliseFirewall(value: unknown, path: string, issues: Issues): INormalisedFirewall {

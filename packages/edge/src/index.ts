@@ -14,6 +14,8 @@ export type {
   IEdgeExplicitConfig,
   IEdgeCommonConfig,
   IEdgeStatus,
+  IEdgeServiceStatus,
+  IEdgeServiceLimitReachedEvent,
   IEdgeEvents,
   IEdgeStopOptions,
   IReconnectConfig,

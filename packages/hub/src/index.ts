@@ -28,6 +28,8 @@ export type {
   ILimitsConfig,
   TAllowedEdge,
   TListenPort,
+  IServiceConfig,
+  TUdpProxyMode,
   TProxyProtocol,
   IFirewallConfig,
   IFirewallRateLimit,

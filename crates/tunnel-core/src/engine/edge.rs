@@ -18,6 +18,7 @@ use crate::auth::handshake;
 use crate::auth::EXPORTER_LABEL;
 use crate::config::EdgeOptions;
 use crate::engine::firewall::{self, Nft};
+use crate::engine::service::{self, Service};
 use crate::engine::udp::{EdgeUdp, FlowTunnel};
 use crate::error::{Error, Result};
 use crate::event;
@@ -47,6 +48,7 @@ pub struct Edge {
 }
 
 type Current = Arc<RwLock<Option<Tunnel>>>;
+type Services = Arc<RwLock<BTreeMap<u16, Arc<Service>>>>;
 
 struct Inner {
     opts: EdgeOptions,
@@ -60,6 +62,8 @@ struct Inner {
     /// from TLS to QUIC needs no re-bind.
     current: Current,
     listeners: Mutex<BTreeMap<u16, JoinHandle<()>>>,
+    /// The TCP service each listener serves, by port (read per accepted client).
+    services: Services,
     udp: Arc<EdgeUdp>,
     firewall: Arc<Mutex<Firewall>>,
 }
@@ -212,6 +216,7 @@ impl Edge {
             task: Mutex::new(None),
             current: Arc::new(RwLock::new(None)),
             listeners: Mutex::new(BTreeMap::new()),
+            services: Arc::new(RwLock::new(BTreeMap::new())),
             udp,
             firewall: Arc::new(Mutex::new(Firewall {
                 table: firewall::table_name(&opts_edge_id),
@@ -248,6 +253,14 @@ impl Edge {
             None => (0, 0, 0, 0.0, 0),
         };
         let tcp: Vec<u16> = lock(&self.inner.listeners).keys().copied().collect();
+        let services: Vec<Value> = self
+            .inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.status("tcp"))
+            .collect();
         let u = &self.inner.udp.stats;
         json!({
             "state": st.state,
@@ -258,6 +271,7 @@ impl Edge {
             "quicProbe": st.quic_probe,
             "connectedSince": st.connected_since.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
             "attempts": st.attempts,
+            "services": services,
             "lastError": st.last_error,
             "rttMs": rtt,
             "ports": { "tcp": tcp, "udp": self.inner.udp.ports() },
@@ -638,15 +652,56 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     };
     let (tcp_ports, udp_ports) = (list("tcp"), list("udp"));
     let bind_ip: Option<IpAddr> = cfg["bindAddress"].as_str().and_then(|s| s.parse().ok());
-    let wanted: std::collections::BTreeSet<u16> = tcp_ports.iter().copied().collect();
+    // The services (a hub from before named services sends only port lists: each port is a
+    // service of its own, number 0 = "route by port").
+    let mut tcp_services: BTreeMap<u16, Service> = BTreeMap::new();
+    let mut udp_sids: BTreeMap<u16, u32> = BTreeMap::new();
+    match cfg["services"].as_array() {
+        Some(list) => {
+            for v in list {
+                let Some(s) = Service::from_config(v, bind_ip) else {
+                    continue;
+                };
+                if v["protocol"] == "udp" {
+                    udp_sids.insert(s.port, s.sid);
+                } else {
+                    tcp_services.insert(s.port, s);
+                }
+            }
+        }
+        None => {
+            for port in &tcp_ports {
+                let v = json!({ "sid": 0, "id": format!("tcp/{port}"), "port": port });
+                if let Some(s) = Service::from_config(&v, bind_ip) {
+                    tcp_services.insert(*port, s);
+                }
+            }
+        }
+    }
+    let wanted: std::collections::BTreeSet<u16> = tcp_services.keys().copied().collect();
     let mut failed = Vec::new();
     {
+        // A listener goes when its port is no longer served or its service changed (a new bind
+        // address needs a new socket; new limits apply to new clients only, and the counters
+        // start again); an unchanged service keeps its listener, its clients and its counters.
+        let mut services = inner.services.write().unwrap_or_else(|p| p.into_inner());
         let mut l = lock(&inner.listeners);
-        let stale: Vec<u16> = l.keys().filter(|p| !wanted.contains(p)).copied().collect();
+        let stale: Vec<u16> = l
+            .keys()
+            .filter(|p| match (services.get(p), tcp_services.get(p)) {
+                (Some(old), Some(new)) => !old.same_as(new),
+                _ => true,
+            })
+            .copied()
+            .collect();
         for p in stale {
             if let Some(t) = l.remove(&p) {
                 t.abort();
             }
+        }
+        services.retain(|p, _| l.contains_key(p));
+        for (port, s) in tcp_services {
+            services.entry(port).or_insert_with(|| Arc::new(s));
         }
     }
     let mut report = |port: u16, protocol: &str, e: &Error| {
@@ -659,14 +714,29 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
         if lock(&inner.listeners).contains_key(port) {
             continue;
         }
-        match bind(bind_ip, *port) {
+        let service_bind = inner
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(port)
+            .and_then(|s| s.bind);
+        match bind(service_bind, *port) {
             Ok(listener) => {
                 let listener = Arc::new(listener);
                 let (port, cur, events) = (*port, inner.current.clone(), inner.events.clone());
+                let services = inner.services.clone();
                 let task = tokio::spawn(supervise(
                     inner.events.clone(),
                     format!("edge listener on port {port}"),
-                    move || accept_clients(listener.clone(), port, cur.clone(), events.clone()),
+                    move || {
+                        accept_clients(
+                            listener.clone(),
+                            port,
+                            cur.clone(),
+                            services.clone(),
+                            events.clone(),
+                        )
+                    },
                 ));
                 lock(&inner.listeners).insert(port, task);
             }
@@ -675,7 +745,11 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     }
     let idle = Duration::from_millis(cfg["udpIdleMs"].as_u64().unwrap_or(60_000).max(1));
     let max_flows = cfg["maxUdpFlows"].as_u64().unwrap_or(16_384) as usize;
-    for (port, e) in inner.udp.apply(bind_ip, &udp_ports, idle, max_flows).await {
+    for (port, e) in inner
+        .udp
+        .apply(bind_ip, &udp_ports, &udp_sids, idle, max_flows)
+        .await
+    {
         report(port, "udp", &e);
     }
     let bound: Vec<u16> = lock(&inner.listeners).keys().copied().collect();
@@ -795,7 +869,13 @@ fn bind(ip: Option<IpAddr>, port: u16) -> Result<TcpListener> {
     })
 }
 
-async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, events: EventSink) {
+async fn accept_clients(
+    listener: Arc<TcpListener>,
+    port: u16,
+    cur: Current,
+    services: Services,
+    events: EventSink,
+) {
     loop {
         let (sock, client) = match listener.accept().await {
             Ok(x) => {
@@ -808,12 +888,27 @@ async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, eve
                 continue;
             }
         };
+        let service = services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&port)
+            .cloned();
+        let Some(service) = service else {
+            refuse(sock);
+            continue;
+        };
+        let Some(admitted) = service.admit(&events) else {
+            // At maxConnections: refused at once; the service's other clients are untouched.
+            refuse(sock);
+            continue;
+        };
+        let watch = service::idle_watch(&service, &sock);
         let local = sock
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
         let record = OpenRecord {
             kind: KIND_TCP,
-            service: 0,
+            service: service.sid,
             listen_port: port,
             client,
             local,
@@ -832,12 +927,14 @@ async fn accept_clients(listener: Arc<TcpListener>, port: u16, cur: Current, eve
             Some(Tunnel::Tls(mux)) => match mux.open(record) {
                 Some(ctx) => {
                     opened(u64::from(ctx.id));
-                    tokio::spawn(ctx.run_tcp(sock));
+                    tokio::spawn(service::carry_with_limits(admitted, watch, ctx.run_tcp(sock)));
                 }
                 None => refuse(sock),
             },
             Some(Tunnel::Quic(q)) if !q.is_going_away() => {
-                tokio::spawn(async move { q.carry(record, sock, opened).await });
+                tokio::spawn(service::carry_with_limits(admitted, watch, async move {
+                    q.carry(record, sock, opened).await
+                }));
             }
             _ => refuse(sock),
         }

@@ -96,7 +96,21 @@ fn millis(t: SystemTime) -> u64 {
 /// must bind and enforce.
 fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
     let ports = |v: &[PortSpec]| v.iter().map(|p| p.port).collect::<Vec<_>>();
+    let services: Vec<Value> = [(false, &spec.tcp), (true, &spec.udp)]
+        .into_iter()
+        .flat_map(|(udp, list)| {
+            list.iter().map(move |p| {
+                json!({
+                    "sid": p.service_number(udp), "id": p.service_id(udp), "name": p.name,
+                    "protocol": if udp { "udp" } else { "tcp" }, "port": p.port,
+                    "bindAddress": p.bind_address, "maxConnections": p.max_connections,
+                    "idleTimeoutSecs": p.idle_timeout_secs,
+                })
+            })
+        })
+        .collect();
     json!({
+        "services": services,
         "generation": generation,
         "udpIdleMs": limits.udp_flow_idle_ms,
         "maxUdpFlows": limits.max_udp_flows_per_edge,
@@ -876,27 +890,49 @@ impl HubHandler {
         (h, slot)
     }
 
-    fn route(&self, udp: bool, port: u16) -> Option<PortSpec> {
-        lock(&self.inner.state).edges.get(&self.edge_id).and_then(|e| {
-            let ports = if udp { &e.udp } else { &e.tcp };
-            ports.iter().find(|p| p.port == port).cloned()
-        })
+    /// The route of a stream or flow (see [`find_route`]).
+    fn route(&self, udp: bool, record: &OpenRecord) -> std::result::Result<PortSpec, String> {
+        let st = lock(&self.inner.state);
+        let Some(e) = st.edges.get(&self.edge_id) else {
+            return Err("this edge is no longer allowed".into());
+        };
+        find_route(e, udp, record)
     }
+}
+
+/// The route of a stream or flow: by the service number the edge sent, or by its listen port
+/// when the number is 0 (edges from before named services). A number the edge's services do
+/// not have is refused with a reason that says so.
+fn find_route(e: &EdgeSpec, udp: bool, record: &OpenRecord) -> std::result::Result<PortSpec, String> {
+    let ports = if udp { &e.udp } else { &e.tcp };
+    let found = if record.service == 0 {
+        ports.iter().find(|p| p.port == record.listen_port)
+    } else {
+        ports.iter().find(|p| p.service_number(udp) == record.service)
+    };
+    found.cloned().ok_or_else(|| match record.service {
+        0 => format!("port {} is not assigned to this edge", record.listen_port),
+        n => format!(
+            "unknown service {n:#010x} (edge port {}): not among this edge's services",
+            record.listen_port
+        ),
+    })
 }
 
 impl Handler for HubHandler {
     fn on_open(&mut self, stream: RemoteStream) {
         let RemoteStream { record, io } = stream;
-        let Some(route) = self.route(false, record.listen_port) else {
-            io.reset(
-                mux::reset::NO_ROUTE,
-                format!("port {} is not assigned to this edge", record.listen_port),
-            );
-            return;
+        let route = match self.route(false, &record) {
+            Ok(r) => r,
+            Err(why) => {
+                io.reset(mux::reset::NO_ROUTE, why);
+                return;
+            }
         };
         let client = proxy_protocol::unmap(record.client);
         self.inner.events.as_ref()(event!("streamOpened", {
             "edgeId": self.edge_id, "streamId": io.id(), "port": record.listen_port,
+            "serviceId": route.service_id(false), "serviceName": route.name,
             "clientAddress": client.ip().to_string(), "clientPort": client.port(),
             "targetHost": route.target_host, "targetPort": route.target_port
         }));
@@ -957,7 +993,7 @@ impl Handler for HubHandler {
                 let Some(tunnel) = self.tunnel.get().cloned() else {
                     return Ok(());
                 };
-                let route = self.route(true, record.listen_port);
+                let route = self.route(true, &record).ok();
                 self.flows.open(frame.stream, record, route, Arc::new(tunnel));
                 Ok(())
             }
@@ -982,5 +1018,55 @@ impl Handler for HubHandler {
             "edgeId": self.edge_id, "streamId": c.id, "port": c.listen_port,
             "bytesIn": c.bytes_in, "bytesOut": c.bytes_out, "code": code, "reason": reason
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::service_number;
+    use crate::wire::open::KIND_TCP;
+
+    fn record(service: u32, port: u16) -> OpenRecord {
+        OpenRecord {
+            kind: KIND_TCP,
+            service,
+            listen_port: port,
+            client: "203.0.113.1:40000".parse().unwrap(),
+            local: "198.51.100.1:443".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn streams_route_by_service_number_and_an_unknown_one_is_refused() {
+        let edge: EdgeSpec = serde_json::from_value(json!({
+            "id": "e", "secret": "s".repeat(16),
+            "tcp": [
+                { "port": 443, "targetHost": "10.0.0.1", "targetPort": 8443, "proxyProtocol": "v2", "service": "web" },
+                { "port": 8080, "targetHost": "10.0.0.2", "targetPort": 80, "proxyProtocol": "none" }
+            ]
+        }))
+        .unwrap();
+        // By number: the named service, and the plain port's implicit `tcp/8080`.
+        let web = find_route(&edge, false, &record(service_number("web"), 443)).unwrap();
+        assert_eq!((web.target_host.as_str(), web.target_port), ("10.0.0.1", 8443));
+        let plain = find_route(&edge, false, &record(service_number("tcp/8080"), 8080)).unwrap();
+        assert_eq!(plain.target_port, 80);
+        // The number decides, not the port the edge says it listened on.
+        assert_eq!(
+            find_route(&edge, false, &record(service_number("web"), 8080))
+                .unwrap()
+                .target_port,
+            8443
+        );
+        // Number 0: an edge from before named services, routed by port.
+        assert_eq!(
+            find_route(&edge, false, &record(0, 443)).unwrap().target_port,
+            8443
+        );
+        // A number no service of this edge has: refused, saying so.
+        let why = find_route(&edge, false, &record(service_number("not-here"), 443)).unwrap_err();
+        assert!(why.contains("unknown service"), "{why}");
+        assert!(find_route(&edge, true, &record(service_number("web"), 443)).is_err());
     }
 }

@@ -5,4 +5,5 @@
 pub mod edge;
 pub mod firewall;
 pub mod hub;
+pub mod service;
 pub mod udp;

@@ -111,6 +111,8 @@ struct EdgeFlow {
 #[derive(Default)]
 struct EdgeState {
     ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>)>,
+    /// The service number each port's FLOW_OPEN records carry (0 = route by port).
+    sids: BTreeMap<u16, u32>,
     by_client: HashMap<(u16, SocketAddr), u32>,
     flows: HashMap<u32, EdgeFlow>,
     next_flow: u32,
@@ -159,10 +161,12 @@ impl EdgeUdp {
         self: &Arc<Self>,
         bind_ip: Option<IpAddr>,
         ports: &[u16],
+        sids: &BTreeMap<u16, u32>,
         idle: Duration,
         max_flows: usize,
     ) -> Vec<(u16, Error)> {
         *lock(&self.idle) = idle;
+        lock(&self.state).sids = sids.clone();
         *lock(&self.max_flows) = max_flows;
         {
             let mut sw = lock(&self.sweeper);
@@ -274,7 +278,7 @@ impl EdgeUdp {
                     .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
                 let record = OpenRecord {
                     kind: KIND_UDP,
-                    service: 0,
+                    service: st.sids.get(&port).copied().unwrap_or(0),
                     listen_port: port,
                     client,
                     local,

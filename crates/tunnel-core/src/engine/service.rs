@@ -1,0 +1,226 @@
+//! Named services at the edge: what the hub's CONFIG says a port serves (its service id and
+//! number, bind address, limits), and the limits enforced per client connection — at most
+//! `maxConnections` at once (beyond it a new client is refused at once, the others keep
+//! working) and no connection idle for longer than `idleTimeoutSecs`.
+
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+use crate::event;
+use crate::events::EventSink;
+
+/// How often an idle-limited connection's idleness is looked at. A quarter second keeps the
+/// close within a quarter second of the limit (the 2-s limit must close within 2–3 s)
+/// for one `getsockopt` per connection per tick.
+const IDLE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// At most one `serviceLimitReached` event per service this often: a flood of refused clients
+/// must not become a flood of events.
+const LIMIT_EVENT_EVERY: Duration = Duration::from_secs(5);
+
+/// One service an edge serves, from the hub's CONFIG.
+#[derive(Debug)]
+pub struct Service {
+    /// The number OPEN records carry (see `config::service_number`).
+    pub sid: u32,
+    pub id: String,
+    pub name: Option<String>,
+    pub port: u16,
+    pub bind: Option<IpAddr>,
+    pub max_connections: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+    active: AtomicU32,
+    total: AtomicU64,
+    refused: AtomicU64,
+    idle_closed: AtomicU64,
+    last_limit_event: Mutex<Option<Instant>>,
+}
+
+impl Service {
+    /// One entry of CONFIG's `services`; `None` if it is not a usable TCP/UDP service record.
+    pub fn from_config(v: &Value, default_bind: Option<IpAddr>) -> Option<Service> {
+        let port = u16::try_from(v["port"].as_u64()?).ok()?;
+        Some(Service {
+            sid: u32::try_from(v["sid"].as_u64()?).ok()?,
+            id: v["id"].as_str()?.to_string(),
+            name: v["name"].as_str().map(str::to_string),
+            port,
+            bind: v["bindAddress"]
+                .as_str()
+                .and_then(|b| b.parse().ok())
+                .or(default_bind),
+            max_connections: v["maxConnections"].as_u64().and_then(|n| u32::try_from(n).ok()),
+            idle_timeout: v["idleTimeoutSecs"].as_u64().map(Duration::from_secs),
+            active: AtomicU32::new(0),
+            total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            last_limit_event: Mutex::new(None),
+        })
+    }
+
+    /// Whether `other` is the same service with the same settings (then a live listener and
+    /// its counters stay as they are across a CONFIG).
+    pub fn same_as(&self, other: &Service) -> bool {
+        (
+            self.sid,
+            &self.id,
+            &self.name,
+            self.port,
+            self.bind,
+            self.max_connections,
+            self.idle_timeout,
+        ) == (
+            other.sid,
+            &other.id,
+            &other.name,
+            other.port,
+            other.bind,
+            other.max_connections,
+            other.idle_timeout,
+        )
+    }
+
+    /// A place for one more client connection, or `None` at `maxConnections` (counted, and
+    /// reported now and then).
+    pub fn admit(self: &Arc<Self>, events: &EventSink) -> Option<Admitted> {
+        let admitted = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                match self.max_connections {
+                    Some(max) if n >= max => None,
+                    _ => Some(n + 1),
+                }
+            });
+        if admitted.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let mut last = self.last_limit_event.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= LIMIT_EVENT_EVERY) {
+                *last = Some(Instant::now());
+                events.as_ref()(event!("serviceLimitReached", {
+                    "serviceId": self.id, "serviceName": self.name, "port": self.port,
+                    "maxConnections": self.max_connections,
+                    "refused": self.refused.load(Ordering::Relaxed)
+                }));
+            }
+            return None;
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(Admitted(self.clone()))
+    }
+
+    /// Status: the settings and the counters.
+    pub fn status(&self, protocol: &str) -> Value {
+        json!({
+            "id": self.id, "name": self.name, "protocol": protocol, "port": self.port,
+            "bindAddress": self.bind.map(|b| b.to_string()),
+            "maxConnections": self.max_connections,
+            "idleTimeoutSecs": self.idle_timeout.map(|d| d.as_secs()),
+            "active": self.active.load(Ordering::Relaxed),
+            "total": self.total.load(Ordering::Relaxed),
+            "refused": self.refused.load(Ordering::Relaxed),
+            "idleClosed": self.idle_closed.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One admitted client connection of a service; dropping it gives the place back.
+#[derive(Debug)]
+pub struct Admitted(Arc<Service>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A second descriptor of a client's socket for the idle check, when the service has an idle
+/// timeout (take it before the socket moves into the tunnel's pumps).
+pub fn idle_watch(service: &Service, sock: &TcpStream) -> Option<socket2::Socket> {
+    service.idle_timeout?;
+    socket2::SockRef::from(sock).try_clone().ok()
+}
+
+/// Runs `carry` (the connection's whole life through the tunnel) and, with an idle watch,
+/// closes the client's socket once no byte has moved either way for the service's idle timeout.
+/// Idleness is the kernel's own record (TCP_INFO's time since data was last sent and received),
+/// so the data path needs no bookkeeping. Closing is `shutdown` on the watch's descriptor of the
+/// same socket, with linger 0: the pumps see the end at once and the client gets a reset.
+pub async fn carry_with_limits<F>(admitted: Admitted, watch: Option<socket2::Socket>, carry: F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let service = admitted.0.clone();
+    let (Some(limit), Some(dup)) = (service.idle_timeout, watch) else {
+        carry.await;
+        return;
+    };
+    tokio::pin!(carry);
+    let mut tick = tokio::time::interval(IDLE_CHECK_EVERY);
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            () = &mut carry => break,
+            _ = tick.tick(), if !closed => {
+                if idle_for(&dup).is_some_and(|idle| idle >= limit) {
+                    closed = true;
+                    service.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    let _ = dup.set_linger(Some(Duration::ZERO));
+                    let _ = dup.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+    }
+    drop(admitted);
+}
+
+/// How long ago data last moved on this TCP socket, either way (TCP_INFO).
+fn idle_for(sock: &socket2::Socket) -> Option<Duration> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid descriptor (owned by `sock`), a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let ms = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
+    Some(Duration::from_millis(u64::from(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The kernel's idle clock: grows while nothing moves, starts again when a byte does.
+    #[tokio::test]
+    async fn idle_time_is_the_kernels_time_since_data_moved() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        let dup = socket2::SockRef::from(&server).try_clone().unwrap();
+        client.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let idle = idle_for(&dup).unwrap();
+        assert!(idle >= Duration::from_millis(500), "{idle:?}");
+        server.write_all(b"y").await.unwrap();
+        client.read_exact(&mut b).await.unwrap();
+        assert!(idle_for(&dup).unwrap() < Duration::from_millis(300));
+    }
+}
