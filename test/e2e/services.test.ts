@@ -141,5 +141,10 @@ describe('named services', () => {
     expect(() => validateAllowedEdges([{ ...base, services: [{ ...svc, edgePort: port }] }], { targetHost: '127.0.0.1' })).toThrow(/services\[0\]\.edgePort.*already served/);
     expect(() => validateAllowedEdges([{ ...base, services: [{ ...svc, maxConnections: 0 }] }], { targetHost: '127.0.0.1' })).toThrow(/services\[0\]\.maxConnections.*positive integer/);
     expect(() => validateAllowedEdges([{ ...base, services: [{ ...svc, id: 'no spaces' }] }], { targetHost: '127.0.0.1' })).toThrow(/services\[0\]\.id/);
+    expect(() => validateAllowedEdges([{ ...base, services: [{ ...svc, trustProxyFrom: ['10.0.0.0/33'] }] }], { targetHost: '127.0.0.1' })).toThrow(
+      /services\[0\]\.trustProxyFrom\[0\].*address or CIDR/,
+    );
+    const [edge] = validateAllowedEdges([{ ...base, services: [{ ...svc, trustProxyFrom: ['10.0.0.5', 'fd00::/8'] }] }], { targetHost: '127.0.0.1' });
+    expect(edge?.tcp.find((p) => p.service === 's')?.trustProxyFrom).toEqual(['10.0.0.5/32', 'fd00::/8']);
   });
 });

@@ -218,6 +218,10 @@ pub struct PortSpec {
     /// A connection with no byte either way for this long is closed by the edge (TCP).
     #[serde(default)]
     pub idle_timeout_secs: Option<u32>,
+    /// CIDRs of previous hops: their connections must begin with a PROXY header, whose client
+    /// address is carried on as the client's (TCP).
+    #[serde(default)]
+    pub trust_proxy_from: Vec<String>,
 }
 
 impl PortSpec {
@@ -333,6 +337,15 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
                             "edge {name:?}: service {id:?}: bindAddress {b:?} is not an IP address"
                         ))
                     })?;
+                }
+                if let Some(bad) = p
+                    .trust_proxy_from
+                    .iter()
+                    .find(|c| c.parse::<ipnet::IpNet>().is_err())
+                {
+                    return Err(Error::InvalidConfig(format!(
+                        "edge {name:?}: service {id:?}: trustProxyFrom {bad:?} is not a CIDR (address/prefix)"
+                    )));
                 }
                 if p.max_connections == Some(0) || p.idle_timeout_secs == Some(0) {
                     return Err(Error::InvalidConfig(format!(

@@ -76,6 +76,12 @@ export interface IServiceConfig {
   maxConnections?: number;
   /** TCP: a connection with no byte either way for this long is closed. */
   idleTimeoutSecs?: number;
+  /**
+   * TCP: previous hops (CIDRs, or bare addresses). A connection from one of them must begin with
+   * a PROXY v1/v2 header, and the client it names is carried on as the client (chains); a
+   * header from any other source is just payload.
+   */
+  trustProxyFrom?: string[];
 }
 
 export interface TAllowedEdge {
@@ -115,6 +121,7 @@ export interface INormalisedPort {
   bindAddress?: string;
   maxConnections?: number;
   idleTimeoutSecs?: number;
+  trustProxyFrom?: string[];
 }
 
 export interface INormalisedFirewall {
@@ -502,6 +509,9 @@ export interface IEdgeServiceStatus {
   total: number;
   refused: number;
   idleClosed: number;
+  /** Previous hops whose PROXY headers are read, and their connections refused for a missing or bad header. */
+  trustProxyFrom: string[];
+  proxyHeaderRefused: number;
 }
 export interface IEdgeStreamOpenedEvent {
   kind: 'streamOpened';

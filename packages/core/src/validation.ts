@@ -328,6 +328,18 @@ function normalisePorts(
   return ports;
 }
 
+/** `addr/prefix` or a bare address (as /32 or /128); undefined when it is neither. */
+function normaliseCidr(value: unknown): string | undefined {
+  if (typeof value !== 'string') return undefined;
+  const [addr, prefix, extra] = value.split('/');
+  const family = isIP(addr ?? '');
+  if (family === 0 || extra !== undefined) return undefined;
+  const max = family === 4 ? 32 : 128;
+  if (prefix === undefined) return `${addr}/${max}`;
+  if (!/^\d{1,3}$/.test(prefix) || Number(prefix) > max) return undefined;
+  return `${addr}/${Number(prefix)}`;
+}
+
 /**
  * Named services: each becomes one port entry of its protocol, carrying its id and limits.
  * `listenPorts` / `listenPortsUdp` entries are services too (ids `tcp/<port>`, `udp/<port>`), so
@@ -412,9 +424,21 @@ function normaliseServices(
       else if (proto === 'udp') issues.add(join(at, key), v, "is enforced for 'tcp' services only in this version");
       else service[key] = v;
     }
-    for (const key of ['bufferBytes', 'trustProxyFrom'] as const) {
-      if (entry[key] !== undefined) issues.add(join(at, key), entry[key], 'is not supported by this version');
+    if (entry.trustProxyFrom !== undefined) {
+      const list = entry.trustProxyFrom;
+      if (!Array.isArray(list)) issues.add(join(at, 'trustProxyFrom'), list, 'must be an array of CIDRs (e.g. "10.0.0.5/32")');
+      else if (proto === 'udp') issues.add(join(at, 'trustProxyFrom'), list, "is supported for 'tcp' services only in this version");
+      else {
+        const cidrs: string[] = [];
+        list.forEach((cidr, i) => {
+          const normalised = normaliseCidr(cidr);
+          if (normalised === undefined) issues.add(join(join(at, 'trustProxyFrom'), i), cidr, 'must be an IPv4/IPv6 address or CIDR');
+          else cidrs.push(normalised);
+        });
+        service.trustProxyFrom = cidrs;
+      }
     }
+    if (entry.bufferBytes !== undefined) issues.add(join(at, 'bufferBytes'), entry.bufferBytes, 'is not supported by this version');
     into[proto].push(service);
   });
 }

@@ -902,7 +902,6 @@ async fn accept_clients(
             refuse(sock);
             continue;
         };
-        let watch = service::idle_watch(&service, &sock);
         let local = sock
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
@@ -913,31 +912,72 @@ async fn accept_clients(
             client,
             local,
         };
-        let c = crate::wire::proxy_protocol::unmap(client);
-        let opened = {
-            let events = events.clone();
-            move |id: u64| {
-                events.as_ref()(event!("streamOpened", {
-                    "streamId": id, "port": port,
-                    "clientAddress": c.ip().to_string(), "clientPort": c.port()
-                }))
-            }
-        };
-        match current(&cur) {
-            Some(Tunnel::Tls(mux)) => match mux.open(record) {
-                Some(ctx) => {
-                    opened(u64::from(ctx.id));
-                    tokio::spawn(service::carry_with_limits(admitted, watch, ctx.run_tcp(sock)));
+        if service.trusts(client.ip()) {
+            // A previous hop: its PROXY header names the first client. Read in a task of its
+            // own, so a slow hop never holds up the listener.
+            let (cur, events) = (cur.clone(), events.clone());
+            tokio::spawn(async move {
+                match service::read_proxy_header(&sock).await {
+                    Ok(received) => {
+                        let mut record = record;
+                        if let Some((first_client, first_local)) = received.addresses {
+                            record.client = first_client;
+                            record.local = first_local;
+                        }
+                        open_and_carry(&cur, &events, port, record, sock, admitted);
+                    }
+                    Err(why) => {
+                        service.proxy_header_refused();
+                        log(
+                            &events,
+                            "warn",
+                            format!("port {port}: refused {client} (a trusted source, so a PROXY header is required): {why}"),
+                        );
+                        refuse(sock);
+                    }
                 }
-                None => refuse(sock),
-            },
-            Some(Tunnel::Quic(q)) if !q.is_going_away() => {
-                tokio::spawn(service::carry_with_limits(admitted, watch, async move {
-                    q.carry(record, sock, opened).await
-                }));
-            }
-            _ => refuse(sock),
+            });
+            continue;
         }
+        open_and_carry(&cur, &events, port, record, sock, admitted);
+    }
+}
+
+/// Opens the client's stream on the current tunnel and carries it under its service's limits
+/// (or refuses the client when there is no usable tunnel).
+fn open_and_carry(
+    cur: &Current,
+    events: &EventSink,
+    port: u16,
+    record: OpenRecord,
+    sock: TcpStream,
+    admitted: service::Admitted,
+) {
+    let watch = admitted.idle_watch(&sock);
+    let c = crate::wire::proxy_protocol::unmap(record.client);
+    let opened = {
+        let events = events.clone();
+        move |id: u64| {
+            events.as_ref()(event!("streamOpened", {
+                "streamId": id, "port": port,
+                "clientAddress": c.ip().to_string(), "clientPort": c.port()
+            }))
+        }
+    };
+    match current(cur) {
+        Some(Tunnel::Tls(mux)) => match mux.open(record) {
+            Some(ctx) => {
+                opened(u64::from(ctx.id));
+                tokio::spawn(service::carry_with_limits(admitted, watch, ctx.run_tcp(sock)));
+            }
+            None => refuse(sock),
+        },
+        Some(Tunnel::Quic(q)) if !q.is_going_away() => {
+            tokio::spawn(service::carry_with_limits(admitted, watch, async move {
+                q.carry(record, sock, opened).await
+            }));
+        }
+        _ => refuse(sock),
     }
 }
 

@@ -105,6 +105,7 @@ fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
                     "protocol": if udp { "udp" } else { "tcp" }, "port": p.port,
                     "bindAddress": p.bind_address, "maxConnections": p.max_connections,
                     "idleTimeoutSecs": p.idle_timeout_secs,
+                    "trustProxyFrom": p.trust_proxy_from,
                 })
             })
         })

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::event;
 use crate::events::EventSink;
+use crate::wire::proxy_protocol::Received;
 
 /// How often an idle-limited connection's idleness is looked at. A quarter second keeps the
 /// close within a quarter second of the limit (the 2-s limit must close within 2–3 s)
@@ -33,7 +34,10 @@ pub struct Service {
     pub bind: Option<IpAddr>,
     pub max_connections: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// Sources whose connections must begin with a PROXY header (the previous hop of a chain).
+    pub trust_proxy_from: Vec<ipnet::IpNet>,
     active: AtomicU32,
+    proxy_refused: AtomicU64,
     total: AtomicU64,
     refused: AtomicU64,
     idle_closed: AtomicU64,
@@ -55,7 +59,12 @@ impl Service {
                 .or(default_bind),
             max_connections: v["maxConnections"].as_u64().and_then(|n| u32::try_from(n).ok()),
             idle_timeout: v["idleTimeoutSecs"].as_u64().map(Duration::from_secs),
+            trust_proxy_from: v["trustProxyFrom"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|c| c.as_str()?.parse().ok()).collect())
+                .unwrap_or_default(),
             active: AtomicU32::new(0),
+            proxy_refused: AtomicU64::new(0),
             total: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             idle_closed: AtomicU64::new(0),
@@ -113,6 +122,17 @@ impl Service {
         Some(Admitted(self.clone()))
     }
 
+    /// Whether connections from `ip` must begin with a PROXY header.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = crate::wire::proxy_protocol::unmap(std::net::SocketAddr::new(ip, 0)).ip();
+        self.trust_proxy_from.iter().any(|net| net.contains(&ip))
+    }
+
+    /// A trusted source's connection without a valid PROXY header was refused.
+    pub fn proxy_header_refused(&self) {
+        self.proxy_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Status: the settings and the counters.
     pub fn status(&self, protocol: &str) -> Value {
         json!({
@@ -124,6 +144,8 @@ impl Service {
             "total": self.total.load(Ordering::Relaxed),
             "refused": self.refused.load(Ordering::Relaxed),
             "idleClosed": self.idle_closed.load(Ordering::Relaxed),
+            "trustProxyFrom": self.trust_proxy_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "proxyHeaderRefused": self.proxy_refused.load(Ordering::Relaxed),
         })
     }
 }
@@ -138,11 +160,59 @@ impl Drop for Admitted {
     }
 }
 
-/// A second descriptor of a client's socket for the idle check, when the service has an idle
-/// timeout (take it before the socket moves into the tunnel's pumps).
-pub fn idle_watch(service: &Service, sock: &TcpStream) -> Option<socket2::Socket> {
-    service.idle_timeout?;
-    socket2::SockRef::from(sock).try_clone().ok()
+impl Admitted {
+    /// A second descriptor of the client's socket for the idle check, when the service has an
+    /// idle timeout (take it before the socket moves into the tunnel's pumps).
+    pub fn idle_watch(&self, sock: &TcpStream) -> Option<socket2::Socket> {
+        self.0.idle_timeout?;
+        socket2::SockRef::from(sock).try_clone().ok()
+    }
+}
+
+/// How long a trusted previous hop has to deliver its PROXY header. It writes the header in one
+/// piece before anything else (our hubs do), so it is there with the connection; 5 s covers a
+/// slow path and bounds what a stalled trusted peer holds.
+const PROXY_HEADER_DEADLINE: Duration = Duration::from_secs(5);
+/// How often a partly received header is looked at again (peeking leaves the socket readable,
+/// so this is a poll; a header normally arrives whole on the first look).
+const PROXY_HEADER_POLL: Duration = Duration::from_millis(10);
+
+/// Reads the PROXY header a trusted previous hop sends first: peeked until complete (bounded by
+/// `MAX_RECEIVED_HEADER` and the deadline), then exactly its bytes consumed, so the payload that
+/// follows stays in the socket for the tunnel.
+pub async fn read_proxy_header(sock: &TcpStream) -> Result<Received, String> {
+    use crate::wire::proxy_protocol::{parse_received, MAX_RECEIVED_HEADER};
+    let read = async {
+        let mut buf = vec![0u8; MAX_RECEIVED_HEADER];
+        loop {
+            sock.readable().await.map_err(|e| e.to_string())?;
+            let n = sock.peek(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before a PROXY header".to_string());
+            }
+            if let Some(received) = parse_received(&buf[..n])? {
+                let mut taken = 0;
+                while taken < received.len {
+                    sock.readable().await.map_err(|e| e.to_string())?;
+                    match sock.try_read(&mut buf[..received.len - taken]) {
+                        Ok(0) => return Err("closed inside the PROXY header".to_string()),
+                        Ok(k) => taken += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                return Ok(received);
+            }
+            tokio::time::sleep(PROXY_HEADER_POLL).await;
+        }
+    };
+    tokio::time::timeout(PROXY_HEADER_DEADLINE, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no complete PROXY header within {PROXY_HEADER_DEADLINE:?}"
+            ))
+        })
 }
 
 /// Runs `carry` (the connection's whole life through the tunnel) and, with an idle watch,

@@ -121,6 +121,95 @@ pub fn stream_header(version: ProxyVersion, src: SocketAddr, dst: SocketAddr) ->
     }
 }
 
+/// The largest PROXY header accepted from a trusted previous hop: v1 lines are at most 107
+/// bytes; a v2 header is 16 bytes plus its address block (at most 216, for AF_UNIX) plus TLVs,
+/// and 1 KiB leaves room for the usual TLVs (ALPN, authority, unique id) without letting a peer
+/// make the edge hold more.
+pub const MAX_RECEIVED_HEADER: usize = 1024;
+
+/// A v1 header line is at most 107 bytes, CRLF included (the spec's limit).
+const V1_MAX_LINE: usize = 107;
+
+/// What a PROXY header from a trusted previous hop says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes the header took (the payload starts after them).
+    pub len: usize,
+    /// The client and the address it connected to, as the previous hop saw them; `None` for a
+    /// LOCAL (v2) or UNKNOWN (v1) header, which names no client: the connection's own
+    /// addresses stand.
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// Parses a PROXY v1 or v2 header at the start of `buf` (with `ppp`, made for parsing these
+/// from untrusted peers). `Ok(None)`: not complete yet — read more (up to
+/// [`MAX_RECEIVED_HEADER`]). `Err`: not a PROXY header, or a malformed one, with why.
+pub fn parse_received(buf: &[u8]) -> Result<Option<Received>, String> {
+    use ppp::{HeaderResult, PartialResult};
+    // A v1 line is complete only at its CRLF (ppp reads a cut-off port number as a bad one).
+    let v1_prefix = b"PROXY ";
+    let looks_v1 = buf.len() < v1_prefix.len() && v1_prefix.starts_with(buf) || buf.starts_with(v1_prefix);
+    if looks_v1 && !buf.contains(&b'\n') {
+        return if buf.len() >= V1_MAX_LINE {
+            Err(format!(
+                "no end of line within the {V1_MAX_LINE} bytes a PROXY v1 header may have"
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    let parsed = HeaderResult::parse(buf);
+    if parsed.is_incomplete() {
+        return if buf.len() >= MAX_RECEIVED_HEADER {
+            Err(format!(
+                "no complete PROXY header within {MAX_RECEIVED_HEADER} bytes"
+            ))
+        } else {
+            Ok(None)
+        };
+    }
+    let received = match parsed {
+        HeaderResult::V1(Ok(h)) => Received {
+            len: h.header.len(),
+            addresses: match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
+                ppp::v1::Addresses::Tcp6(a) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
+                ppp::v1::Addresses::Unknown => None,
+            },
+        },
+        HeaderResult::V2(Ok(h)) => Received {
+            len: h.len(),
+            addresses: match (h.command, h.addresses) {
+                (ppp::v2::Command::Local, _) => None,
+                (_, ppp::v2::Addresses::IPv4(a)) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
+                (_, ppp::v2::Addresses::IPv6(a)) => Some((
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                )),
+                (_, ppp::v2::Addresses::Unix(_) | ppp::v2::Addresses::Unspecified) => None,
+            },
+        },
+        HeaderResult::V1(Err(e)) => return Err(format!("malformed PROXY v1 header: {e}")),
+        HeaderResult::V2(Err(e)) => return Err(format!("malformed PROXY v2 header: {e}")),
+    };
+    if received.len > MAX_RECEIVED_HEADER {
+        return Err(format!(
+            "PROXY header of {} bytes, over {MAX_RECEIVED_HEADER}",
+            received.len
+        ));
+    }
+    Ok(Some(received))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +261,96 @@ mod tests {
         let h6 = v2(sa("[::2]:1"), sa("[::1]:2"), Transport::Datagram);
         assert_eq!(h6[13], 0x22);
         assert_eq!(h6.len(), 16 + 36);
+    }
+
+    #[test]
+    fn received_headers_round_trip_what_we_write() {
+        for (src, dst) in [
+            ("203.0.113.7:40001", "198.51.100.1:443"),
+            ("[2001:db8::7]:1", "[2001:db8::1]:443"),
+        ] {
+            let (src, dst) = (sa(src), sa(dst));
+            for mut h in [
+                v1(src, dst),
+                v2(src, dst, Transport::Stream),
+                v2(src, dst, Transport::Datagram),
+            ] {
+                let len = h.len();
+                h.extend_from_slice(b"payload after the header");
+                let r = parse_received(&h).unwrap().unwrap();
+                assert_eq!(
+                    r,
+                    Received {
+                        len,
+                        addresses: Some((src, dst))
+                    }
+                );
+                // Every cut short of the whole header asks for more.
+                for cut in 1..len {
+                    assert_eq!(parse_received(&h[..cut]), Ok(None), "cut at {cut} of {len}");
+                }
+            }
+        }
+        assert_eq!(
+            parse_received(b"PROXY UNKNOWN\r\nGET /")
+                .unwrap()
+                .unwrap()
+                .addresses,
+            None
+        );
+        assert!(parse_received(b"GET / HTTP/1.1\r\n").is_err());
+        assert!(parse_received(&[b'P'; MAX_RECEIVED_HEADER]).is_err());
+    }
+
+    /// Seeded mutation test of the parser of untrusted bytes: never panics, never claims more
+    /// bytes than it was given, and every accepted header names addresses of one family.
+    #[test]
+    fn mutated_headers_never_panic_or_overrun() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e0f_e11e);
+        let seeds = [
+            v1(sa("203.0.113.7:40001"), sa("198.51.100.1:443")),
+            v1(sa("[2001:db8::7]:1"), sa("[2001:db8::1]:443")),
+            v2(sa("203.0.113.7:40001"), sa("198.51.100.1:443"), Transport::Stream),
+            v2(
+                sa("[2001:db8::7]:1"),
+                sa("[2001:db8::1]:443"),
+                Transport::Datagram,
+            ),
+            b"PROXY UNKNOWN\r\n".to_vec(),
+        ];
+        for i in 0..20_000 {
+            let mut b = seeds[i % seeds.len()].clone();
+            for _ in 0..rng.random_range(1..6) {
+                match rng.random_range(0..5) {
+                    0 if !b.is_empty() => {
+                        let at = rng.random_range(0..b.len());
+                        b[at] = rng.random();
+                    }
+                    1 if !b.is_empty() => b.truncate(rng.random_range(0..b.len())),
+                    2 => {
+                        let at = rng.random_range(0..=b.len());
+                        let junk: Vec<u8> = (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
+                        b.splice(at..at, junk);
+                    }
+                    3 if b.len() > 15 => {
+                        // The v2 length field, anything.
+                        b[14] = rng.random();
+                        b[15] = rng.random();
+                    }
+                    _ => b.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
+                }
+            }
+            if let Ok(Some(r)) = parse_received(&b) {
+                assert!(
+                    r.len <= b.len() && r.len <= MAX_RECEIVED_HEADER,
+                    "case {i}: {r:?} from {} bytes",
+                    b.len()
+                );
+                if let Some((s, d)) = r.addresses {
+                    assert_eq!(s.is_ipv4(), d.is_ipv4(), "case {i}");
+                }
+            }
+        }
     }
 }
