@@ -77,9 +77,10 @@ export interface IServiceConfig {
   /** TCP: a connection with no byte either way for this long is closed. */
   idleTimeoutSecs?: number;
   /**
-   * TCP: previous hops (CIDRs, or bare addresses). A connection from one of them must begin with
-   * a PROXY v1/v2 header, and the client it names is carried on as the client (chains); a
-   * header from any other source is just payload.
+   * Previous hops (CIDRs, or bare addresses). A TCP connection from one of them must begin with
+   * a PROXY v1/v2 header, and a UDP flow's first datagram must carry a PROXY v2 header (in front
+   * of the payload or alone); the client it names is carried on as the client (chains). A header
+   * from any other source is just payload.
    */
   trustProxyFrom?: string[];
 }

@@ -427,7 +427,6 @@ function normaliseServices(
     if (entry.trustProxyFrom !== undefined) {
       const list = entry.trustProxyFrom;
       if (!Array.isArray(list)) issues.add(join(at, 'trustProxyFrom'), list, 'must be an array of CIDRs (e.g. "10.0.0.5/32")');
-      else if (proto === 'udp') issues.add(join(at, 'trustProxyFrom'), list, "is supported for 'tcp' services only in this version");
       else {
         const cidrs: string[] = [];
         list.forEach((cidr, i) => {

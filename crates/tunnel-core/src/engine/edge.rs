@@ -19,7 +19,7 @@ use crate::auth::EXPORTER_LABEL;
 use crate::config::EdgeOptions;
 use crate::engine::firewall::{self, Nft};
 use crate::engine::service::{self, Service};
-use crate::engine::udp::{EdgeUdp, FlowTunnel};
+use crate::engine::udp::{EdgeUdp, FlowTunnel, UdpService};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::{log, EventSink};
@@ -655,7 +655,7 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     // The services (a hub from before named services sends only port lists: each port is a
     // service of its own, number 0 = "route by port").
     let mut tcp_services: BTreeMap<u16, Service> = BTreeMap::new();
-    let mut udp_sids: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut udp_services: BTreeMap<u16, UdpService> = BTreeMap::new();
     match cfg["services"].as_array() {
         Some(list) => {
             for v in list {
@@ -663,7 +663,11 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
                     continue;
                 };
                 if v["protocol"] == "udp" {
-                    udp_sids.insert(s.port, s.sid);
+                    let service = UdpService {
+                        sid: s.sid,
+                        trust_proxy_from: s.trust_proxy_from.clone(),
+                    };
+                    udp_services.insert(s.port, service);
                 } else {
                     tcp_services.insert(s.port, s);
                 }
@@ -747,7 +751,7 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     let max_flows = cfg["maxUdpFlows"].as_u64().unwrap_or(16_384) as usize;
     for (port, e) in inner
         .udp
-        .apply(bind_ip, &udp_ports, &udp_sids, idle, max_flows)
+        .apply(bind_ip, &udp_ports, &udp_services, idle, max_flows)
         .await
     {
         report(port, "udp", &e);

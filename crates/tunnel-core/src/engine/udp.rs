@@ -80,6 +80,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// How the UDP layer hands things to the current tunnel (whichever transport it is).
+/// What the edge knows of the service on one UDP port.
+#[derive(Debug, Clone, Default)]
+pub struct UdpService {
+    pub sid: u32,
+    pub trust_proxy_from: Vec<ipnet::IpNet>,
+}
+
 pub trait FlowTunnel: Send + Sync {
     /// Announces a flow, reliably and in order.
     fn flow_open(&self, flow: u32, record: &OpenRecord);
@@ -111,8 +118,9 @@ struct EdgeFlow {
 #[derive(Default)]
 struct EdgeState {
     ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>)>,
-    /// The service number each port's FLOW_OPEN records carry (0 = route by port).
-    sids: BTreeMap<u16, u32>,
+    /// Per port: the service number FLOW_OPEN records carry (0 = route by port), and the
+    /// previous hops whose datagrams carry a PROXY v2 header naming the first client (chains).
+    services: BTreeMap<u16, UdpService>,
     by_client: HashMap<(u16, SocketAddr), u32>,
     flows: HashMap<u32, EdgeFlow>,
     next_flow: u32,
@@ -161,12 +169,12 @@ impl EdgeUdp {
         self: &Arc<Self>,
         bind_ip: Option<IpAddr>,
         ports: &[u16],
-        sids: &BTreeMap<u16, u32>,
+        services: &BTreeMap<u16, UdpService>,
         idle: Duration,
         max_flows: usize,
     ) -> Vec<(u16, Error)> {
         *lock(&self.idle) = idle;
-        lock(&self.state).sids = sids.clone();
+        lock(&self.state).services = services.clone();
         *lock(&self.max_flows) = max_flows;
         {
             let mut sw = lock(&self.sweeper);
@@ -253,12 +261,28 @@ impl EdgeUdp {
         }
     }
 
-    fn client_datagram(&self, port: u16, client: SocketAddr, sock: &Arc<UdpSocket>, payload: Bytes) {
+    fn client_datagram(&self, port: u16, client: SocketAddr, sock: &Arc<UdpSocket>, mut payload: Bytes) {
         let mut st = lock(&self.state);
         let Some(tunnel) = st.tunnel.clone() else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // From a trusted previous hop: a PROXY v2 header (in front of the payload, or alone)
+        // names the first client; it is stripped here. Without one, only a flow that already
+        // has its client may go on (a hop that sends the header on the first datagram only).
+        let mut named: Option<(SocketAddr, SocketAddr)> = None;
+        let service = st.services.get(&port);
+        let sid = service.map_or(0, |s| s.sid);
+        let trusted = service.is_some_and(|s| {
+            let ip = proxy_protocol::unmap(client).ip();
+            s.trust_proxy_from.iter().any(|n| n.contains(&ip))
+        });
+        if trusted {
+            if let Ok(Some(h)) = proxy_protocol::parse_received(&payload) {
+                named = h.addresses;
+                payload = payload.slice(h.len..);
+            }
+        }
         let flow = match st.by_client.get(&(port, client)) {
             Some(&id) => {
                 if let Some(f) = st.flows.get_mut(&id) {
@@ -267,7 +291,8 @@ impl EdgeUdp {
                 id
             }
             None => {
-                if st.flows.len() >= *lock(&self.max_flows) {
+                if st.flows.len() >= *lock(&self.max_flows) || (trusted && named.is_none()) {
+                    // Over the flow cap, or a trusted hop's new flow without its header.
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -276,12 +301,13 @@ impl EdgeUdp {
                 let local = sock
                     .local_addr()
                     .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+                let (first_client, first_local) = named.unwrap_or((client, local));
                 let record = OpenRecord {
                     kind: KIND_UDP,
-                    service: st.sids.get(&port).copied().unwrap_or(0),
+                    service: sid,
                     listen_port: port,
-                    client,
-                    local,
+                    client: first_client,
+                    local: first_local,
                 };
                 tunnel.flow_open(id, &record);
                 st.flows.insert(
@@ -299,7 +325,10 @@ impl EdgeUdp {
             }
         };
         drop(st);
-        tunnel.datagram(flow, payload);
+        // A header sent alone (a hop in separateDatagram mode) only opened the flow.
+        if !payload.is_empty() || named.is_none() {
+            tunnel.datagram(flow, payload);
+        }
     }
 
     /// A reply from the hub for `flow`: send it to the client from the port it wrote to.
