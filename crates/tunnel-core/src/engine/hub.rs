@@ -183,7 +183,7 @@ impl Hub {
             c
         };
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            crate::transport::quic::hub_endpoint_config(identity.key.secret_der()),
             Some(quic_cfg),
             udp_socket,
             crate::transport::quic::runtime(),

@@ -175,6 +175,12 @@ impl Daemon {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILL, as a crash would end it, and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The daemon's status document.
     pub fn status(&mut self) -> Value {
         let stdin = self.stdin.as_mut().expect("stdin open");
