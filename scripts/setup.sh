@@ -7,6 +7,7 @@
 #   2. npm ci, when node_modules is missing or older than package-lock.json / a package.json.
 #   3. the native addon (scripts/build-addon.mjs; a no-op when up to date).
 #   4. tsc -b (incremental; a no-op when up to date).
+#   5. the npx bins of the two daemons (npm links them only once dist/ exists).
 #
 # Crates come from crates.io (Cargo.lock pins them); rustup's Rust is the expected toolchain.
 #
@@ -117,5 +118,13 @@ node scripts/build-addon.mjs
 if [ -f tsconfig.json ]; then
   step "tsc -b"
   node_modules/.bin/tsc -b
+fi
+
+# --- 5. npx remoteingress-hub / remoteingress-edge --------------------------------------------
+# npm links a workspace package's bin only if its target exists at install time, and dist/ is
+# built after: link them now (once; a no-op when present).
+if [ ! -x node_modules/.bin/remoteingress-hub ] || [ ! -x node_modules/.bin/remoteingress-edge ]; then
+  step "linking the remoteingress-hub and remoteingress-edge bins"
+  npm rebuild --ignore-scripts --no-audit --no-fund remoteingress-hub remoteingress-edge >/dev/null
 fi
 step "done ($(elapsed))"

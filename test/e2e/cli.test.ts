@@ -166,4 +166,15 @@ describe('command line, end to end', () => {
     expect(result.stdout).toMatch(/--allowed-edges FILE/);
     expect(result.stdout).toMatch(/Example/);
   });
+
+  it.each(['remoteingress-hub', 'remoteingress-edge'])('npx %s --help works in this checkout after set-up', async (bin) => {
+    const result = await new Promise<{ code: number | null; stdout: string; stderr: string }>((done) => {
+      execFile('npx', ['--no-install', bin, '--help'], { cwd: ROOT, timeout: 30_000 }, (error, stdout, stderr) =>
+        done({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+    expect(result.stderr).not.toMatch(/not found/);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(new RegExp(`Usage: ${bin}`));
+  });
 });
