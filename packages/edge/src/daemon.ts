@@ -8,6 +8,7 @@ const EVENT_KINDS = [
   'portsAssigned',
   'portBindFailed',
   'firewallConfigUpdated',
+  'serviceLimitReached',
   'eventsDropped',
   'crashRecovered',
 ] as const;
