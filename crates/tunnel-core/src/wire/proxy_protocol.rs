@@ -168,18 +168,30 @@ pub fn parse_received(buf: &[u8]) -> Result<Option<Received>, String> {
             Ok(None)
         };
     }
+    fn pair(
+        s: impl Into<IpAddr>,
+        sp: u16,
+        d: impl Into<IpAddr>,
+        dp: u16,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        Some((SocketAddr::new(s.into(), sp), SocketAddr::new(d.into(), dp)))
+    }
     let received = match parsed {
         HeaderResult::V1(Ok(h)) => Received {
             len: h.header.len(),
             addresses: match h.addresses {
-                ppp::v1::Addresses::Tcp4(a) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
-                ppp::v1::Addresses::Tcp6(a) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
+                ppp::v1::Addresses::Tcp4(a) => pair(
+                    a.source_address,
+                    a.source_port,
+                    a.destination_address,
+                    a.destination_port,
+                ),
+                ppp::v1::Addresses::Tcp6(a) => pair(
+                    a.source_address,
+                    a.source_port,
+                    a.destination_address,
+                    a.destination_port,
+                ),
                 ppp::v1::Addresses::Unknown => None,
             },
         },
@@ -187,14 +199,18 @@ pub fn parse_received(buf: &[u8]) -> Result<Option<Received>, String> {
             len: h.len(),
             addresses: match (h.command, h.addresses) {
                 (ppp::v2::Command::Local, _) => None,
-                (_, ppp::v2::Addresses::IPv4(a)) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
-                (_, ppp::v2::Addresses::IPv6(a)) => Some((
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port),
-                )),
+                (_, ppp::v2::Addresses::IPv4(a)) => pair(
+                    a.source_address,
+                    a.source_port,
+                    a.destination_address,
+                    a.destination_port,
+                ),
+                (_, ppp::v2::Addresses::IPv6(a)) => pair(
+                    a.source_address,
+                    a.source_port,
+                    a.destination_address,
+                    a.destination_port,
+                ),
                 (_, ppp::v2::Addresses::Unix(_) | ppp::v2::Addresses::Unspecified) => None,
             },
         },
