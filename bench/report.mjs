@@ -157,6 +157,7 @@ export function renderMarkdown(results, changes) {
   L.push(`- ${m.nproc} CPUs, ${m.cpuModel}, ${m.memTotalMiB} MiB, kernel ${m.kernel}, Node ${m.node}${m.rmemMaxKiB == null ? '' : `, net.core.rmem_max ${m.rmemMaxKiB} KiB`}`);
   L.push(`- date ${results.date}, run took ${results.durationSec} s; load average before ${m.loadavgBefore.join(' ')}, after ${m.loadavgAfter.join(' ')}`);
   L.push(`- commit ${m.gitCommit ?? '?'}${m.gitDirty ? ' with uncommitted changes in crates/ or packages/' : ''}; performance settings ${results.settings.performance ?? 'defaults'}`);
+  L.push(`- GLIBC_TUNABLES for every process of the run (peers too): ${results.settings.glibcTunables ?? 'none (glibc defaults)'}${results.settings.glibcTunables ? ' — what the systemd units and the container image set (examples/*.service)' : ''}`);
   L.push(`- ${Object.entries(m.tools).map(([k, v]) => `${k} ${v ?? 'missing'}`).join(', ')}`);
   L.push(`- ${results.settings.netns ? 'run inside its own network namespace (unshare -n, tcp_tw_reuse=1 there only)' : 'NOT run in a private network namespace'}`);
   L.push(

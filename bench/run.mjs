@@ -31,6 +31,7 @@
 //                   pinned: load generator and each path's entry process on CPU 0, its exit
 //                   process and the servers on CPU 1, the same for every path (steadier
 //                   throughput for A/B runs; see cpuLayout in lib/proc.mjs)
+//   --glibc-defaults  run without the GLIBC_TUNABLES the units ship (see GLIBC_TUNABLES below)
 //   --compare DIR   also run another checkout's built tunnel (e.g. a worktree of the commit
 //                   before a change) as paths "tcpTls@base" and "quic@base", in the same rounds,
 //                   for before/after numbers from one run (implies --no-report)
@@ -98,6 +99,7 @@ function parseArgs(argv) {
     else if (a === '--profile') o.profile = true;
     else if (a === '--no-report') o.report = false;
     else if (a === '--keep') o.keep = true;
+    else if (a === '--glibc-defaults') o.glibcDefaults = true;
     else if (a === '--compare') {
       o.compare = value();
       o.report = false;
@@ -327,8 +329,16 @@ async function profile(dir, port, pids, seconds) {
 // ---------------------------------------------------------------------------------------------
 // The run
 
+/**
+ * The glibc setting the systemd units and the container image ship (examples/*.service): every
+ * process of the run inherits it, peers included, so the comparison stays like for like.
+ * `--glibc-defaults` runs without it.
+ */
+const GLIBC_TUNABLES = 'glibc.cpu.x86_rep_movsb_threshold=100000000';
+
 async function main() {
   const o = parseArgs(process.argv.slice(2));
+  if (!o.glibcDefaults && process.env.GLIBC_TUNABLES === undefined) process.env.GLIBC_TUNABLES = GLIBC_TUNABLES;
   if (process.env.BENCH_NETNS === undefined) {
     ensurePackages(o.profile);
     const missing = tunnelMissing();
@@ -525,7 +535,7 @@ async function main() {
     date: startedAt.toISOString(),
     durationSec: Math.round((Date.now() - startedAt.getTime()) / 1000),
     machine: { ...machine, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
-    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${UDP_RATE}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
+    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${UDP_RATE}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, glibcTunables: process.env.GLIBC_TUNABLES ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
     paths: rows,
     udp,
     memory,
