@@ -129,6 +129,8 @@ describe('named services', () => {
     expect(after).toBeLessThanOrEqual(3000);
     expect(busyClosed).toBe(false);
     expect(serviceStatus(pair.edge, 'idle-2s')).toMatchObject({ idleClosed: 1, idleTimeoutSecs: 2 });
+    // The idle client's place is free again: only the busy one counts.
+    await expect.poll(() => serviceStatus(pair.edge, 'idle-2s')?.active, { timeout: 2000 }).toBe(1);
     busy.destroy();
   });
 

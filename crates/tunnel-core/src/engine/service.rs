@@ -218,8 +218,9 @@ pub async fn read_proxy_header(sock: &TcpStream) -> Result<Received, String> {
 /// Runs `carry` (the connection's whole life through the tunnel) and, with an idle watch,
 /// closes the client's socket once no byte has moved either way for the service's idle timeout.
 /// Idleness is the kernel's own record (TCP_INFO's time since data was last sent and received),
-/// so the data path needs no bookkeeping. Closing is `shutdown` on the watch's descriptor of the
-/// same socket, with linger 0: the pumps see the end at once and the client gets a reset.
+/// so the data path needs no bookkeeping. Closing resets the client (linger 0 on the watch's
+/// descriptor of the same socket) and drops the connection's carrying future, which resets its
+/// tunnel stream.
 pub async fn carry_with_limits<F>(admitted: Admitted, watch: Option<socket2::Socket>, carry: F)
 where
     F: std::future::Future<Output = ()>,
@@ -231,21 +232,24 @@ where
     };
     tokio::pin!(carry);
     let mut tick = tokio::time::interval(IDLE_CHECK_EVERY);
-    let mut closed = false;
     loop {
         tokio::select! {
             () = &mut carry => break,
-            _ = tick.tick(), if !closed => {
+            _ = tick.tick() => {
                 if idle_for(&dup).is_some_and(|idle| idle >= limit) {
-                    closed = true;
                     service.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    // The client is reset (linger 0 when the last descriptor closes, just
+                    // below), and dropping `carry` ends the tunnel stream too (the stream's
+                    // guard resets it): the place is free at once, whatever the far side does.
                     let _ = dup.set_linger(Some(Duration::ZERO));
                     let _ = dup.shutdown(std::net::Shutdown::Both);
+                    break;
                 }
             }
         }
     }
-    drop(admitted);
+    // Leaving drops, in order: the carrying future (its stream and socket), the watch
+    // descriptor (the last one: linger 0 turns the close into a reset), then the place.
 }
 
 /// How long ago data last moved on this TCP socket, either way (TCP_INFO).
