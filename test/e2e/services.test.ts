@@ -134,6 +134,28 @@ describe('named services', () => {
     busy.destroy();
   });
 
+  it('applies a changed service to a running edge: new limits at once, a new bind address without losing the port', async () => {
+    const echo = await startEchoServer(cleanups);
+    const port = await freePort();
+    const service = { id: 'changing', protocol: 'tcp' as const, edgePort: port, target: { host: '127.0.0.1', port: echo.port }, proxyProtocol: 'none' as const, maxConnections: 1 };
+    const pair = await startPair(cleanups, { listenPorts: [], services: [service] });
+    const held = await connectFrom(port);
+    expect(await roundTrip(held, 'first')).toBe('first');
+    // maxConnections 1 → 3: the held client keeps its place in the same count, two more fit.
+    await pair.hub.updateAllowedEdges([{ id: pair.edgeId, secret: pair.secret, bindAddress: '127.0.0.1', listenPorts: [], services: [{ ...service, maxConnections: 3 }] }]);
+    await expect.poll(() => serviceStatus(pair.edge, 'changing')?.maxConnections, { timeout: 5000 }).toBe(3);
+    expect(serviceStatus(pair.edge, 'changing')?.active).toBe(1);
+    const more = [await connectFrom(port), await connectFrom(port)];
+    for (const [i, s] of more.entries()) expect(await roundTrip(s, `more ${i}`)).toBe(`more ${i}`);
+    expect(await roundTrip(held, 'still')).toBe('still');
+    // A new bind address: the listener moves, the port keeps serving.
+    await pair.hub.updateAllowedEdges([{ id: pair.edgeId, secret: pair.secret, bindAddress: '127.0.0.1', listenPorts: [], services: [{ ...service, maxConnections: 3, bindAddress: '0.0.0.0' }] }]);
+    await expect.poll(() => serviceStatus(pair.edge, 'changing')?.bindAddress, { timeout: 5000 }).toBe('0.0.0.0');
+    for (const s of [held, ...more]) s.destroy();
+    await expect.poll(async () => (await echoRoundTrip(port).catch(() => ({ sent: 'x', received: 'y' }))).received.startsWith('ping'), { timeout: 5000 }).toBe(true);
+    expect(pair.edgeLog.of('portBindFailed')).toHaveLength(0);
+  });
+
   it('rejects services it cannot honour, naming the field', async () => {
     const port = await freePort();
     const { validateAllowedEdges } = await import('remoteingress-hub');

@@ -331,6 +331,8 @@ function normalisePorts(
 /** `addr/prefix` or a bare address (as /32 or /128); undefined when it is neither. */
 function normaliseCidr(value: unknown): string | undefined {
   if (typeof value !== 'string') return undefined;
+  // Zone ids (fe80::1%eth0) name an interface, not a network; the addon refuses them too.
+  if (value.includes('%')) return undefined;
   const [addr, prefix, extra] = value.split('/');
   const family = isIP(addr ?? '');
   if (family === 0 || extra !== undefined) return undefined;
@@ -414,8 +416,9 @@ function normaliseServices(
     }
     if (typeof entry.name === 'string') service.name = entry.name;
     if (entry.bindAddress !== undefined) {
-      if (isValidIp(entry.bindAddress)) service.bindAddress = entry.bindAddress;
-      else issues.add(join(at, 'bindAddress'), entry.bindAddress, 'must be an IPv4 or IPv6 address');
+      if (!isValidIp(entry.bindAddress) || entry.bindAddress.includes('%')) issues.add(join(at, 'bindAddress'), entry.bindAddress, 'must be an IPv4 or IPv6 address');
+      else if (proto === 'udp') issues.add(join(at, 'bindAddress'), entry.bindAddress, "is supported for 'tcp' services only in this version (UDP ports bind at the edge's bindAddress)");
+      else service.bindAddress = entry.bindAddress;
     }
     for (const key of ['maxConnections', 'idleTimeoutSecs'] as const) {
       const v = entry[key];

@@ -21,7 +21,10 @@ pub enum Via {
 /// Counts of unauthenticated connections, with the caps.
 #[derive(Debug)]
 pub struct Admission {
-    global: usize,
+    /// Caps per transport, so a crowd of cheap idle TLS connections cannot take QUIC's places
+    /// (QUIC admits only address-validated peers; TLS has no such check).
+    global_tls: usize,
+    global_quic: usize,
     per_source: u32,
     state: Mutex<Counts>,
 }
@@ -44,9 +47,10 @@ pub enum Refusal {
 }
 
 impl Admission {
-    pub fn new(global: u32, per_source: u32) -> Arc<Admission> {
+    pub fn new(global_tls: u32, global_quic: u32, per_source: u32) -> Arc<Admission> {
         Arc::new(Admission {
-            global: global.max(1) as usize,
+            global_tls: global_tls.max(1) as usize,
+            global_quic: global_quic.max(1) as usize,
             per_source: per_source.max(1),
             state: Mutex::new(Counts::default()),
         })
@@ -56,7 +60,11 @@ impl Admission {
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr, via: Via) -> Result<Admitted, Refusal> {
         let key = source_key(ip);
         let mut c = self.counts();
-        if c.tls + c.quic >= self.global {
+        let full = match via {
+            Via::Tls => c.tls >= self.global_tls,
+            Via::Quic => c.quic >= self.global_quic,
+        };
+        if full {
             return Err(Refusal::Full);
         }
         let n = c.by_source.entry(key).or_insert(0);
@@ -117,7 +125,7 @@ mod tests {
 
     #[test]
     fn caps_per_source_and_in_total_and_gives_places_back() {
-        let a = Admission::new(5, 2);
+        let a = Admission::new(3, 5, 2);
         let one: IpAddr = "127.0.0.2".parse().unwrap();
         let p1 = a.try_admit(one, Via::Tls).unwrap();
         let _p2 = a.try_admit(one, Via::Quic).unwrap();
@@ -128,14 +136,16 @@ mod tests {
         let _p3 = a.try_admit(v6a, Via::Quic).unwrap();
         let _p4 = a.try_admit(v6b, Via::Quic).unwrap();
         assert_eq!(a.try_admit(v6a, Via::Quic).unwrap_err(), Refusal::SourceFull);
+        // TLS: p1 and p5 and p6 fill its cap of 3; QUIC (3 of 5) still has room: a crowd on one
+        // transport does not take the other's places.
         let _p5 = a.try_admit("127.0.0.3".parse().unwrap(), Via::Tls).unwrap();
-        assert_eq!(
-            a.try_admit("127.0.0.4".parse().unwrap(), Via::Tls).unwrap_err(),
-            Refusal::Full
-        );
-        assert_eq!(a.pending(), (2, 3));
+        let _p6 = a.try_admit("127.0.0.4".parse().unwrap(), Via::Tls).unwrap();
+        let full = a.try_admit("127.0.0.6".parse().unwrap(), Via::Tls).unwrap_err();
+        assert_eq!(full, Refusal::Full);
+        let _p7 = a.try_admit("127.0.0.6".parse().unwrap(), Via::Quic).unwrap();
+        assert_eq!(a.pending(), (3, 4));
         drop(p1);
-        assert_eq!(a.pending(), (1, 3));
+        assert_eq!(a.pending(), (2, 4));
         assert!(a.try_admit(one, Via::Tls).is_ok());
     }
 }

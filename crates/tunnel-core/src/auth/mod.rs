@@ -122,7 +122,9 @@ impl FailureLimiter {
     fn evict(&mut self, now: Instant) {
         self.buckets
             .retain(|_, (_, at)| now.duration_since(*at) < LIMITER_IDLE_FORGET);
-        if self.buckets.len() < LIMITER_MAX_ENTRIES {
+        // Down to a low-water mark, not just below the cap: otherwise a steady stream of new
+        // sources would make every insert scan the whole map.
+        if self.buckets.len() < LIMITER_MAX_ENTRIES - LIMITER_MAX_ENTRIES / 16 {
             return;
         }
         let mut stamps: Vec<Instant> = self.buckets.values().map(|(_, at)| *at).collect();

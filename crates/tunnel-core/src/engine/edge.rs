@@ -38,6 +38,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that stayed up this long was healthy: the next failure starts the backoff over.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
+/// A listener moved to a new bind address: how often and how far apart the new bind is tried
+/// while the old socket closes (its task is dropped a moment after the abort; 50 × 20 ms = 1 s
+/// is far more than that takes, and bounds a port that some other process took meanwhile).
+const REBIND_ATTEMPTS: usize = 50;
+const REBIND_PAUSE: Duration = Duration::from_millis(20);
+
 /// SNI sent to the hub. The hub is authenticated by its pinned fingerprint, not by name, so the
 /// name carries no meaning; a fixed one avoids leaking the hub's configured host name.
 const SNI: &str = "hub.remoteingress.invalid";
@@ -684,28 +690,44 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     }
     let wanted: std::collections::BTreeSet<u16> = tcp_services.keys().copied().collect();
     let mut failed = Vec::new();
+    // Ports whose listener was just aborted to bind at a new address.
+    let mut rebind = std::collections::BTreeSet::new();
     {
-        // A listener goes when its port is no longer served or its service changed (a new bind
-        // address needs a new socket; new limits apply to new clients only, and the counters
-        // start again); an unchanged service keeps its listener, its clients and its counters.
+        // A listener goes when its port is no longer served, or is bound anew when its bind
+        // address changed. Other changes (limits, trusted hops, name) take effect for new
+        // clients at once through the shared service map, and the service's counters carry on.
         let mut services = inner.services.write().unwrap_or_else(|p| p.into_inner());
         let mut l = lock(&inner.listeners);
-        let stale: Vec<u16> = l
+        let gone: Vec<u16> = l
             .keys()
-            .filter(|p| match (services.get(p), tcp_services.get(p)) {
-                (Some(old), Some(new)) => !old.same_as(new),
-                _ => true,
-            })
+            .filter(|p| !tcp_services.contains_key(p))
             .copied()
             .collect();
-        for p in stale {
+        for p in gone {
             if let Some(t) = l.remove(&p) {
                 t.abort();
             }
+            services.remove(&p);
         }
-        services.retain(|p, _| l.contains_key(p));
-        for (port, s) in tcp_services {
-            services.entry(port).or_insert_with(|| Arc::new(s));
+        for (port, mut s) in tcp_services {
+            match services.get(&port) {
+                Some(old) if old.same_as(&s) => {}
+                Some(old) => {
+                    if old.id == s.id {
+                        s.share_counters(old);
+                    }
+                    if old.bind != s.bind {
+                        if let Some(t) = l.remove(&port) {
+                            t.abort();
+                            rebind.insert(port);
+                        }
+                    }
+                    services.insert(port, Arc::new(s));
+                }
+                None => {
+                    services.insert(port, Arc::new(s));
+                }
+            }
         }
     }
     let mut report = |port: u16, protocol: &str, e: &Error| {
@@ -724,7 +746,19 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
             .unwrap_or_else(|p| p.into_inner())
             .get(port)
             .and_then(|s| s.bind);
-        match bind(service_bind, *port) {
+        let mut bound = bind(service_bind, *port);
+        if rebind.contains(port) {
+            // The aborted listener's socket closes when its task is dropped, a moment after the
+            // abort: retry briefly instead of failing the port.
+            for _ in 0..REBIND_ATTEMPTS {
+                if bound.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(REBIND_PAUSE).await;
+                bound = bind(service_bind, *port);
+            }
+        }
+        match bound {
             Ok(listener) => {
                 let listener = Arc::new(listener);
                 let (port, cur, events) = (*port, inner.current.clone(), inner.events.clone());

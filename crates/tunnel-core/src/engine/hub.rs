@@ -150,6 +150,7 @@ impl Hub {
                 opts.limits
                     .max_pending_handshakes
                     .saturating_mul(WAITING_PER_HANDSHAKE),
+                opts.limits.max_pending_handshakes,
                 opts.limits.max_pending_handshakes_per_source,
             ),
             last_busy_log: Mutex::new(None),
@@ -629,13 +630,7 @@ async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             }
             continue;
         }
-        let quic_pending = inner.admission.pending().1;
-        let admitted = if quic_pending >= inner.limits.max_pending_handshakes as usize {
-            Err(Refusal::Full)
-        } else {
-            inner.admission.try_admit(ip, Via::Quic)
-        };
-        let admitted = match admitted {
+        let admitted = match inner.admission.try_admit(ip, Via::Quic) {
             Ok(a) => a,
             Err(why) => {
                 incoming.refuse();

@@ -36,11 +36,18 @@ pub struct Service {
     pub idle_timeout: Option<Duration>,
     /// Sources whose connections must begin with a PROXY header (the previous hop of a chain).
     pub trust_proxy_from: Vec<ipnet::IpNet>,
+    /// Shared with the service's next settings when a CONFIG changes them, so connections
+    /// admitted before give their places back to the same count.
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
     active: AtomicU32,
-    proxy_refused: AtomicU64,
     total: AtomicU64,
     refused: AtomicU64,
     idle_closed: AtomicU64,
+    proxy_refused: AtomicU64,
     last_limit_event: Mutex<Option<Instant>>,
 }
 
@@ -63,13 +70,13 @@ impl Service {
                 .as_array()
                 .map(|a| a.iter().filter_map(|c| c.as_str()?.parse().ok()).collect())
                 .unwrap_or_default(),
-            active: AtomicU32::new(0),
-            proxy_refused: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            idle_closed: AtomicU64::new(0),
-            last_limit_event: Mutex::new(None),
+            counters: Arc::new(Counters::default()),
         })
+    }
+
+    /// Takes over `old`'s counters (the same service with new settings).
+    pub fn share_counters(&mut self, old: &Service) {
+        self.counters = old.counters.clone();
     }
 
     /// Whether `other` is the same service with the same settings (then a live listener and
@@ -83,6 +90,7 @@ impl Service {
             self.bind,
             self.max_connections,
             self.idle_timeout,
+            &self.trust_proxy_from,
         ) == (
             other.sid,
             &other.id,
@@ -91,6 +99,7 @@ impl Service {
             other.bind,
             other.max_connections,
             other.idle_timeout,
+            &other.trust_proxy_from,
         )
     }
 
@@ -98,6 +107,7 @@ impl Service {
     /// reported now and then).
     pub fn admit(self: &Arc<Self>, events: &EventSink) -> Option<Admitted> {
         let admitted = self
+            .counters
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 match self.max_connections {
@@ -106,19 +116,23 @@ impl Service {
                 }
             });
         if admitted.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            let mut last = self.last_limit_event.lock().unwrap_or_else(|p| p.into_inner());
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let mut last = self
+                .counters
+                .last_limit_event
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if last.is_none_or(|t| t.elapsed() >= LIMIT_EVENT_EVERY) {
                 *last = Some(Instant::now());
                 events.as_ref()(event!("serviceLimitReached", {
                     "serviceId": self.id, "serviceName": self.name, "port": self.port,
                     "maxConnections": self.max_connections,
-                    "refused": self.refused.load(Ordering::Relaxed)
+                    "refused": self.counters.refused.load(Ordering::Relaxed)
                 }));
             }
             return None;
         }
-        self.total.fetch_add(1, Ordering::Relaxed);
+        self.counters.total.fetch_add(1, Ordering::Relaxed);
         Some(Admitted(self.clone()))
     }
 
@@ -130,7 +144,7 @@ impl Service {
 
     /// A trusted source's connection without a valid PROXY header was refused.
     pub fn proxy_header_refused(&self) {
-        self.proxy_refused.fetch_add(1, Ordering::Relaxed);
+        self.counters.proxy_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Status: the settings and the counters.
@@ -140,12 +154,12 @@ impl Service {
             "bindAddress": self.bind.map(|b| b.to_string()),
             "maxConnections": self.max_connections,
             "idleTimeoutSecs": self.idle_timeout.map(|d| d.as_secs()),
-            "active": self.active.load(Ordering::Relaxed),
-            "total": self.total.load(Ordering::Relaxed),
-            "refused": self.refused.load(Ordering::Relaxed),
-            "idleClosed": self.idle_closed.load(Ordering::Relaxed),
+            "active": self.counters.active.load(Ordering::Relaxed),
+            "total": self.counters.total.load(Ordering::Relaxed),
+            "refused": self.counters.refused.load(Ordering::Relaxed),
+            "idleClosed": self.counters.idle_closed.load(Ordering::Relaxed),
             "trustProxyFrom": self.trust_proxy_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "proxyHeaderRefused": self.proxy_refused.load(Ordering::Relaxed),
+            "proxyHeaderRefused": self.counters.proxy_refused.load(Ordering::Relaxed),
         })
     }
 }
@@ -156,7 +170,7 @@ pub struct Admitted(Arc<Service>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.counters.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -237,7 +251,7 @@ where
             () = &mut carry => break,
             _ = tick.tick() => {
                 if idle_for(&dup).is_some_and(|idle| idle >= limit) {
-                    service.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    service.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
                     // The client is reset (linger 0 when the last descriptor closes, just
                     // below), and dropping `carry` ends the tunnel stream too (the stream's
                     // guard resets it): the place is free at once, whatever the far side does.

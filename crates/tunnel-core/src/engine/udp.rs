@@ -639,6 +639,10 @@ impl HubFlows {
                         self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
                     } else {
                         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        // A first-datagram header that did not go out goes with the next one.
+                        if !f.keep_header && f.header.is_none() {
+                            f.header = header;
+                        }
                     }
                 }
                 HubFlowState::Connecting(q) if q.len() < PENDING_PER_FLOW => q.push_back(payload),

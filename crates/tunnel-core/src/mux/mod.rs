@@ -285,19 +285,50 @@ impl StreamIo {
                 port,
             } => {
                 stats.open_streams.fetch_add(1, Ordering::Relaxed);
-                let (bytes_in, bytes_out, reset) = crate::transport::quic::pump(sock, send, recv).await;
-                stats.open_streams.fetch_sub(1, Ordering::Relaxed);
-                stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-                stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-                let _ = closed.send(ClosedStream {
+                let mut done = QuicStreamEnd {
+                    stats,
+                    closed,
                     id,
-                    listen_port: port,
-                    bytes_in,
-                    bytes_out,
-                    reset,
-                });
+                    port,
+                    totals: None,
+                };
+                done.totals = Some(crate::transport::quic::pump(sock, send, recv).await);
             }
         }
+    }
+}
+
+/// Accounts for a QUIC stream's end however its pump ends — finished, or dropped by its owner
+/// (a service's idle timeout drops the connection's future mid-pump): the open count goes down
+/// once and the `ClosedStream` record is sent once.
+struct QuicStreamEnd {
+    stats: Arc<MuxStats>,
+    closed: mpsc::UnboundedSender<ClosedStream>,
+    id: u64,
+    port: u16,
+    /// The pump's totals when it finished; `None` when it was dropped.
+    totals: Option<PumpTotals>,
+}
+
+/// Bytes in, bytes out, and the reset (code, reason) if the stream did not end cleanly.
+type PumpTotals = (u64, u64, Option<(u16, String)>);
+
+impl Drop for QuicStreamEnd {
+    fn drop(&mut self) {
+        let (bytes_in, bytes_out, reset) = self
+            .totals
+            .take()
+            .unwrap_or_else(|| (0, 0, Some((reset::IO, "stream abandoned by its owner".into()))));
+        self.stats.open_streams.fetch_sub(1, Ordering::Relaxed);
+        self.stats.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        let _ = self.closed.send(ClosedStream {
+            id: self.id,
+            listen_port: self.port,
+            bytes_in,
+            bytes_out,
+            reset,
+        });
     }
 }
 

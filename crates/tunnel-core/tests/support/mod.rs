@@ -90,7 +90,9 @@ async fn run_hub_child(arg: Value) {
     let hub = Hub::start(serde_json::from_value(opts).expect("hub options"), events)
         .await
         .expect("hub starts");
-    let edges = json!([{ "id": EDGE_ID, "secret": SECRET,
+    // The edge binds 127.0.0.1 only: on all addresses, its port (picked free earlier) could
+    // collide with an ephemeral source port a flood test's client bound on 127.0.0.2 meanwhile.
+    let edges = json!([{ "id": EDGE_ID, "secret": SECRET, "bindAddress": "127.0.0.1",
         "tcp": [{ "port": arg["edgePort"], "targetHost": "127.0.0.1", "targetPort": echo.port(), "proxyProtocol": "none" }] }]);
     hub.set_edges(serde_json::from_value(edges).expect("edge specs"))
         .expect("edges accepted");
