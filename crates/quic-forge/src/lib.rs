@@ -2299,6 +2299,8 @@ impl Gen {
                 r.array(),
                 r.array(),
             );
+            // The same ClientHello with every byte from offset 10 on changed: the two CRYPTO
+            // frames below overlap at offsets 5.. and disagree there.
             let mut other = m.clone();
             for b in other.iter_mut().skip(10) {
                 *b ^= 0x5a;

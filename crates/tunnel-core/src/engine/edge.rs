@@ -19,7 +19,7 @@ use crate::auth::EXPORTER_LABEL;
 use crate::config::EdgeOptions;
 use crate::engine::firewall::{self, Nft};
 use crate::engine::service::{self, Service};
-use crate::engine::udp::{EdgeUdp, FlowTunnel, UdpService};
+use crate::engine::udp::{EdgeUdp, FlowTunnel};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::{log, EventSink};
@@ -656,36 +656,30 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
             })
             .unwrap_or_default()
     };
-    let (tcp_ports, udp_ports) = (list("tcp"), list("udp"));
     let bind_ip: Option<IpAddr> = cfg["bindAddress"].as_str().and_then(|s| s.parse().ok());
-    // The services (a hub from before named services sends only port lists: each port is a
-    // service of its own, number 0 = "route by port").
+    // The services, by protocol and port. A hub from before named services sends only port
+    // lists: each port is then a service of its own, number 0 = "route by port".
+    let records: Vec<Value> = match cfg["services"].as_array() {
+        Some(list) => list.clone(),
+        None => [("tcp", list("tcp")), ("udp", list("udp"))]
+            .into_iter()
+            .flat_map(|(protocol, ports)| {
+                ports.into_iter().map(move |port| {
+                    json!({ "sid": 0, "id": format!("{protocol}/{port}"), "protocol": protocol, "port": port })
+                })
+            })
+            .collect(),
+    };
     let mut tcp_services: BTreeMap<u16, Service> = BTreeMap::new();
-    let mut udp_services: BTreeMap<u16, UdpService> = BTreeMap::new();
-    match cfg["services"].as_array() {
-        Some(list) => {
-            for v in list {
-                let Some(s) = Service::from_config(v, bind_ip) else {
-                    continue;
-                };
-                if v["protocol"] == "udp" {
-                    let service = UdpService {
-                        sid: s.sid,
-                        trust_proxy_from: s.trust_proxy_from.clone(),
-                    };
-                    udp_services.insert(s.port, service);
-                } else {
-                    tcp_services.insert(s.port, s);
-                }
-            }
-        }
-        None => {
-            for port in &tcp_ports {
-                let v = json!({ "sid": 0, "id": format!("tcp/{port}"), "port": port });
-                if let Some(s) = Service::from_config(&v, bind_ip) {
-                    tcp_services.insert(*port, s);
-                }
-            }
+    let mut udp_services: BTreeMap<u16, Arc<Service>> = BTreeMap::new();
+    for v in &records {
+        let Some(s) = Service::from_config(v, bind_ip) else {
+            continue;
+        };
+        if v["protocol"] == "udp" {
+            udp_services.insert(s.port, Arc::new(s));
+        } else {
+            tcp_services.insert(s.port, s);
         }
     }
     let wanted: std::collections::BTreeSet<u16> = tcp_services.keys().copied().collect();
@@ -698,8 +692,11 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
         // clients at once through the shared service map, and the service's counters carry on.
         let mut services = inner.services.write().unwrap_or_else(|p| p.into_inner());
         let mut l = lock(&inner.listeners);
+        // Listeners and services both: after a reconnect the listeners are closed but the
+        // services (and their counters) are still known.
         let gone: Vec<u16> = l
             .keys()
+            .chain(services.keys())
             .filter(|p| !tcp_services.contains_key(p))
             .copied()
             .collect();
@@ -783,11 +780,7 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     }
     let idle = Duration::from_millis(cfg["udpIdleMs"].as_u64().unwrap_or(60_000).max(1));
     let max_flows = cfg["maxUdpFlows"].as_u64().unwrap_or(16_384) as usize;
-    for (port, e) in inner
-        .udp
-        .apply(bind_ip, &udp_ports, &udp_services, idle, max_flows)
-        .await
-    {
+    for (port, e) in inner.udp.apply(bind_ip, udp_services, idle, max_flows).await {
         report(port, "udp", &e);
     }
     let bound: Vec<u16> = lock(&inner.listeners).keys().copied().collect();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::config::PortSpec;
+use crate::engine::service::Service;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
@@ -80,13 +81,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// How the UDP layer hands things to the current tunnel (whichever transport it is).
-/// What the edge knows of the service on one UDP port.
-#[derive(Debug, Clone, Default)]
-pub struct UdpService {
-    pub sid: u32,
-    pub trust_proxy_from: Vec<ipnet::IpNet>,
-}
-
 pub trait FlowTunnel: Send + Sync {
     /// Announces a flow, reliably and in order.
     fn flow_open(&self, flow: u32, record: &OpenRecord);
@@ -118,9 +112,9 @@ struct EdgeFlow {
 #[derive(Default)]
 struct EdgeState {
     ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>)>,
-    /// Per port: the service number FLOW_OPEN records carry (0 = route by port), and the
+    /// Per port, its service: the number FLOW_OPEN records carry (0 = route by port), and the
     /// previous hops whose datagrams carry a PROXY v2 header naming the first client (chains).
-    services: BTreeMap<u16, UdpService>,
+    services: BTreeMap<u16, Arc<Service>>,
     by_client: HashMap<(u16, SocketAddr), u32>,
     flows: HashMap<u32, EdgeFlow>,
     next_flow: u32,
@@ -164,17 +158,18 @@ impl EdgeUdp {
         lock(&self.state).ports.keys().copied().collect()
     }
 
-    /// Applies the hub's UDP settings and port list. Returns the ports that failed to bind.
+    /// Applies the hub's UDP settings and services (one per port). Returns the ports that
+    /// failed to bind.
     pub async fn apply(
         self: &Arc<Self>,
         bind_ip: Option<IpAddr>,
-        ports: &[u16],
-        services: &BTreeMap<u16, UdpService>,
+        services: BTreeMap<u16, Arc<Service>>,
         idle: Duration,
         max_flows: usize,
     ) -> Vec<(u16, Error)> {
+        let wanted: std::collections::BTreeSet<u16> = services.keys().copied().collect();
         *lock(&self.idle) = idle;
-        lock(&self.state).services = services.clone();
+        lock(&self.state).services = services;
         *lock(&self.max_flows) = max_flows;
         {
             let mut sw = lock(&self.sweeper);
@@ -195,7 +190,6 @@ impl EdgeUdp {
                 })));
             }
         }
-        let wanted: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         {
             let mut st = lock(&self.state);
             let stale: Vec<u16> = st.ports.keys().filter(|p| !wanted.contains(p)).copied().collect();
@@ -273,10 +267,7 @@ impl EdgeUdp {
         let mut named: Option<(SocketAddr, SocketAddr)> = None;
         let service = st.services.get(&port);
         let sid = service.map_or(0, |s| s.sid);
-        let trusted = service.is_some_and(|s| {
-            let ip = proxy_protocol::unmap(client).ip();
-            s.trust_proxy_from.iter().any(|n| n.contains(&ip))
-        });
+        let trusted = service.is_some_and(|s| s.trusts(client.ip()));
         if trusted {
             if let Ok(Some(h)) = proxy_protocol::parse_received(&payload) {
                 named = h.addresses;
