@@ -1,5 +1,7 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
 import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Cleanups, delay, tempDir } from '../e2e/helpers.js';
@@ -24,8 +26,31 @@ const ANSWER = '192.0.2.1';
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
 
+/**
+ * A port for dnsdist, free for UDP *and* TCP: dnsdist always binds both (in 1.7 `doTCP=false`
+ * does not stop the TCP bind). It is taken below the kernel's ephemeral range (32768–60999), so
+ * the outgoing connections of tests running in parallel cannot take it between this probe and
+ * dnsdist's bind — only an explicit bind could, and tests bind port 0.
+ */
+async function freeDnsPort(): Promise<number> {
+  const free = (port: number) =>
+    new Promise<boolean>((done) => {
+      const udp = dgram.createSocket('udp4');
+      udp.once('error', () => done(false));
+      udp.bind(port, '127.0.0.1', () => {
+        const tcp = net.createServer();
+        tcp.once('error', () => udp.close(() => done(false)));
+        tcp.listen(port, '127.0.0.1', () => tcp.close(() => udp.close(() => done(true))));
+      });
+    });
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    if (await free(port)) return port;
+  }
+}
+
 async function startDnsdist(dir: string): Promise<{ port: number; log: string }> {
-  const port = await freeUdpPort();
+  const port = await freeDnsPort();
   const log = join(dir, 'queries.log');
   const conf = join(dir, 'dnsdist.conf');
   writeFileSync(
@@ -39,22 +64,25 @@ async function startDnsdist(dir: string): Promise<{ port: number; log: string }>
       '',
     ].join('\n'),
   );
-  const proc = spawn('dnsdist', ['-C', conf, '--supervised', '--disable-syslog'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  // dnsdist reports a fatal start-up error on stdout, not stderr: keep both.
+  const proc = spawn('dnsdist', ['-C', conf, '--supervised', '--disable-syslog'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  proc.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  proc.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  const exited = new Promise((done) => proc.once('close', done));
   cleanups.add('stop dnsdist', async () => {
-    proc.kill('SIGTERM');
-    await new Promise((done) => proc.once('exit', done));
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+    await exited;
   });
-  // dnsdist binds within a few hundred ms; wait until a plain query (no header, so dropped)
-  // is at least accepted by the socket, i.e. until it is listening.
+  // dnsdist binds within a few hundred ms; wait until its UDP socket is listening.
   for (let i = 0; i < 50; i++) {
     const ss = spawnSync('ss', ['-Hlun', `sport = :${port}`], { encoding: 'utf8' });
     if (ss.stdout.includes(`:${port}`)) return { port, log };
     if (proc.exitCode !== null) break;
     await delay(100);
   }
-  throw new Error(`dnsdist did not start: ${stderr}`);
+  await Promise.race([exited, delay(1000)]);
+  throw new Error(`dnsdist did not start on port ${port} (exit ${proc.exitCode}): ${output}`);
 }
 
 function dig(edgePort: number, clientPort: number): string {
