@@ -265,6 +265,56 @@ pub struct EdgeSpec {
     pub firewall: Option<serde_json::Value>,
     #[serde(default)]
     pub stun_interval_secs: Option<u32>,
+    /// The hub dials this edge (which listens for it) instead of waiting for it.
+    #[serde(default)]
+    pub dial: Option<DialSpec>,
+}
+
+/// Where a hub dials an edge that listens for it (`dialEdge`, or an edge token).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DialSpec {
+    pub host: String,
+    pub port: u16,
+    /// SHA-256 of the edge's certificate: the hub pins it as edges pin the hub's.
+    pub fingerprint: String,
+    #[serde(default = "default_mode")]
+    pub transport_mode: String,
+    #[serde(default)]
+    pub reconnect: ReconnectOptions,
+}
+
+impl DialSpec {
+    fn validate(&self, edge: &str) -> Result<()> {
+        if self.host.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "edge {edge:?}: dialEdge.host is empty"
+            )));
+        }
+        if self.port == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "edge {edge:?}: dialEdge.port 0 is not a port"
+            )));
+        }
+        crate::transport::tls::parse_fingerprint(&self.fingerprint)
+            .map_err(|e| Error::InvalidConfig(format!("edge {edge:?}: dialEdge.fingerprint: {e}")))?;
+        validate_mode(&self.transport_mode)
+            .map_err(|e| Error::InvalidConfig(format!("edge {edge:?}: dialEdge.{e}")))?;
+        self.reconnect
+            .validate()
+            .map_err(|e| Error::InvalidConfig(format!("edge {edge:?}: dialEdge.{e}")))
+    }
+}
+
+/// The transport modes a dialer may use.
+pub fn validate_mode(mode: &str) -> Result<()> {
+    if matches!(mode, "tcpTls" | "quic" | "quicWithFallback") {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "transportMode: {mode:?} is not one of tcpTls, quic, quicWithFallback"
+        )))
+    }
 }
 
 /// Minimum secret length: 16 characters is the floor below which an HMAC secret is guessable
@@ -299,6 +349,9 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
                 crate::engine::firewall::validate(fw)
                     .map_err(|err| Error::InvalidConfig(format!("edge {name:?}: {err}")))?;
             }
+        }
+        if let Some(d) = &e.dial {
+            d.validate(name)?;
         }
         if let Some(b) = &e.bind_address {
             b.parse::<IpAddr>().map_err(|_| {
@@ -376,7 +429,7 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReconnectOptions {
     #[serde(default = "default_base_ms")]
@@ -394,6 +447,18 @@ fn default_cap_ms() -> u64 {
     30_000
 }
 
+impl ReconnectOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.base_ms == 0 || self.cap_ms < self.base_ms {
+            return Err(Error::InvalidConfig(format!(
+                "reconnect: baseMs {} must be positive and capMs {} at least baseMs",
+                self.base_ms, self.cap_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ReconnectOptions {
     fn default() -> Self {
         ReconnectOptions {
@@ -406,7 +471,9 @@ impl Default for ReconnectOptions {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EdgeOptions {
+    #[serde(default)]
     pub hub_host: String,
+    #[serde(default)]
     pub hub_port: u16,
     pub edge_id: String,
     pub secret: String,
@@ -433,6 +500,22 @@ pub struct EdgeOptions {
     /// Leave the edge's nftables table in place on stop (default: remove it).
     #[serde(default)]
     pub keep_firewall_on_stop: bool,
+    /// Listen for the hub (which dials this edge) instead of dialing it; `hubHost`, `hubPort`
+    /// and `hubFingerprint` are then not used.
+    #[serde(default)]
+    pub listen_for_hub: Option<ListenForHub>,
+}
+
+/// An edge that waits for its hub: where it listens, and its own TLS identity (the hub pins its
+/// fingerprint).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenForHub {
+    pub port: u16,
+    #[serde(default = "default_bind_host")]
+    pub bind_host: String,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 fn default_quic_timeout() -> u64 {

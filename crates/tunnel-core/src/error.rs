@@ -17,7 +17,7 @@ pub enum Error {
     Connect { addr: String, source: io::Error },
     #[error("authentication failed: {0}")]
     AuthFailed(String),
-    #[error("hub certificate does not match the pinned fingerprint (pinned {pinned}, got {actual})")]
+    #[error("the peer's certificate does not match the pinned fingerprint (pinned {pinned}, got {actual})")]
     FingerprintMismatch { pinned: String, actual: String },
     #[error("protocol violation: {0}")]
     Protocol(String),

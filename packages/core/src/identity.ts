@@ -8,6 +8,9 @@ import { TunnelError } from './errors.js';
 
 export const HUB_CERT_FILE = 'hub-cert.pem';
 export const HUB_KEY_FILE = 'hub-key.pem';
+/** An edge that listens for its hub (`--listen-for-hub`) has an identity of its own. */
+export const EDGE_CERT_FILE = 'edge-cert.pem';
+export const EDGE_KEY_FILE = 'edge-key.pem';
 
 /**
  * How long a process that lost the race to create the identity waits for the winner to finish
@@ -53,7 +56,7 @@ function checkPair(certPem: string, keyPem: string, certPath: string, keyPath: s
   try {
     cert = new X509Certificate(certPem);
   } catch (error) {
-    throw identityError(`${certPath} is not a PEM certificate (delete both ${HUB_CERT_FILE} and ${HUB_KEY_FILE} to create a new identity)`, error);
+    throw identityError(`${certPath} is not a PEM certificate (delete it and its key to create a new identity)`, error);
   }
   let matches: boolean;
   try {
@@ -100,15 +103,27 @@ function generate(): Promise<{ certPem: string; keyPem: string }> {
  * Safe against two processes starting at once (e.g. the hub and `remoteingress-hub token`):
  * files are written under temporary names and linked into place, so exactly one pair wins.
  */
-export async function loadOrCreateHubIdentity(stateDir: string): Promise<IHubIdentity> {
+export function loadOrCreateHubIdentity(stateDir: string): Promise<IHubIdentity> {
+  return loadOrCreateIdentity(stateDir, HUB_CERT_FILE, HUB_KEY_FILE, 'hub');
+}
+
+/**
+ * Loads or creates the identity of an edge that listens for its hub (the hub pins its
+ * fingerprint), exactly as the hub's: `edge-cert.pem` and `edge-key.pem` in `stateDir`.
+ */
+export function loadOrCreateEdgeIdentity(stateDir: string): Promise<IHubIdentity> {
+  return loadOrCreateIdentity(stateDir, EDGE_CERT_FILE, EDGE_KEY_FILE, 'edge');
+}
+
+async function loadOrCreateIdentity(stateDir: string, certFile: string, keyFile: string, role: string): Promise<IHubIdentity> {
   if (typeof stateDir !== 'string' || stateDir === '') {
     throw new TunnelError('ERR_INVALID_CONFIG', `stateDir = ${JSON.stringify(stateDir)}: must be a directory path`, {
       field: 'stateDir',
       value: stateDir,
     });
   }
-  const certPath = join(stateDir, HUB_CERT_FILE);
-  const keyPath = join(stateDir, HUB_KEY_FILE);
+  const certPath = join(stateDir, certFile);
+  const keyPath = join(stateDir, keyFile);
   try {
     await mkdir(stateDir, { recursive: true, mode: 0o700 });
   } catch (error) {
@@ -137,7 +152,7 @@ export async function loadOrCreateHubIdentity(stateDir: string): Promise<IHubIde
     await link(certTmp, certPath);
   } catch (error) {
     if (error instanceof TunnelError) throw error;
-    throw identityError(`cannot write the hub identity to ${stateDir}: ${(error as Error).message}`, error);
+    throw identityError(`cannot write the ${role} identity to ${stateDir}: ${(error as Error).message}`, error);
   } finally {
     await unlink(keyTmp).catch(() => undefined);
     await unlink(certTmp).catch(() => undefined);

@@ -17,9 +17,9 @@ export {
   MIN_SECRET_LENGTH,
 } from './validation.js';
 export type { IValidateEdgesOptions } from './validation.js';
-export { encodeConnectionToken, decodeConnectionToken, normaliseFingerprint } from './token.js';
-export type { IConnectionToken } from './token.js';
-export { loadOrCreateHubIdentity, certificateFingerprint, HUB_CERT_FILE, HUB_KEY_FILE } from './identity.js';
+export { encodeConnectionToken, decodeConnectionToken, encodeEdgeToken, decodeEdgeToken, normaliseFingerprint } from './token.js';
+export type { IConnectionToken, IEdgeToken } from './token.js';
+export { loadOrCreateHubIdentity, loadOrCreateEdgeIdentity, certificateFingerprint, HUB_CERT_FILE, HUB_KEY_FILE, EDGE_CERT_FILE, EDGE_KEY_FILE } from './identity.js';
 export type { IHubIdentity } from './identity.js';
 export { loadNativeAddon, callNative, awaitNative, parseNativeJson, NATIVE_ADDON_PATH } from './native.js';
 export type { INativeAddon, NativeHandle, NativeEventCallback } from './native.js';

@@ -85,11 +85,27 @@ export interface IServiceConfig {
   trustProxyFrom?: string[];
 }
 
+/** Where the hub dials an edge that listens for it (`remoteingress-edge --listen-for-hub`). */
+export interface IDialEdgeConfig {
+  host: string;
+  port: number;
+  /** SHA-256 of the edge's certificate (the edge prints it at start): the hub pins it. */
+  fingerprint: string;
+  /** Default `quicWithFallback`. */
+  transportMode?: TTransportMode;
+  /** Redial backoff; default 500 ms doubling to 30 s. */
+  reconnect?: IReconnectConfig;
+}
+
 export interface TAllowedEdge {
-  /** 1–64 characters of `A-Z a-z 0-9 . _ -`; unique among allowed edges. */
+  /** 1–64 characters of `A-Z a-z 0-9 . _ -`; unique among allowed edges. May be left out with `edgeToken`. */
   id: string;
-  /** Shared secret, at least 16 characters. Never sent over the wire. */
+  /** Shared secret, at least 16 characters. Never sent over the wire. May be left out with `edgeToken`. */
   secret: string;
+  /** The hub dials this edge instead of waiting for it. */
+  dialEdge?: IDialEdgeConfig;
+  /** `dialEdge`, id and secret in one string, printed by `remoteingress-edge token`. */
+  edgeToken?: string;
   listenPorts: TListenPort[];
   listenPortsUdp?: TListenPort[];
   /** Named services (each also binds its `edgePort`); `listenPorts` entries are shorthand for these. */
@@ -153,6 +169,16 @@ export interface INormalisedEdge {
   udp: INormalisedPort[];
   firewall: INormalisedFirewall | null;
   stunIntervalSecs: number | null;
+  /** Present when the hub dials this edge. */
+  dial?: INormalisedDial;
+}
+
+export interface INormalisedDial {
+  host: string;
+  port: number;
+  fingerprint: string;
+  transportMode: TTransportMode;
+  reconnect: { baseMs: number; capMs: number };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +295,18 @@ export interface IHubAuthFailedEvent {
   code: TDisconnectCode;
   reason: string;
 }
+/** A dial of an edge that listens for the hub failed; the next try is in `retryInMs`. */
+export interface IHubEdgeDialFailedEvent {
+  kind: 'edgeDialFailed';
+  edgeId: string;
+  /** `host:port` dialed. */
+  address: string;
+  code: TDisconnectCode;
+  reason: string;
+  /** 1 for the first failure in a row. */
+  attempt: number;
+  retryInMs: number;
+}
 export interface IHubStreamOpenedEvent {
   kind: 'streamOpened';
   edgeId: string;
@@ -335,6 +373,7 @@ export interface IHubEvents {
   edgeConnected: [IHubEdgeConnectedEvent];
   edgeDisconnected: [IHubEdgeDisconnectedEvent];
   authFailed: [IHubAuthFailedEvent];
+  edgeDialFailed: [IHubEdgeDialFailedEvent];
   streamOpened: [IHubStreamOpenedEvent];
   streamClosed: [IHubStreamClosedEvent];
   /** The `streamClosed` records of streams that failed (`code` set). Listening to this alone costs only for failures. */
@@ -384,14 +423,31 @@ export interface IEdgeCommonConfig {
   keepFirewallOnStop?: boolean;
 }
 
-export type IEdgeConfig = IEdgeCommonConfig & (IEdgeExplicitConfig | { token: string });
+/**
+ * An edge that does not dial its hub but waits for the hub to dial it (the hub's allowed edge
+ * has `dialEdge` or `edgeToken`): the private side then needs no reachable port at all.
+ */
+export interface IEdgeListenConfig {
+  edgeId: string;
+  secret: string;
+  listenForHub: {
+    /** The TCP (TLS) and UDP (QUIC) port the hub dials. */
+    port: number;
+    /** Default all addresses (`0.0.0.0`). */
+    bindHost?: string;
+    /** Where the edge keeps its TLS identity (`edge-cert.pem`, `edge-key.pem`), created on first start. */
+    stateDir: string;
+  };
+}
+
+export type IEdgeConfig = IEdgeCommonConfig & (IEdgeExplicitConfig | { token: string } | IEdgeListenConfig);
 
 export interface IEdgeStopOptions {
   /** How long open streams may finish after GOAWAY before they are closed. Default 10 000 ms. */
   graceMs?: number;
 }
 
-export type TEdgeState = 'connecting' | 'connected' | 'backoff' | 'stopped';
+export type TEdgeState = 'connecting' | 'listening' | 'connected' | 'backoff' | 'stopped';
 
 export interface IEdgeStatus {
   state: TEdgeState;
@@ -541,6 +597,8 @@ export interface IEdgeEvents {
   transportChanged: [IEdgeTransportChangedEvent];
   udpFlowsExpired: [IEdgeUdpFlowsExpiredEvent];
   serviceLimitReached: [IEdgeServiceLimitReachedEvent];
+  /** An edge that listens for its hub refused a caller (wrong or no proof of the secret, a failed handshake). */
+  authFailed: [IHubAuthFailedEvent];
   streamOpened: [IEdgeStreamOpenedEvent];
   streamClosed: [IEdgeStreamClosedEvent];
   /** The `streamClosed` records of streams that failed (`code` set). Listening to this alone costs only for failures. */

@@ -1,6 +1,8 @@
 import { isIP } from 'node:net';
 import { TunnelError, type IConfigIssue } from './errors.js';
+import { decodeEdgeToken, normaliseFingerprint, type IEdgeToken } from './token.js';
 import type {
+  INormalisedDial,
   INormalisedEdge,
   INormalisedFirewall,
   INormalisedPort,
@@ -37,7 +39,13 @@ const EDGE_KEYS = new Set([
   'proxyProtocol',
   'firewallConfig',
   'stunIntervalSecs',
+  'dialEdge',
+  'edgeToken',
 ]);
+const DIAL_KEYS = new Set(['host', 'port', 'fingerprint', 'transportMode', 'reconnect']);
+const DIAL_TRANSPORT_MODES = ['tcpTls', 'quic', 'quicWithFallback'];
+/** A dialing hub's redial backoff, as an edge's: first retry after 500 ms, growing to 30 s. */
+const DEFAULT_DIAL_RECONNECT = { baseMs: 500, capMs: 30_000 };
 const PORT_KEYS = new Set(['port', 'targetHost', 'targetPort', 'proxyProtocol', 'proxyProtocolUdp']);
 const SERVICE_KEYS = new Set([
   'id',
@@ -175,7 +183,7 @@ export function validateAllowedEdges(edges: unknown, options: IValidateEdgesOpti
   }
   // Ids first, so every later message can name the edge it is about.
   edges.forEach((edge, index) => {
-    const id = isRecord(edge) ? edge.id : undefined;
+    const id = isRecord(edge) ? (edge.id ?? edgeTokenOf(edge)?.edgeId) : undefined;
     if (typeof id === 'string' && EDGE_ID_PATTERN.test(id)) ids[index] = id;
   });
 
@@ -208,7 +216,8 @@ function normaliseEdge(
 ): INormalisedEdge {
   issues.unknownKeys(edge, EDGE_KEYS, path);
 
-  const secret = edge.secret;
+  const { dial, token } = normaliseDial(edge, path, issues);
+  const secret = edge.secret ?? token?.secret;
   if (typeof secret !== 'string' || secret.length < MIN_SECRET_LENGTH) {
     issues.add(join(path, 'secret'), secret, `must be a string of at least ${MIN_SECRET_LENGTH} characters`, true);
   }
@@ -248,14 +257,97 @@ function normaliseEdge(
     else issues.add(join(path, 'stunIntervalSecs'), value, 'must be a positive integer number of seconds');
   }
 
+  const id = edge.id ?? token?.edgeId;
   return {
-    id: typeof edge.id === 'string' ? edge.id : '',
+    id: typeof id === 'string' ? id : '',
     secret: typeof secret === 'string' ? secret : '',
     bindAddress,
     tcp,
     udp,
     firewall,
     stunIntervalSecs,
+    ...(dial === null ? {} : { dial }),
+  };
+}
+
+/** The edge token of an allowed edge, if it has one that decodes (errors are reported later). */
+function edgeTokenOf(edge: Record<string, unknown>): IEdgeToken | undefined {
+  if (typeof edge.edgeToken !== 'string') return undefined;
+  try {
+    return decodeEdgeToken(edge.edgeToken);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * `dialEdge` or `edgeToken`: the hub dials this edge. A token carries the edge's address,
+ * fingerprint, id and secret; `id` and `secret`, when also given, must agree with it.
+ */
+function normaliseDial(
+  edge: Record<string, unknown>,
+  path: string,
+  issues: Issues,
+): { dial: INormalisedEdge['dial'] | null; token: IEdgeToken | undefined } {
+  let token: IEdgeToken | undefined;
+  if (edge.edgeToken !== undefined) {
+    if (edge.dialEdge !== undefined) {
+      issues.add(join(path, 'dialEdge'), edge.dialEdge, 'give dialEdge or edgeToken, not both (the token carries the address and fingerprint)');
+    }
+    try {
+      token = decodeEdgeToken(edge.edgeToken as string);
+    } catch (error) {
+      issues.add(join(path, 'edgeToken'), undefined, (error as Error).message, true);
+      return { dial: null, token: undefined };
+    }
+    if (edge.id !== undefined && edge.id !== token.edgeId) {
+      issues.add(join(path, 'id'), edge.id, `differs from the edge token's edge id ${JSON.stringify(token.edgeId)}`);
+    }
+    if (edge.secret !== undefined && edge.secret !== token.secret) {
+      issues.add(join(path, 'secret'), edge.secret, "differs from the edge token's secret (leave secret out: the token carries it)", true);
+    }
+    return {
+      dial: { host: token.edgeHost, port: token.edgePort, fingerprint: token.edgeFingerprint, transportMode: 'quicWithFallback', reconnect: { ...DEFAULT_DIAL_RECONNECT } },
+      token,
+    };
+  }
+  if (edge.dialEdge === undefined || edge.dialEdge === null) return { dial: null, token: undefined };
+  const at = join(path, 'dialEdge');
+  const d = edge.dialEdge;
+  if (!isRecord(d)) {
+    issues.add(at, d, 'must be an object {host, port, fingerprint, transportMode?, reconnect?}');
+    return { dial: null, token: undefined };
+  }
+  issues.unknownKeys(d, DIAL_KEYS, at);
+  if (!isValidHost(d.host)) issues.add(join(at, 'host'), d.host, 'must be a host name or IP address');
+  if (!isValidPort(d.port)) issues.add(join(at, 'port'), d.port, 'must be an integer from 1 to 65535');
+  const fingerprint = normaliseFingerprint(d.fingerprint);
+  if (fingerprint === null) {
+    issues.add(join(at, 'fingerprint'), d.fingerprint, "must be 64 hex digits (SHA-256 of the edge's certificate, printed by the edge at start; colons allowed)");
+  }
+  const transportMode = d.transportMode ?? 'quicWithFallback';
+  if (typeof transportMode !== 'string' || !DIAL_TRANSPORT_MODES.includes(transportMode)) {
+    issues.add(join(at, 'transportMode'), transportMode, `must be one of ${DIAL_TRANSPORT_MODES.join(', ')}`);
+  }
+  const reconnect = { ...DEFAULT_DIAL_RECONNECT };
+  if (d.reconnect !== undefined) {
+    if (!isRecord(d.reconnect)) {
+      issues.add(join(at, 'reconnect'), d.reconnect, 'must be an object {baseMs?, capMs?}');
+    } else {
+      issues.unknownKeys(d.reconnect, new Set(['baseMs', 'capMs']), join(at, 'reconnect'));
+      for (const key of ['baseMs', 'capMs'] as const) {
+        const v = d.reconnect[key];
+        if (v === undefined) continue;
+        if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) reconnect[key] = v;
+        else issues.add(join(at, `reconnect.${key}`), v, 'must be a positive integer number of milliseconds');
+      }
+      if (d.reconnect.capMs === undefined) reconnect.capMs = Math.max(reconnect.capMs, reconnect.baseMs);
+      if (reconnect.capMs < reconnect.baseMs) issues.add(join(at, 'reconnect.capMs'), reconnect.capMs, `must not be below reconnect.baseMs (${reconnect.baseMs})`);
+    }
+  }
+  return {
+    dial: { host: d.host as string, port: d.port as number, fingerprint: fingerprint ?? '', transportMode: transportMode as INormalisedDial['transportMode'], reconnect },
+    token: undefined,
   };
 }
 

@@ -17,8 +17,11 @@ import {
 
 /** The addon's edge `optionsJson` (docs/native-api.md), every default filled in. */
 export interface INativeEdgeOptions {
+  /** Empty / 0 for an edge that listens for its hub. */
   hubHost: string;
   hubPort: number;
+  /** The edge listens for its hub (which dials it); the PEMs are filled in at start from `stateDir`. */
+  listenForHub?: { port: number; bindHost: string; certPem?: string; keyPem?: string };
   edgeId: string;
   secret: string;
   /** Absent exactly when pinning is disabled. */
@@ -56,7 +59,11 @@ const CONFIG_KEYS = new Set([
   'quicConnectTimeoutMs',
   'quicProbeIntervalMs',
   'keepFirewallOnStop',
+  'listenForHub',
 ]);
+const LISTEN_KEYS = new Set(['port', 'bindHost', 'stateDir']);
+/** Where an edge that listens for its hub binds by default: every address, as a hub's tunnel port. */
+export const DEFAULT_LISTEN_BIND_HOST = '0.0.0.0';
 const TOKEN_FIELDS = ['hubHost', 'hubPort', 'edgeId', 'secret', 'hubFingerprint'] as const;
 
 function invalid(field: string, value: unknown, problem: string, redact = false): TunnelError {
@@ -78,7 +85,7 @@ function positiveInteger(value: unknown, field: string, fallback: number): numbe
  * `ERR_INVALID_TOKEN` for a bad token and `ERR_INVALID_CONFIG` naming the field otherwise,
  * including when the hub's certificate would not be pinned.
  */
-export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
+export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions & { stateDir?: string } {
   if (typeof config !== 'object' || config === null) {
     throw invalid('config', config, 'must be an object: {token} or {hubHost, hubPort, edgeId, secret, hubFingerprint}');
   }
@@ -86,6 +93,7 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
   for (const key of Object.keys(raw)) {
     if (!CONFIG_KEYS.has(key)) throw invalid(key, raw[key], `unknown option (expected one of ${[...CONFIG_KEYS].join(', ')})`);
   }
+  if (raw.listenForHub !== undefined) return resolveListeningConfig(raw);
 
   let hubHost: unknown, hubPort: unknown, edgeId: unknown, secret: unknown, fingerprintInput: unknown;
   if (raw.token !== undefined) {
@@ -172,5 +180,54 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions {
     ...(quicConnectTimeoutMs === undefined ? {} : { quicConnectTimeoutMs }),
     ...(quicProbeIntervalMs === undefined ? {} : { quicProbeIntervalMs }),
     ...(keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop }),
+  };
+}
+
+/** An edge that waits for its hub to dial it: no hub address or fingerprint (the hub pins ours). */
+function resolveListeningConfig(raw: Record<string, unknown>): INativeEdgeOptions & { stateDir: string } {
+  const dialOnly = ['token', 'hubHost', 'hubPort', 'hubFingerprint', 'dangerouslyDisableFingerprintPinning', 'quicConnectTimeoutMs', 'quicProbeIntervalMs', 'reconnect', 'transportMode'];
+  const extra = dialOnly.find((key) => raw[key] !== undefined);
+  if (extra !== undefined) {
+    throw invalid(extra, extra === 'token' ? undefined : raw[extra], 'applies to an edge that dials its hub; with listenForHub the hub dials this edge (its allowed edge says how)', extra === 'token');
+  }
+  const listen = raw.listenForHub;
+  if (typeof listen !== 'object' || listen === null || Array.isArray(listen)) {
+    throw invalid('listenForHub', listen, 'must be an object {port, bindHost?, stateDir}');
+  }
+  const l = listen as Record<string, unknown>;
+  for (const key of Object.keys(l)) {
+    if (!LISTEN_KEYS.has(key)) throw invalid(`listenForHub.${key}`, l[key], `unknown option (expected one of ${[...LISTEN_KEYS].join(', ')})`);
+  }
+  if (!isValidPort(l.port)) throw invalid('listenForHub.port', l.port, 'must be an integer from 1 to 65535');
+  const bindHost = l.bindHost ?? DEFAULT_LISTEN_BIND_HOST;
+  if (!isValidHost(bindHost)) throw invalid('listenForHub.bindHost', bindHost, 'must be a host name or IP address');
+  if (typeof l.stateDir !== 'string' || l.stateDir === '') {
+    throw invalid('listenForHub.stateDir', l.stateDir, "must be a directory path (the edge keeps its certificate and key there; the hub pins the certificate's fingerprint)");
+  }
+  const { edgeId, secret } = raw;
+  if (typeof edgeId !== 'string' || !EDGE_ID_PATTERN.test(edgeId)) {
+    throw invalid('edgeId', edgeId, 'must be 1-64 characters of A-Z a-z 0-9 . _ -');
+  }
+  if (typeof secret !== 'string' || secret.length < MIN_SECRET_LENGTH) {
+    throw invalid('secret', secret, `must be a string of at least ${MIN_SECRET_LENGTH} characters`, true);
+  }
+  if (raw.keepFirewallOnStop !== undefined && typeof raw.keepFirewallOnStop !== 'boolean') {
+    throw invalid('keepFirewallOnStop', raw.keepFirewallOnStop, 'must be true or false');
+  }
+  const performance = raw.performance === undefined ? undefined : validatePerformance(raw.performance);
+  const limits = raw.limits === undefined ? undefined : validateLimits(raw.limits);
+  return {
+    hubHost: '',
+    hubPort: 0,
+    edgeId,
+    secret,
+    dangerouslyDisableFingerprintPinning: false,
+    transportMode: DEFAULT_TRANSPORT_MODE,
+    reconnect: { baseMs: DEFAULT_RECONNECT_BASE_MS, capMs: DEFAULT_RECONNECT_CAP_MS },
+    listenForHub: { port: l.port, bindHost },
+    stateDir: l.stateDir,
+    ...(performance === undefined ? {} : { performance }),
+    ...(limits === undefined ? {} : { limits }),
+    ...(raw.keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop: raw.keepFirewallOnStop as boolean }),
   };
 }

@@ -11,6 +11,7 @@ const EVENT_KINDS = [
   'serviceLimitReached',
   'eventsDropped',
   'crashRecovered',
+  'authFailed',
 ] as const;
 
 /** The `remoteingress-edge` command's work: start an edge and print its events. */
@@ -18,7 +19,12 @@ export async function runEdgeDaemon(options: IEdgeCommandOptions): Promise<IDaem
   const edge = new RemoteIngressEdge();
   printDaemonEvents(edge, EVENT_KINDS, options.logStreams);
   await edge.start(options.config);
-  out(`edge ${edge.edgeId ?? ''} connecting to ${edge.hubAddress ?? ''} transport ${options.config.transportMode ?? 'quicWithFallback'}`);
+  const listening = edge.listening;
+  if (listening !== null) {
+    out(`edge ${edge.edgeId ?? ''} listening for its hub on ${listening.bindHost}:${listening.port} (TLS and QUIC) fingerprint ${listening.fingerprint}`);
+  } else {
+    out(`edge ${edge.edgeId ?? ''} connecting to ${edge.hubAddress ?? ''} transport ${options.config.transportMode ?? 'quicWithFallback'}`);
+  }
   return {
     stop: () => edge.stop({ graceMs: options.graceMs }),
   };

@@ -8,6 +8,7 @@ import {
   describeValue,
   emitLog,
   loadNativeAddon,
+  loadOrCreateEdgeIdentity,
   parseNativeJson,
   type IEdgeConfig,
   type IEdgeEvents,
@@ -35,6 +36,7 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
   /** Kept referenced until edgeStop resolved: dropping it earlier would let the addon's handle be collected. */
   #handle: NativeHandle | undefined;
   #options: INativeEdgeOptions | undefined;
+  #listening: { bindHost: string; port: number; fingerprint: string } | undefined;
   #starting: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
 
@@ -47,9 +49,14 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
     return this.#options?.edgeId ?? null;
   }
 
-  /** `host:port` of the hub this edge dials, once `start()` was called with a valid config. */
+  /** `host:port` of the hub this edge dials, once `start()` was called with a valid config (null for an edge that listens for its hub). */
   get hubAddress(): string | null {
-    return this.#options === undefined ? null : `${this.#options.hubHost}:${this.#options.hubPort}`;
+    return this.#options === undefined || this.#options.listenForHub !== undefined ? null : `${this.#options.hubHost}:${this.#options.hubPort}`;
+  }
+
+  /** An edge that listens for its hub: where, and the fingerprint of its certificate (what the hub pins), once started. */
+  get listening(): { bindHost: string; port: number; fingerprint: string } | null {
+    return this.#listening ?? null;
   }
 
   /**
@@ -71,8 +78,14 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
     let native: INativeAddon | undefined;
     let handle: NativeHandle | undefined;
     try {
-      const options = resolveEdgeConfig(config);
+      const { stateDir, ...options } = resolveEdgeConfig(config);
       this.#options = options;
+      if (options.listenForHub !== undefined && stateDir !== undefined) {
+        const identity = await loadOrCreateEdgeIdentity(stateDir);
+        options.listenForHub = { ...options.listenForHub, certPem: identity.certPem, keyPem: identity.keyPem };
+        this.#listening = { bindHost: options.listenForHub.bindHost, port: options.listenForHub.port, fingerprint: identity.fingerprint };
+        if (identity.created) emitLog(this, 'info', `created this edge's identity in ${stateDir}; fingerprint ${identity.fingerprint}`);
+      }
       const addon = loadNativeAddon();
       native = addon;
       handle = createNativeHandle(this, addon, 'edge');

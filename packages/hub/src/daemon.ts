@@ -11,7 +11,7 @@ import { RemoteIngressHub } from './hub.js';
  * turns one save into one reload instead of several, one of which might see a half-written file.
  */
 const RELOAD_DEBOUNCE_MS = 250;
-const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'eventsDropped', 'crashRecovered'] as const;
+const EVENT_KINDS = ['edgeConnected', 'edgeDisconnected', 'authFailed', 'edgeDialFailed', 'eventsDropped', 'crashRecovered'] as const;
 
 /** The `remoteingress-hub` command's work: start a hub, print its events, reload its allowed edges. */
 export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon> {

@@ -1,19 +1,26 @@
 //! The authentication exchange that runs on a fresh TLS session before the muxer starts.
 //!
 //! ```text
-//! hub  → edge  CHALLENGE  min version u16, max version u16, nonce[32]
+//! hub  → edge  CHALLENGE  min version u16, max version u16, nonce[32] [, hub proof[32]]
 //! edge → hub   AUTH       version u16, id length u8, edge id, proof[32]
 //! hub  → edge  AUTH_OK    stream window, connection window, heartbeat ms, max streams, max frame (u32 each)
 //!          or  AUTH_FAIL  0 u32, code u16, reason
 //! ```
 //! Frames are read exactly (header, then payload) so nothing past the handshake is consumed
 //! and the muxer starts on a clean stream.
+//!
+//! Whoever opened the connection, the hub sends CHALLENGE and the edge proves. When the hub
+//! *dialed* the edge (the edge listens for its hub), the edge cannot know who is calling: the
+//! hub then appends its own proof (a different MAC context) to CHALLENGE, and the edge checks
+//! it before it answers with anything derived from the secret. The hub pinned the edge's
+//! certificate, so it shows its proof only to the real edge; the edge shows its proof only to a
+//! hub that knows the secret. Neither side ever hands a stranger something to guess against.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::{proof, proofs_equal, PROTOCOL_VERSION};
+use crate::auth::{hub_proof, proof, proofs_equal, PROTOCOL_VERSION};
 use crate::error::{Error, Result};
 use crate::wire::frame::{self, Decoded, Frame, FrameType, AUTH_OK_LEN, MAC_LEN, NONCE_LEN};
 
@@ -112,24 +119,48 @@ pub enum HubVerdict {
     },
 }
 
+/// The edge a hub dialed: only this id may answer, and the hub proves the secret first.
+#[derive(Clone, Copy)]
+pub struct Dialed<'a> {
+    pub edge_id: &'a str,
+    pub secret: &'a str,
+}
+
 /// Hub side. `lookup` returns the secret of an allowed edge. `dummy` is a random per-process
-/// secret used for unknown ids so both failure kinds cost the same time.
+/// secret used for unknown ids so both failure kinds cost the same time. `dialed`: the hub
+/// opened this connection to that edge (see the module documentation).
 pub async fn hub<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     binding: &[u8; 32],
     lookup: impl Fn(&str) -> Option<String>,
     dummy: &[u8],
     params: SessionParams,
+    dialed: Option<Dialed<'_>>,
 ) -> Result<HubVerdict> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rng().fill_bytes(&mut nonce);
-    let mut ch = BytesMut::with_capacity(4 + NONCE_LEN);
+    let mut ch = BytesMut::with_capacity(4 + NONCE_LEN + MAC_LEN);
     ch.put_u16(PROTOCOL_VERSION);
     ch.put_u16(PROTOCOL_VERSION);
     ch.extend_from_slice(&nonce);
+    if let Some(d) = dialed {
+        ch.extend_from_slice(&hub_proof(
+            d.secret.as_bytes(),
+            PROTOCOL_VERSION,
+            &nonce,
+            binding,
+            d.edge_id,
+        ));
+    }
     write_frame(io, FrameType::Challenge, &ch).await?;
 
     let f = read_frame(io).await?;
+    if f.kind == FrameType::AuthFail && dialed.is_some() {
+        // The edge did not accept our proof: its secret (or its id) is not what we have.
+        let (_, _, reason) =
+            frame::parse_goaway(f.kind, &f.payload).map_err(|e| Error::Protocol(e.to_string()))?;
+        return Err(Error::AuthFailed(format!("edge refused: {reason}")));
+    }
     if f.kind != FrameType::Auth {
         return Err(Error::Protocol(format!("expected AUTH, got {:?}", f.kind)));
     }
@@ -150,7 +181,11 @@ pub async fn hub<S: AsyncRead + AsyncWrite + Unpin>(
         write_frame(io, FrameType::AuthFail, &fail).await?;
         return Ok(HubVerdict::Refused { edge_id, reason });
     }
-    let secret = lookup(&edge_id);
+    let secret = match dialed {
+        // Only the edge we dialed may answer on this connection.
+        Some(d) => (d.edge_id == edge_id).then(|| d.secret.to_string()),
+        None => lookup(&edge_id),
+    };
     let key = secret.as_deref().map(str::as_bytes).unwrap_or(dummy);
     let expected = proof(key, version, &nonce, binding, &edge_id);
     let ok = proofs_equal(&expected, mac) && secret.is_some();
@@ -174,12 +209,19 @@ pub async fn hub<S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
-/// Edge side. Returns the session parameters the hub chose.
+/// Why a listening edge refused whoever dialed it; the same for a wrong secret and a wrong
+/// edge id at the hub, and for a caller that sent no proof at all.
+pub const HUB_PROOF_FAILED: &str =
+    "the dialing hub did not prove the shared secret (wrong secret or edge id at the hub, or not a hub)";
+
+/// Edge side. Returns the session parameters the hub chose. `listening`: the hub dialed this
+/// edge, so the hub must prove the secret before the edge answers.
 pub async fn edge<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     binding: &[u8; 32],
     edge_id: &str,
     secret: &str,
+    listening: bool,
 ) -> Result<SessionParams> {
     let f = read_frame(io).await?;
     if f.kind != FrameType::Challenge {
@@ -197,6 +239,15 @@ pub async fn edge<S: AsyncRead + AsyncWrite + Unpin>(
     nonce.copy_from_slice(&p[4..4 + NONCE_LEN]);
     if edge_id.len() > 255 {
         return Err(Error::InvalidConfig("edgeId: longer than 255 bytes".into()));
+    }
+    if listening {
+        let expected = hub_proof(secret.as_bytes(), max, &nonce, binding, edge_id);
+        let shown = p.get(4 + NONCE_LEN..).unwrap_or_default();
+        if !proofs_equal(&expected, shown) {
+            let fail = frame::goaway_payload(0, FAIL_AUTH, AUTH_FAILED_REASON);
+            write_frame(io, FrameType::AuthFail, &fail).await?;
+            return Err(Error::AuthFailed(HUB_PROOF_FAILED.into()));
+        }
     }
     let mac = proof(secret.as_bytes(), PROTOCOL_VERSION, &nonce, binding, edge_id);
     let mut a = BytesMut::with_capacity(3 + edge_id.len() + MAC_LEN);
@@ -252,12 +303,91 @@ mod tests {
                 |id| (id == "edge-1").then(|| "a-very-good-secret".to_string()),
                 b"dummy-dummy-dummy",
                 PARAMS,
+                None,
             )
             .await
             .unwrap()
         });
-        let e = edge(&mut a, &edge_binding, edge_id, edge_secret).await;
+        let e = edge(&mut a, &edge_binding, edge_id, edge_secret, false).await;
         (e, hub.await.unwrap())
+    }
+
+    /// The hub dialed `dialed_id` with `hub_secret`; the listening edge is edge-1 with the good
+    /// secret (or `edge_id` / `edge_binding` for the relay cases).
+    async fn run_dialed(
+        hub_secret: &'static str,
+        dialed_id: &'static str,
+        edge_id: &str,
+        edge_binding: [u8; 32],
+    ) -> (Result<SessionParams>, Result<HubVerdict>) {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let hub = tokio::spawn(async move {
+            let dialed = Dialed {
+                edge_id: dialed_id,
+                secret: hub_secret,
+            };
+            super::hub(
+                &mut b,
+                &[7u8; 32],
+                |_| None,
+                b"dummy-dummy-dummy",
+                PARAMS,
+                Some(dialed),
+            )
+            .await
+        });
+        let e = edge(&mut a, &edge_binding, edge_id, "a-very-good-secret", true).await;
+        (e, hub.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_dialing_hub_proves_first_and_the_edge_then_proves() {
+        let (e, h) = run_dialed("a-very-good-secret", "edge-1", "edge-1", [7u8; 32]).await;
+        assert_eq!(e.unwrap(), PARAMS);
+        assert!(matches!(h, Ok(HubVerdict::Accepted { ref edge_id, .. }) if edge_id == "edge-1"));
+    }
+
+    #[tokio::test]
+    async fn a_listening_edge_refuses_a_hub_without_the_secret_before_showing_its_proof() {
+        for (secret, dialed) in [
+            ("a-very-good-secreT", "edge-1"),
+            // The hub holds the right secret under another id: the proof covers the id.
+            ("a-very-good-secret", "edge-2"),
+        ] {
+            let (e, h) = run_dialed(secret, dialed, "edge-1", [7u8; 32]).await;
+            let err = e.unwrap_err();
+            assert_eq!(err.code(), "ERR_AUTH_FAILED");
+            assert_eq!(
+                err.to_string(),
+                Error::AuthFailed(HUB_PROOF_FAILED.into()).to_string()
+            );
+            let hub_err = h.err().expect("the hub is told it was refused");
+            assert_eq!(hub_err.code(), "ERR_AUTH_FAILED");
+            assert!(hub_err.to_string().contains(AUTH_FAILED_REASON), "{hub_err}");
+        }
+        // A proof relayed from another session does not verify either.
+        let (e, _) = run_dialed("a-very-good-secret", "edge-1", "edge-1", [8u8; 32]).await;
+        assert_eq!(e.unwrap_err().code(), "ERR_AUTH_FAILED");
+    }
+
+    #[tokio::test]
+    async fn a_listening_edge_refuses_a_challenge_without_a_hub_proof() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let hub = tokio::spawn(async move {
+            super::hub(
+                &mut b,
+                &[7u8; 32],
+                |_| Some("a-very-good-secret".into()),
+                b"d",
+                PARAMS,
+                None,
+            )
+            .await
+        });
+        let e = edge(&mut a, &[7u8; 32], "edge-1", "a-very-good-secret", true).await;
+        assert_eq!(e.unwrap_err().code(), "ERR_AUTH_FAILED");
+        // The plain hub sees AUTH_FAIL where it expected AUTH.
+        assert!(hub.await.unwrap().is_err());
     }
 
     #[tokio::test]

@@ -19,6 +19,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-remoteingress-auth-v1";
 /// Domain separation for the MAC input.
 const MAC_CONTEXT: &[u8] = b"remoteingress-auth-v1\0";
+/// Domain separation for the proof a dialing hub shows its edge: a different context, so one
+/// side's proof can never be reflected back as the other's.
+const HUB_MAC_CONTEXT: &[u8] = b"remoteingress-hub-auth-v1\0";
 
 /// `HMAC(secret, context || version || nonce || binding || edge_id)`.
 pub fn proof(
@@ -28,9 +31,33 @@ pub fn proof(
     binding: &[u8; 32],
     edge_id: &str,
 ) -> [u8; MAC_LEN] {
+    mac(MAC_CONTEXT, secret, version, nonce, binding, edge_id)
+}
+
+/// The dialing hub's proof: `HMAC(secret, hub context || version || nonce || binding ||
+/// edge_id)`. A listening edge checks it before it shows a proof of its own, so whoever dials
+/// an edge learns nothing derived from the secret without knowing it (no offline guessing).
+pub fn hub_proof(
+    secret: &[u8],
+    version: u16,
+    nonce: &[u8; NONCE_LEN],
+    binding: &[u8; 32],
+    edge_id: &str,
+) -> [u8; MAC_LEN] {
+    mac(HUB_MAC_CONTEXT, secret, version, nonce, binding, edge_id)
+}
+
+fn mac(
+    context: &[u8],
+    secret: &[u8],
+    version: u16,
+    nonce: &[u8; NONCE_LEN],
+    binding: &[u8; 32],
+    edge_id: &str,
+) -> [u8; MAC_LEN] {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let mut mac = ring::hmac::Context::with_key(&key);
-    mac.update(MAC_CONTEXT);
+    mac.update(context);
     mac.update(&version.to_be_bytes());
     mac.update(nonce);
     mac.update(binding);

@@ -3,10 +3,9 @@
 //! one stream and every UDP client as one flow. Reconnects with backoff and jitter; while on the
 //! TLS fallback it keeps probing QUIC and moves new streams over once QUIC works.
 
-use rand::RngExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,9 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::handshake;
-use crate::auth::EXPORTER_LABEL;
-use crate::config::EdgeOptions;
+use crate::config::{EdgeOptions, ListenForHub};
 use crate::engine::firewall::{self, Nft};
+use crate::engine::listen::{self, Gate, ServerTls};
 use crate::engine::service::{self, Service};
 use crate::engine::udp::{EdgeUdp, FlowTunnel};
 use crate::error::{Error, Result};
@@ -25,28 +24,18 @@ use crate::event;
 use crate::events::{log, EventSink};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::supervise::{self, supervise, FaultPoint};
+use crate::transport::dial;
 use crate::transport::quic;
-use crate::transport::tls::{self, Trust};
+use crate::transport::tls::{self, Identity, Trust};
 use crate::transport::tunnel::Tunnel;
 use crate::wire::frame::{Frame, FrameType};
 use crate::wire::open::{OpenRecord, KIND_TCP};
-
-/// The TCP connect to the hub gives up after this (10 s: longer than any sane RTT plus SYN
-/// retries for one lost packet, short enough that the backoff loop keeps moving).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A session that stayed up this long was healthy: the next failure starts the backoff over.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// A listener moved to a new bind address: how often and how far apart the new bind is tried
 /// while the old socket closes (its task is dropped a moment after the abort; 50 × 20 ms = 1 s
 /// is far more than that takes, and bounds a port that some other process took meanwhile).
 const REBIND_ATTEMPTS: usize = 50;
 const REBIND_PAUSE: Duration = Duration::from_millis(20);
-
-/// SNI sent to the hub. The hub is authenticated by its pinned fingerprint, not by name, so the
-/// name carries no meaning; a fixed one avoids leaking the hub's configured host name.
-const SNI: &str = "hub.remoteingress.invalid";
 
 #[derive(Clone)]
 pub struct Edge {
@@ -58,7 +47,12 @@ type Services = Arc<RwLock<BTreeMap<u16, Arc<Service>>>>;
 
 struct Inner {
     opts: EdgeOptions,
-    trust: Trust,
+    /// How the hub's certificate is checked when this edge dials it (`None`: it listens).
+    trust: Option<Trust>,
+    /// The listener a dialing hub reaches (`listenForHub`), and the tunnels it authenticated,
+    /// taken by the run loop.
+    hub_listener: Option<Arc<HubListener>>,
+    arrivals: tokio::sync::Mutex<Option<mpsc::Receiver<Arrival>>>,
     events: EventSink,
     status: Mutex<Status>,
     stop: watch::Sender<bool>,
@@ -139,29 +133,170 @@ fn set_current(inner: &Inner, t: Option<Tunnel>) {
         .set_tunnel(t.map(|t| Arc::new(t) as Arc<dyn FlowTunnel>));
 }
 
+/// How a dialing edge checks its hub's certificate, from the options.
+fn dial_trust(opts: &EdgeOptions) -> Result<Trust> {
+    let trust = match (&opts.hub_fingerprint, opts.dangerously_disable_fingerprint_pinning) {
+        (Some(f), false) => Trust::Pinned(tls::parse_fingerprint(f)?),
+        (None, true) => Trust::DangerouslyAnyCertificate,
+        (Some(_), true) => {
+            return Err(Error::InvalidConfig(
+                "hubFingerprint and dangerouslyDisableFingerprintPinning: give one, not both".into(),
+            ))
+        }
+        (None, false) => {
+            return Err(Error::InvalidConfig(
+                "hubFingerprint: required (the edge pins the hub's certificate); pass a token, or set dangerouslyDisableFingerprintPinning to skip the check".into(),
+            ))
+        }
+    };
+    if opts.hub_host.is_empty() {
+        return Err(Error::InvalidConfig("hubHost: empty".into()));
+    }
+    if opts.hub_port == 0 {
+        return Err(Error::InvalidConfig("hubPort: 0 is not a port".into()));
+    }
+    Ok(trust)
+}
+
+/// A tunnel a dialing hub opened and authenticated, waiting for the run loop.
+enum Arrival {
+    // Boxed: a TLS stream is over a kilobyte, and arrivals wait in a queue.
+    Tls(Box<ServerTls>, handshake::SessionParams, SocketAddr),
+    Quic(
+        quinn::Connection,
+        quic::Duplex,
+        handshake::SessionParams,
+        SocketAddr,
+    ),
+}
+
+/// Authenticated tunnels waiting for the run loop: one is taken at once; a second only waits
+/// while the run loop swaps tunnels. More would mean many hubs with the secret dialing at once.
+const ARRIVALS_QUEUE: usize = 4;
+
+/// `listenForHub`: the TLS and QUIC listener a dialing hub reaches. It faces the internet like a
+/// hub's tunnel port and has the same pre-authentication bounds ([`listen`]); a caller must
+/// prove the shared secret before this edge shows anything derived from it.
+struct HubListener {
+    gate: Gate,
+    edge_id: String,
+    secret: String,
+    connection_window: u32,
+    shutdown: watch::Sender<bool>,
+    arrivals: mpsc::Sender<Arrival>,
+    port: u16,
+    bind_host: String,
+    fingerprint: String,
+    endpoint: quinn::Endpoint,
+}
+
+impl HubListener {
+    fn start(
+        opts: &EdgeOptions,
+        l: &ListenForHub,
+        events: &EventSink,
+    ) -> Result<(Arc<HubListener>, mpsc::Receiver<Arrival>)> {
+        let identity = Identity::from_pem(&l.cert_pem, &l.key_pem)?;
+        let tls = Arc::new(identity.server_config()?);
+        let (tcp, udp) = listen::bind_tunnel_port(&l.bind_host, l.port)?;
+        let port = tcp.local_addr()?.port();
+        let endpoint = listen::quic_endpoint(&identity, tls.clone(), &opts.performance, &opts.limits, udp)?;
+        let (tx, rx) = mpsc::channel(ARRIVALS_QUEUE);
+        let (shutdown, _) = watch::channel(false);
+        let listener = Arc::new(HubListener {
+            gate: Gate::new(events.clone(), &opts.limits, "edge"),
+            edge_id: opts.edge_id.clone(),
+            secret: opts.secret.clone(),
+            connection_window: opts.performance.connection_window,
+            shutdown,
+            arrivals: tx,
+            port,
+            bind_host: l.bind_host.clone(),
+            fingerprint: identity.fingerprint.clone(),
+            endpoint: endpoint.clone(),
+        });
+        let tcp = Arc::new(tcp);
+        tokio::spawn(supervise(events.clone(), "edge listener for the hub".into(), {
+            let listener = listener.clone();
+            move || listen::tls_accept_loop(listener.clone(), tcp.clone(), tls.clone())
+        }));
+        tokio::spawn(supervise(
+            events.clone(),
+            "edge QUIC listener for the hub".into(),
+            {
+                let listener = listener.clone();
+                move || listen::quic_accept_loop(listener.clone(), endpoint.clone())
+            },
+        ));
+        log(
+            events,
+            "info",
+            format!(
+                "edge listening for its hub on {}:{port} (TLS and QUIC), fingerprint {}",
+                l.bind_host, identity.fingerprint
+            ),
+        );
+        Ok((listener, rx))
+    }
+
+    fn close(&self) {
+        let _ = self.shutdown.send(true);
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"edge stopped");
+    }
+}
+
+impl listen::Authenticator for HubListener {
+    type Peer = handshake::SessionParams;
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// The hub proves the secret first; a caller that cannot is refused (the listener counts
+    /// and reports it, as the hub does for edges).
+    async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send>(
+        self: &Arc<Self>,
+        io: &mut S,
+        binding: &[u8; 32],
+        _peer: SocketAddr,
+    ) -> Result<Option<handshake::SessionParams>> {
+        handshake::edge(io, binding, &self.edge_id, &self.secret, true)
+            .await
+            .map(Some)
+    }
+
+    async fn serve_tls(self: Arc<Self>, tls: ServerTls, params: handshake::SessionParams, peer: SocketAddr) {
+        let _ = self.arrivals.send(Arrival::Tls(Box::new(tls), params, peer)).await;
+    }
+
+    async fn serve_quic(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        control: quic::Duplex,
+        params: handshake::SessionParams,
+        peer: SocketAddr,
+    ) {
+        // Authenticated: the hub may fill the configured window (it opens no streams here).
+        conn.set_receive_window(quinn::VarInt::from_u32(self.connection_window));
+        let _ = self
+            .arrivals
+            .send(Arrival::Quic(conn, control, params, peer))
+            .await;
+    }
+}
+
 impl Edge {
     /// Validates the options and starts the connect loop. Must run inside the runtime.
     pub fn start(opts: EdgeOptions, events: EventSink) -> Result<Edge> {
-        let trust = match (&opts.hub_fingerprint, opts.dangerously_disable_fingerprint_pinning) {
-            (Some(f), false) => Trust::Pinned(tls::parse_fingerprint(f)?),
-            (None, true) => Trust::DangerouslyAnyCertificate,
-            (Some(_), true) => {
-                return Err(Error::InvalidConfig(
-                    "hubFingerprint and dangerouslyDisableFingerprintPinning: give one, not both".into(),
-                ))
-            }
-            (None, false) => {
-                return Err(Error::InvalidConfig(
-                    "hubFingerprint: required (the edge pins the hub's certificate); pass a token, or set dangerouslyDisableFingerprintPinning to skip the check".into(),
-                ))
-            }
+        let trust = if opts.listen_for_hub.is_some() {
+            None
+        } else {
+            Some(dial_trust(&opts)?)
         };
-        if opts.hub_host.is_empty() {
-            return Err(Error::InvalidConfig("hubHost: empty".into()));
-        }
-        if opts.hub_port == 0 {
-            return Err(Error::InvalidConfig("hubPort: 0 is not a port".into()));
-        }
         if opts.edge_id.is_empty() || opts.edge_id.len() > 255 {
             return Err(Error::InvalidConfig(format!(
                 "edgeId: {:?} must be 1-255 bytes",
@@ -171,21 +306,8 @@ impl Edge {
         if opts.secret.is_empty() {
             return Err(Error::InvalidConfig("secret: empty".into()));
         }
-        if !matches!(
-            opts.transport_mode.as_str(),
-            "tcpTls" | "quic" | "quicWithFallback"
-        ) {
-            return Err(Error::InvalidConfig(format!(
-                "transportMode: {:?} is not one of tcpTls, quic, quicWithFallback",
-                opts.transport_mode
-            )));
-        }
-        if opts.reconnect.base_ms == 0 || opts.reconnect.cap_ms < opts.reconnect.base_ms {
-            return Err(Error::InvalidConfig(format!(
-                "reconnect: baseMs {} must be positive and capMs {} at least baseMs",
-                opts.reconnect.base_ms, opts.reconnect.cap_ms
-            )));
-        }
+        crate::config::validate_mode(&opts.transport_mode)?;
+        opts.reconnect.validate()?;
         opts.performance.validate()?;
         if opts.quic_connect_timeout_ms == 0 || opts.quic_probe_interval_ms == 0 {
             return Err(Error::InvalidConfig(format!(
@@ -193,7 +315,7 @@ impl Edge {
                 opts.quic_connect_timeout_ms, opts.quic_probe_interval_ms
             )));
         }
-        if matches!(trust, Trust::DangerouslyAnyCertificate) {
+        if matches!(trust, Some(Trust::DangerouslyAnyCertificate)) {
             log(
                 &events,
                 "warn",
@@ -203,9 +325,18 @@ impl Edge {
         let (stop, _) = watch::channel(false);
         let udp = EdgeUdp::new(events.clone());
         let opts_edge_id = opts.edge_id.clone();
+        let (hub_listener, arrivals) = match &opts.listen_for_hub {
+            Some(l) => {
+                let (listener, rx) = HubListener::start(&opts, l, &events)?;
+                (Some(listener), Some(rx))
+            }
+            None => (None, None),
+        };
         let inner = Arc::new(Inner {
             opts,
             trust,
+            hub_listener,
+            arrivals: tokio::sync::Mutex::new(arrivals),
             events,
             status: Mutex::new(Status {
                 state: "connecting",
@@ -268,9 +399,29 @@ impl Edge {
             .map(|s| s.status("tcp"))
             .collect();
         let u = &self.inner.udp.stats;
+        let (hub_address, listen_for_hub) = match &self.inner.hub_listener {
+            None => (
+                json!(format!(
+                    "{}:{}",
+                    self.inner.opts.hub_host, self.inner.opts.hub_port
+                )),
+                Value::Null,
+            ),
+            Some(l) => {
+                let (tls, quic) = l.gate.pending();
+                (
+                    Value::Null,
+                    json!({
+                        "bindHost": l.bind_host, "port": l.port, "fingerprint": l.fingerprint,
+                        "pendingHandshakes": { "tls": tls, "quic": quic },
+                    }),
+                )
+            }
+        };
         json!({
             "state": st.state,
-            "hubAddress": format!("{}:{}", self.inner.opts.hub_host, self.inner.opts.hub_port),
+            "hubAddress": hub_address,
+            "listenForHub": listen_for_hub,
             "transport": tunnel.as_ref().map(|t| t.transport()),
             "transportMode": self.inner.opts.transport_mode,
             "transportReason": st.transport_reason,
@@ -300,6 +451,10 @@ impl Edge {
     /// then closes everything. Idempotent.
     pub async fn stop(&self, grace: Duration) {
         if !self.inner.stopped.swap(true, Ordering::AcqRel) {
+            if let Some(l) = &self.inner.hub_listener {
+                // No new calls from the hub; the tunnel in use drains below.
+                l.close();
+            }
             close_listeners(&self.inner);
             self.inner.udp.close_all();
             if let Some(t) = current(&self.inner.current) {
@@ -340,16 +495,12 @@ fn close_listeners(inner: &Inner) {
     }
 }
 
-/// Full-jitter-ish exponential backoff: a random delay in [½·d, d] where d doubles from `base`
-/// up to `cap`, so a fleet of edges does not reconnect in lock-step after a hub restart.
-fn backoff(base_ms: u64, cap_ms: u64, attempt: u32) -> Duration {
-    let d = base_ms.saturating_mul(1u64 << attempt.min(20)).min(cap_ms);
-    let ms = rand::rng().random_range(d / 2..=d);
-    Duration::from_millis(ms)
-}
-
 async fn run(inner: Arc<Inner>) {
     let mut stop = inner.stop.subscribe();
+    // Held for this incarnation of the loop (a restart after a panic takes it again).
+    let mut arrivals_guard = inner.arrivals.lock().await;
+    let mut arrivals = arrivals_guard.as_mut();
+    let listening = arrivals.is_some();
     // After a crash restart, nothing of the previous incarnation may linger.
     close_listeners(&inner);
     inner.udp.close_all();
@@ -361,11 +512,11 @@ async fn run(inner: Arc<Inner>) {
         }
         {
             let mut st = lock(&inner.status);
-            st.state = "connecting";
+            st.state = if listening { "listening" } else { "connecting" };
             st.attempts += 1;
         }
         let began = Instant::now();
-        let outcome = session(&inner, &mut stop).await;
+        let outcome = session(&inner, &mut stop, arrivals.as_deref_mut()).await;
         close_listeners(&inner);
         inner.udp.close_all();
         set_current(&inner, None);
@@ -387,14 +538,17 @@ async fn run(inner: Arc<Inner>) {
         if inner.stopped.load(Ordering::Acquire) {
             break;
         }
-        if was_up && began.elapsed() >= HEALTHY_SESSION {
+        if was_up && began.elapsed() >= dial::HEALTHY_SESSION {
             attempt = 0;
         }
-        // A drained tunnel (hub restarting or rebalancing) is redialled at once.
-        let delay = if matches!(err, Error::GoAway(_)) {
+        // A drained tunnel (hub restarting or rebalancing) is redialled at once; an edge that
+        // listens just waits for the hub's next call.
+        let delay = if listening {
+            Duration::ZERO
+        } else if matches!(err, Error::GoAway(_)) {
             Duration::from_millis(inner.opts.reconnect.base_ms / 4)
         } else {
-            backoff(inner.opts.reconnect.base_ms, inner.opts.reconnect.cap_ms, attempt)
+            dial::backoff(inner.opts.reconnect.base_ms, inner.opts.reconnect.cap_ms, attempt)
         };
         attempt = attempt.saturating_add(1);
         tokio::select! {
@@ -412,7 +566,15 @@ type TunnelFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Error> + 
 async fn connect(
     inner: &Arc<Inner>,
     cfg_tx: &mpsc::UnboundedSender<Value>,
+    arrivals: Option<&mut mpsc::Receiver<Arrival>>,
 ) -> Result<(Tunnel, TunnelFuture, String)> {
+    if let Some(rx) = arrivals {
+        let a = rx
+            .recv()
+            .await
+            .ok_or_else(|| Error::LocalClosed("the listener for the hub stopped".into()))?;
+        return Ok(arrived(inner, cfg_tx, a));
+    }
     match inner.opts.transport_mode.as_str() {
         "tcpTls" => dial_tls(inner, cfg_tx)
             .await
@@ -438,6 +600,57 @@ async fn connect(
     }
 }
 
+/// Starts the edge's side of a tunnel the hub dialed.
+fn arrived(
+    inner: &Arc<Inner>,
+    cfg_tx: &mpsc::UnboundedSender<Value>,
+    a: Arrival,
+) -> (Tunnel, TunnelFuture, String) {
+    match a {
+        Arrival::Tls(tls, params, peer) => {
+            let (t, f) = start_tls(inner, cfg_tx, *tls, params);
+            (t, f, format!("the hub dialed in from {peer} over TLS"))
+        }
+        Arrival::Quic(conn, control, _params, peer) => {
+            let (q, f) = quic::start(conn, None, control, handler(inner, cfg_tx), false);
+            (
+                Tunnel::Quic(q),
+                Box::pin(f),
+                format!("the hub dialed in from {peer} over QUIC"),
+            )
+        }
+    }
+}
+
+/// The next tunnel a dialing hub opened, or never (an edge that dials).
+async fn next_arrival(arrivals: &mut Option<&mut mpsc::Receiver<Arrival>>) -> Option<Arrival> {
+    match arrivals {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// New streams go to `new` from now on; the old tunnel drains its open streams and closes
+/// (GOAWAY), driven by its own task.
+fn replace_tunnel(
+    inner: &Arc<Inner>,
+    tunnel: &mut Tunnel,
+    fut: &mut TunnelFuture,
+    new: (Tunnel, TunnelFuture),
+    goaway: &str,
+    why: &str,
+) {
+    let old = std::mem::replace(tunnel, new.0);
+    let old_fut = std::mem::replace(fut, new.1);
+    set_current(inner, Some(tunnel.clone()));
+    old.go_away(0, goaway);
+    tokio::spawn(old_fut);
+    lock(&inner.status).transport_reason = Some(why.into());
+    inner.events.as_ref()(event!("transportChanged", {
+        "from": old.transport(), "to": tunnel.transport(), "reason": why
+    }));
+}
+
 fn note_probe(inner: &Inner, e: &Error) {
     lock(&inner.status).quic_probe = Some(json!({
         "at": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
@@ -447,10 +660,14 @@ fn note_probe(inner: &Inner, e: &Error) {
 
 /// One connected period: the first tunnel, possibly replaced by QUIC after a successful probe.
 /// `Err` = it never came up; `Ok(why)` = it came up and ended because `why`.
-async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::result::Result<Error, Error> {
+async fn session(
+    inner: &Arc<Inner>,
+    stop: &mut watch::Receiver<bool>,
+    mut arrivals: Option<&mut mpsc::Receiver<Arrival>>,
+) -> std::result::Result<Error, Error> {
     let (cfg_tx, mut cfg_rx) = mpsc::unbounded_channel();
     let (mut tunnel, mut fut, reason) = tokio::select! {
-        r = connect(inner, &cfg_tx) => r?,
+        r = connect(inner, &cfg_tx, arrivals.as_deref_mut()) => r?,
         _ = stop.changed() => return Err(Error::LocalClosed("edge stopped".into())),
     };
     set_current(inner, Some(tunnel.clone()));
@@ -461,33 +678,33 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
         st.last_error = None;
         st.transport_reason = Some(reason.clone());
     }
-    let hub = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
+    let hub = match &inner.trust {
+        Some(_) => format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port),
+        None => reason.clone(),
+    };
     inner.events.as_ref()(event!("tunnelConnected", {
         "hubAddress": hub, "transport": tunnel.transport(), "reason": reason
     }));
     let probe_every = Duration::from_millis(inner.opts.quic_probe_interval_ms);
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
     loop {
-        let probing = inner.opts.transport_mode == "quicWithFallback" && matches!(tunnel, Tunnel::Tls(_));
+        let probing = inner.trust.is_some()
+            && inner.opts.transport_mode == "quicWithFallback"
+            && matches!(tunnel, Tunnel::Tls(_));
         tokio::select! {
             why = &mut fut => return Ok(why),
             Some(cfg) = cfg_rx.recv() => apply_config(inner, cfg).await,
+            Some(a) = next_arrival(&mut arrivals) => {
+                // The hub dialed again (moved to QUIC, or redialed over a tunnel it gave up).
+                let (t, f, why) = arrived(inner, &cfg_tx, a);
+                replace_tunnel(inner, &mut tunnel, &mut fut, (t, f), "the hub dialed a newer tunnel", &why);
+            }
             _ = probe.tick(), if probing => {
                 let limit = Duration::from_millis(inner.opts.quic_connect_timeout_ms);
                 match tokio::time::timeout(limit, dial_quic(inner, &cfg_tx)).await {
-                    Ok(Ok((quic, quic_fut))) => {
-                        // New streams go to QUIC from now on; the TLS tunnel drains its open
-                        // streams and closes (GOAWAY), driven by its own task.
-                        let old = std::mem::replace(&mut tunnel, quic);
-                        let old_fut = std::mem::replace(&mut fut, Box::pin(quic_fut));
-                        set_current(inner, Some(tunnel.clone()));
-                        old.go_away(0, "edge moved to QUIC");
-                        tokio::spawn(old_fut);
+                    Ok(Ok(quic)) => {
                         let why = "QUIC probe succeeded; new streams use QUIC, open TLS streams finish";
-                        lock(&inner.status).transport_reason = Some(why.into());
-                        inner.events.as_ref()(event!("transportChanged", {
-                            "from": old.transport(), "to": tunnel.transport(), "reason": why
-                        }));
+                        replace_tunnel(inner, &mut tunnel, &mut fut, quic, "edge moved to QUIC", why);
                     }
                     Ok(Err(e)) => note_probe(inner, &e),
                     Err(_) => note_probe(inner, &Error::Timeout(format!("QUIC probe did not complete within {} ms", limit.as_millis()))),
@@ -502,15 +719,12 @@ async fn session(inner: &Arc<Inner>, stop: &mut watch::Receiver<bool>) -> std::r
     }
 }
 
-type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
-
-fn pin_error(msg: &str) -> Option<Error> {
-    let i = msg.find(tls::PIN_MISMATCH)?;
-    let detail = &msg[i + tls::PIN_MISMATCH.len()..];
-    Some(Error::FingerprintMismatch {
-        pinned: field(detail, "pinned "),
-        actual: field(detail, "got "),
-    })
+/// The hub's pin, for an edge that dials (never called on one that listens).
+fn dialing(inner: &Inner) -> Result<Trust> {
+    inner
+        .trust
+        .clone()
+        .ok_or_else(|| Error::State("this edge listens for its hub and does not dial it".into()))
 }
 
 /// TCP connect, TLS with the pinned fingerprint, authentication, and the muxer.
@@ -518,7 +732,35 @@ async fn dial_tls(
     inner: &Arc<Inner>,
     cfg_tx: &mpsc::UnboundedSender<Value>,
 ) -> Result<(Tunnel, TunnelFuture)> {
-    let (tls, params) = tls_handshake(inner).await?;
+    let hs = async {
+        let (mut tls, binding) = dial::tls(
+            &inner.opts.hub_host,
+            inner.opts.hub_port,
+            dialing(inner)?,
+            "the hub",
+        )
+        .await?;
+        let params =
+            handshake::edge(&mut tls, &binding, &inner.opts.edge_id, &inner.opts.secret, false).await?;
+        Ok::<_, Error>((tls, params))
+    };
+    let timeout = Duration::from_millis(inner.opts.limits.handshake_timeout_ms);
+    let (tls, params) = tokio::time::timeout(timeout, hs)
+        .await
+        .map_err(|_| Error::Timeout("hub did not finish the handshake in time".into()))??;
+    Ok(start_tls(inner, cfg_tx, tls, params))
+}
+
+/// The edge's muxer on an authenticated TLS stream, whichever side opened it.
+fn start_tls<IO>(
+    inner: &Arc<Inner>,
+    cfg_tx: &mpsc::UnboundedSender<Value>,
+    io: IO,
+    params: handshake::SessionParams,
+) -> (Tunnel, TunnelFuture)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = MuxConfig {
         side: Side::Edge,
         max_frame: params.max_frame as usize,
@@ -529,8 +771,8 @@ async fn dial_tls(
         // Three missed heartbeats: one lost PING is not a dead peer.
         heartbeat_timeout: Duration::from_millis(u64::from(params.heartbeat_ms) * 3),
     };
-    let (mux, fut) = mux::start(tls, cfg, handler(inner, cfg_tx));
-    Ok((Tunnel::Tls(mux), Box::pin(fut)))
+    let (mux, fut) = mux::start(io, cfg, handler(inner, cfg_tx));
+    (Tunnel::Tls(mux), Box::pin(fut))
 }
 
 fn handler(inner: &Arc<Inner>, cfg_tx: &mpsc::UnboundedSender<Value>) -> EdgeHandler {
@@ -541,105 +783,42 @@ fn handler(inner: &Arc<Inner>, cfg_tx: &mpsc::UnboundedSender<Value>) -> EdgeHan
     }
 }
 
-async fn tls_handshake(inner: &Arc<Inner>) -> Result<(ClientTls, handshake::SessionParams)> {
-    let addr = format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port);
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(Error::Connect { addr, source }),
-        Err(_) => return Err(Error::Timeout(format!("connecting to the hub at {addr}"))),
-    };
-    let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(inner.trust.clone())));
-    let name = rustls::pki_types::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
-    let hs = async {
-        let mut tls = connector.connect(name, tcp).await.map_err(|e| {
-            let msg = e.to_string();
-            pin_error(&msg).unwrap_or_else(|| Error::Tls(format!("handshake with {addr} failed: {msg}")))
-        })?;
-        let binding = tls
-            .get_ref()
-            .1
-            .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
-            .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
-        let params = handshake::edge(&mut tls, &binding, &inner.opts.edge_id, &inner.opts.secret).await?;
-        Ok::<_, Error>((tls, params))
-    };
-    let timeout = Duration::from_millis(inner.opts.limits.handshake_timeout_ms);
-    tokio::time::timeout(timeout, hs)
-        .await
-        .map_err(|_| Error::Timeout("hub did not finish the handshake in time".into()))?
-}
-
 /// QUIC connect (same pinning), control stream, authentication.
 async fn dial_quic(
     inner: &Arc<Inner>,
     cfg_tx: &mpsc::UnboundedSender<Value>,
 ) -> Result<(Tunnel, TunnelFuture)> {
-    let addr = quic::resolve(&inner.opts.hub_host, inner.opts.hub_port).await?;
-    let local: SocketAddr = if addr.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let endpoint = crate::engine::udp::bound_std_socket(local)
-        .and_then(|sock| {
-            quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
-                None,
-                sock,
-                crate::transport::quic::runtime(),
-            )
-        })
-        .map_err(|source| Error::Bind {
-            addr: format!("udp {local}"),
-            source,
-        })?;
-    let mut cfg = quic::client_crypto(tls::client_config(inner.trust.clone()))?;
-    cfg.transport_config(Arc::new(quic::transport_config(
+    let transport = quic::transport_config(
         &inner.opts.performance,
         Duration::from_millis(inner.opts.limits.heartbeat_interval_ms),
         // The edge accepts no hub-opened streams (see quic::HUB_MAX_QUIC_STREAMS).
         0,
-    )));
+    );
     let hs = async {
-        let conn = endpoint
-            .connect_with(cfg, addr, SNI)
-            .map_err(|e| Error::Tls(format!("QUIC connect to {addr}: {e}")))?
-            .await
-            .map_err(|e| {
-                let msg = e.to_string();
-                pin_error(&msg).unwrap_or_else(|| match e {
-                    quinn::ConnectionError::TimedOut => Error::Timeout(format!("QUIC to {addr} timed out")),
-                    _ => Error::Tls(format!("QUIC handshake with {addr} failed: {msg}")),
-                })
-            })?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::PeerClosed(format!("QUIC control stream: {e}")))?;
-        send.write_all(quic::PREAMBLE)
-            .await
-            .map_err(|e| Error::PeerClosed(format!("QUIC control stream: {e}")))?;
-        let binding = quic::binding(&conn)?;
-        let mut control = quic::Duplex { send, recv };
-        handshake::edge(&mut control, &binding, &inner.opts.edge_id, &inner.opts.secret).await?;
-        Ok::<_, Error>((conn, control))
+        let mut d = dial::quic(
+            &inner.opts.hub_host,
+            inner.opts.hub_port,
+            dialing(inner)?,
+            transport,
+            "the hub",
+        )
+        .await?;
+        handshake::edge(
+            &mut d.control,
+            &d.binding,
+            &inner.opts.edge_id,
+            &inner.opts.secret,
+            false,
+        )
+        .await?;
+        Ok::<_, Error>(d)
     };
     let timeout = Duration::from_millis(inner.opts.limits.handshake_timeout_ms);
-    let (conn, control) = tokio::time::timeout(timeout, hs)
+    let d = tokio::time::timeout(timeout, hs)
         .await
         .map_err(|_| Error::Timeout("hub did not finish the QUIC handshake in time".into()))??;
-    let (q, fut) = quic::start(conn, Some(endpoint), control, handler(inner, cfg_tx), false);
+    let (q, fut) = quic::start(d.conn, Some(d.endpoint), d.control, handler(inner, cfg_tx), false);
     Ok((Tunnel::Quic(q), Box::pin(fut)))
-}
-
-fn field(detail: &str, key: &str) -> String {
-    detail
-        .split([',', '"', ':'])
-        .find_map(|part| part.trim().strip_prefix(key))
-        .unwrap_or("?")
-        .trim()
-        .to_string()
 }
 
 /// Applies a CONFIG: binds new ports, closes removed ones, leaves unchanged ones (and their

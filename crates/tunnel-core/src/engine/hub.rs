@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::admission::{Admission, Refusal, Via};
 use crate::auth::handshake::{self, HubVerdict, SessionParams};
-use crate::auth::{FailureLimiter, EXPORTER_LABEL};
 use crate::config::{validate_edges, EdgeSpec, HubOptions, Limits, Performance, PortSpec};
+use crate::engine::listen::{self, Gate, ServerTls};
 use crate::engine::udp::HubFlows;
 use crate::error::{Error, Result};
 use crate::event;
@@ -28,6 +27,8 @@ use crate::transport::tunnel::Tunnel;
 use crate::wire::frame::FrameType;
 use crate::wire::open::{OpenRecord, KIND_UDP};
 use crate::wire::proxy_protocol;
+
+mod dialer;
 
 /// A running hub. Cheap to clone.
 #[derive(Clone)]
@@ -42,12 +43,8 @@ struct Inner {
     perf: Performance,
     limits: Limits,
     state: Mutex<State>,
-    limiter: Mutex<FailureLimiter>,
-    /// Unauthenticated connections, TLS and QUIC, in total and per source.
-    admission: Arc<Admission>,
-    /// When the last "refusing unauthenticated connections" warning was logged (one per
-    /// [`BUSY_LOG_EVERY`], not one per refused connection).
-    last_busy_log: Mutex<Option<Instant>>,
+    /// Pre-authentication bounds of the tunnel port (failure budget, admission, slots).
+    gate: Gate,
     /// Random stand-in secret for unknown edge ids (equal-time failures).
     dummy_secret: [u8; 32],
     shutdown: watch::Sender<bool>,
@@ -55,6 +52,8 @@ struct Inner {
     accept_task: Mutex<Option<JoinHandle<()>>>,
     quic: Mutex<Option<quinn::Endpoint>>,
     session_serial: AtomicU64,
+    /// One task per allowed edge the hub dials (`dialEdge`).
+    dialers: Mutex<HashMap<String, dialer::DialTask>>,
 }
 
 #[derive(Default)]
@@ -130,79 +129,44 @@ impl Hub {
         opts.limits.validate()?;
         let identity = Identity::from_pem(&opts.cert_pem, &opts.key_pem)?;
         let tls = Arc::new(identity.server_config()?);
-        let (listener, udp_socket) = bind_tunnel_port(&opts.bind_host, opts.tunnel_port).await?;
+        let (listener, udp_socket) = listen::bind_tunnel_port(&opts.bind_host, opts.tunnel_port)?;
         let port = listener.local_addr()?.port();
         let mut dummy_secret = [0u8; 32];
         rand::rng().fill_bytes(&mut dummy_secret);
         let (shutdown, _) = watch::channel(false);
         let inner = Arc::new(Inner {
-            events,
+            events: events.clone(),
             fingerprint: identity.fingerprint.clone(),
             port,
             perf: opts.performance.clone(),
             limits: opts.limits.clone(),
             state: Mutex::new(State::default()),
-            limiter: Mutex::new(FailureLimiter::new(
-                opts.limits.auth_failure_burst,
-                opts.limits.auth_failures_per_minute,
-            )),
-            admission: Admission::new(
-                opts.limits
-                    .max_pending_handshakes
-                    .saturating_mul(WAITING_PER_HANDSHAKE),
-                opts.limits.max_pending_handshakes,
-                opts.limits.max_pending_handshakes_per_source,
-            ),
-            last_busy_log: Mutex::new(None),
+            gate: Gate::new(events.clone(), &opts.limits, "hub"),
             dummy_secret,
             shutdown,
             stopped: AtomicBool::new(false),
             accept_task: Mutex::new(None),
             quic: Mutex::new(None),
             session_serial: AtomicU64::new(0),
+            dialers: Mutex::new(HashMap::new()),
         });
         let listener = Arc::new(listener);
-        let quic_addr: SocketAddr = listener.local_addr()?;
-        let quic_cfg = {
-            let mut c = crate::transport::quic::server_crypto(tls.clone())?;
-            let heartbeat = Duration::from_millis(opts.limits.heartbeat_interval_ms);
-            let mut transport = crate::transport::quic::transport_config(
-                &opts.performance,
-                heartbeat,
-                // Only the control stream until the edge has authenticated; raised after.
-                crate::transport::quic::PREAUTH_STREAMS,
-            );
-            // What an unauthenticated peer can make the hub buffer: the auth exchange needs
-            // well under a kilobyte. Raised to the configured window after authentication.
-            transport.receive_window(quinn::VarInt::from_u32(
-                crate::transport::quic::PREAUTH_RECEIVE_WINDOW,
-            ));
-            c.transport_config(Arc::new(transport));
-            // quinn's own queue of Initials not yet taken by the accept loop; past it quinn
-            // refuses by itself. Twice our cap: the accept loop decides faster than that fills.
-            c.max_incoming(opts.limits.max_pending_handshakes as usize * 2);
-            c
-        };
-        let endpoint = quinn::Endpoint::new(
-            crate::transport::quic::hub_endpoint_config(identity.key.secret_der()),
-            Some(quic_cfg),
+        let endpoint = listen::quic_endpoint(
+            &identity,
+            tls.clone(),
+            &opts.performance,
+            &opts.limits,
             udp_socket,
-            crate::transport::quic::runtime(),
-        )
-        .map_err(|source| Error::Bind {
-            addr: format!("udp {quic_addr}"),
-            source,
-        })?;
+        )?;
         *lock(&inner.quic) = Some(endpoint.clone());
         tokio::spawn(supervise(inner.events.clone(), "hub QUIC listener".into(), {
             let inner = inner.clone();
-            move || quic_accept_loop(inner.clone(), endpoint.clone())
+            move || listen::quic_accept_loop(inner.clone(), endpoint.clone())
         }));
-        let handshakes = Arc::new(Semaphore::new(opts.limits.max_pending_handshakes as usize));
         let sup = {
             let inner = inner.clone();
             supervise(inner.events.clone(), "hub listener".into(), move || {
-                accept_loop(inner.clone(), listener.clone(), tls.clone(), handshakes.clone())
+                listen::tls_accept_loop(inner.clone(), listener.clone(), tls.clone())
             })
         };
         let task = tokio::spawn(sup);
@@ -270,11 +234,12 @@ impl Hub {
         for (tunnel, cfg) in to_push {
             tunnel.control(FrameType::Config, 0, handshake::json_payload(&cfg));
         }
+        dialer::reconcile(&self.inner);
         Ok(generation)
     }
 
     pub fn status(&self) -> Value {
-        let pending = self.inner.admission.pending();
+        let pending = self.inner.gate.pending();
         let st = lock(&self.inner.state);
         let edges: Vec<Value> = st
             .sessions
@@ -303,6 +268,7 @@ impl Hub {
             "allowedEdges": st.edges.len(),
             "edges": edges,
             "pendingHandshakes": { "tls": pending.0, "quic": pending.1 },
+            "dialing": dialer::status(&self.inner),
         })
     }
 
@@ -313,6 +279,7 @@ impl Hub {
         if first {
             let _ = self.inner.shutdown.send(true);
         }
+        dialer::stop_all(&self.inner);
         let accept = lock(&self.inner.accept_task).take();
         if let Some(t) = accept {
             let _ = t.await;
@@ -349,389 +316,95 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Ephemeral-port attempts when `tunnelPort` is 0 and the TCP port's number is taken for UDP.
-const EPHEMERAL_ATTEMPTS: usize = 16;
+impl listen::Authenticator for Inner {
+    type Peer = (String, String);
+    const FAULT: Option<FaultPoint> = Some(FaultPoint::HubListener);
 
-/// Binds the tunnel port for TCP (TLS) and the same number for UDP (QUIC). With port 0 the OS
-/// picks the TCP port, whose number may be taken for UDP: then another is tried.
-async fn bind_tunnel_port(host: &str, port: u16) -> Result<(TcpListener, std::net::UdpSocket)> {
-    let mut last = None;
-    for _ in 0..if port == 0 { EPHEMERAL_ATTEMPTS } else { 1 } {
-        let addr = format!("{host}:{port}");
-        let listener = TcpListener::bind(&addr).await.map_err(|source| Error::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-        let bound = listener.local_addr()?;
-        match crate::engine::udp::bound_std_socket(bound) {
-            Ok(udp) => return Ok((listener, udp)),
-            Err(source) => {
-                last = Some(Error::Bind {
-                    addr: format!("udp {bound} (QUIC shares the tunnel port's number)"),
-                    source,
-                })
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::InvalidConfig(format!("cannot bind tunnel port {port}"))))
-}
-
-/// Unauthenticated connections allowed per handshake slot. Silent or slow clients may wait for
-/// their first bytes in numbers (they cost a socket and a small task); only clients that
-/// actually started TLS compete for the few handshake slots. 16× keeps a real edge's chance
-/// high under a crowd of idle connections while still bounding them.
-const WAITING_PER_HANDSHAKE: u32 = 16;
-
-/// At most one "refusing unauthenticated connections" warning this often: a flood must not
-/// become a flood of log lines.
-const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl Inner {
-    /// Logs (throttled) that an unauthenticated connection was refused, and why.
-    fn note_refused(&self, via: &str, why: Refusal, ip: std::net::IpAddr) {
-        let mut last = lock(&self.last_busy_log);
-        if last.is_some_and(|t| t.elapsed() < BUSY_LOG_EVERY) {
-            return;
-        }
-        *last = Some(Instant::now());
-        let (tls, quic) = self.admission.pending();
-        let what = match why {
-            Refusal::Full => "the hub's limit of unauthenticated connections is reached".to_string(),
-            Refusal::SourceFull => format!(
-                "{ip} already holds {} unauthenticated connections (limits.maxPendingHandshakesPerSource)",
-                self.limits.max_pending_handshakes_per_source
-            ),
-        };
-        log(
-            &self.events,
-            "warn",
-            format!("refusing new {via} tunnel connections: {what} ({tls} TLS and {quic} QUIC pending)"),
-        );
+    fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    /// One failed or abandoned attempt from `ip` counts against its budget.
-    fn failed_attempt(&self, ip: std::net::IpAddr) {
-        lock(&self.limiter).record_failure(ip);
+    fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
-    /// A handshake or authentication that ended in an error: counted, and reported.
-    fn attempt_failed(&self, peer: SocketAddr, e: &Error) {
-        let ip = proxy_protocol::unmap(peer).ip();
-        self.failed_attempt(ip);
-        self.events.as_ref()(event!("authFailed", {
-            "remoteAddress": ip.to_string(), "remotePort": peer.port(),
-            "edgeId": Value::Null, "code": e.code(), "reason": e.to_string()
-        }));
-    }
-}
-
-async fn accept_loop(
-    inner: Arc<Inner>,
-    listener: Arc<TcpListener>,
-    tls_config: Arc<rustls::ServerConfig>,
-    handshakes: Arc<Semaphore>,
-) {
-    let mut shutdown = inner.shutdown.subscribe();
-    if *shutdown.borrow() {
-        return;
-    }
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    log(&inner.events, "warn", format!("accept failed: {e}"));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        supervise::check(FaultPoint::HubListener);
-        let ip = proxy_protocol::unmap(peer).ip();
-        if !lock(&inner.limiter).allowed(&ip) {
-            // Refused before TLS so a guessing client cannot even make the hub do crypto.
-            drop(tcp);
-            continue;
-        }
-        let admitted = match inner.admission.try_admit(ip, Via::Tls) {
-            Ok(a) => a,
-            Err(why) => {
-                drop(tcp);
-                inner.note_refused("TLS", why, ip);
-                continue;
-            }
-        };
-        let inner = inner.clone();
-        let tls_config = tls_config.clone();
-        let handshakes = handshakes.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let deadline = tokio::time::Instant::now() + inner.limits.handshake_timeout();
-            let slot = tokio::time::timeout_at(deadline, async {
-                // A client holds no handshake slot until its whole first TLS record (the
-                // ClientHello) has arrived: silent clients and clients that dribble a few bytes
-                // and stall wait here, costing only a socket, while real edges go ahead.
-                first_record_arrived(&tcp).await?;
-                handshakes.acquire_owned().await.ok()
-            })
-            .await;
-            let Ok(Some(slot)) = slot else {
-                // Silent, or gone, until the deadline: an abandoned attempt. Not worth an event
-                // per connection, but it counts against the source.
-                inner.failed_attempt(ip);
-                return;
-            };
-            let hs = tokio::time::timeout_at(deadline, handshake_edge(&inner, &tls_config, tcp, peer)).await;
-            drop(slot);
-            let result = match hs {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout("edge did not finish the handshake in time".into())),
-            };
-            match result {
-                Ok(Some((tls, edge_id, secret))) => {
-                    drop(admitted);
-                    run_tls_session(inner, tls, peer, edge_id, secret).await
-                }
-                // Refused by authenticate(), which counted it.
-                Ok(None) => {}
-                Err(e) => inner.attempt_failed(peer, &e),
-            }
-        });
-    }
-}
-
-/// Largest TLS record (2^14 + 2048 for ciphertext expansion) plus its 5-byte header.
-const MAX_TLS_RECORD: usize = 5 + 16384 + 2048;
-/// How often a partially received first record is looked at again. Readiness stays set while
-/// unread bytes wait, so this is a poll; 20 ms keeps it cheap and adds at most that to a
-/// handshake whose ClientHello arrived in pieces.
-const FIRST_RECORD_POLL: Duration = Duration::from_millis(20);
-
-/// Waits until the first TLS record is complete in the socket's receive queue (peeked, not
-/// consumed). `None` if the client closed or sent something that is not a TLS record.
-async fn first_record_arrived(tcp: &TcpStream) -> Option<()> {
-    let mut buf = vec![0u8; MAX_TLS_RECORD];
-    loop {
-        tcp.readable().await.ok()?;
-        let n = tcp.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if n >= 5 {
-            // 0x16 = handshake record; anything else is not a TLS client.
-            if buf[0] != 0x16 {
-                return Some(()); // let TLS reject it with a proper alert and reason
-            }
-            let len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-            if n >= 5 + len || 5 + len > MAX_TLS_RECORD {
-                return Some(());
-            }
-        }
-        tokio::time::sleep(FIRST_RECORD_POLL).await;
-    }
-}
-
-type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
-
-async fn handshake_edge(
-    inner: &Arc<Inner>,
-    tls_config: &Arc<rustls::ServerConfig>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Result<Option<(ServerTls, String, String)>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config.clone());
-    let mut tls = match acceptor.accept(tcp).await {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e.to_string();
-            let reason = if msg.contains("BadCertificate") || msg.contains("alert") {
-                format!("edge rejected the hub's certificate or TLS parameters ({msg}); a wrong pinned fingerprint looks like this")
-            } else {
-                format!("TLS handshake failed: {msg}")
-            };
-            return Err(Error::Tls(reason));
-        }
-    };
-    let binding = tls
-        .get_ref()
-        .1
-        .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
-        .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
-    match authenticate(inner, &mut tls, &binding, peer).await? {
-        Some((edge_id, secret)) => Ok(Some((tls, edge_id, secret))),
-        None => {
-            let _ = tls.shutdown().await;
-            Ok(None)
-        }
-    }
-}
-
-/// The CHALLENGE/AUTH exchange on an established channel (TLS stream or QUIC control stream).
-/// `Ok(None)`: refused (reported, counted against the source's failure budget).
-async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    inner: &Arc<Inner>,
-    io: &mut S,
-    binding: &[u8; 32],
-    peer: SocketAddr,
-) -> Result<Option<(String, String)>> {
-    let ip = proxy_protocol::unmap(peer).ip();
-    let params = session_params(&inner.perf, &inner.limits);
-    let state = &inner.state;
-    let verdict = handshake::hub(
-        io,
-        binding,
-        |id| lock(state).edges.get(id).map(|e| e.secret.clone()),
-        &inner.dummy_secret,
-        params,
-    )
-    .await;
-    match verdict {
-        Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((edge_id, secret))),
-        Ok(HubVerdict::Refused { edge_id, reason }) => {
-            inner.failed_attempt(ip);
-            inner.events.as_ref()(event!("authFailed", {
-                "remoteAddress": ip.to_string(), "remotePort": peer.port(),
-                "edgeId": edge_id, "code": "ERR_AUTH_FAILED",
-                "reason": format!("authentication failed: {reason}")
-            }));
-            Ok(None)
-        }
-        // The caller counts errors (with the TLS and QUIC failures around this exchange).
-        Err(e) => Err(e),
-    }
-}
-
-/// Accepts QUIC tunnels: handshake on the edge's control stream, then a session like TLS's.
-///
-/// Before authentication a QUIC peer costs almost nothing (RFC 9000 §8.1, §21): an Initial from
-/// an address that has not proven it receives our packets gets a stateless Retry; a source over
-/// its failure budget is ignored; past the caps on unauthenticated connections (global and per
-/// source) the hub refuses with one packet; an admitted connection may open only the control
-/// stream and make the hub buffer at most [`crate::transport::quic::PREAUTH_RECEIVE_WINDOW`]
-/// bytes, its datagrams are discarded as they arrive, and it must authenticate within the
-/// handshake deadline.
-async fn quic_accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        supervise::check(FaultPoint::HubListener);
-        let peer = incoming.remote_address();
-        let ip = proxy_protocol::unmap(peer).ip();
-        if !lock(&inner.limiter).allowed(&ip) {
-            incoming.ignore();
-            continue;
-        }
-        if !incoming.remote_address_validated() {
-            if incoming.may_retry() {
-                // Stateless: quinn keeps nothing, the token comes back with the next Initial.
-                let _ = incoming.retry();
-            } else {
-                incoming.refuse();
-            }
-            continue;
-        }
-        let admitted = match inner.admission.try_admit(ip, Via::Quic) {
-            Ok(a) => a,
-            Err(why) => {
-                incoming.refuse();
-                inner.note_refused("QUIC", why, ip);
-                continue;
-            }
-        };
-        let Ok(connecting) = incoming.accept() else {
-            continue;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let hs = tokio::time::timeout(
-                inner.limits.handshake_timeout(),
-                quic_handshake(&inner, connecting, peer),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout(
-                    "edge did not finish the QUIC handshake and authentication in time".into(),
-                ))
-            });
-            match hs {
-                Ok(Some((conn, control, edge_id, secret))) => {
-                    drop(admitted);
-                    // Authenticated: the edge may now open a stream per client and fill the
-                    // configured windows.
-                    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
-                        inner
-                            .limits
-                            .max_streams_per_edge
-                            .min(crate::transport::quic::HUB_MAX_QUIC_STREAMS),
-                    ));
-                    conn.set_receive_window(quinn::VarInt::from_u32(inner.perf.connection_window));
-                    let (handler, slot) = HubHandler::new(&inner, &edge_id);
-                    let flows = handler.flows.clone();
-                    let (quic, fut) = crate::transport::quic::start(conn, None, control, handler, true);
-                    let tunnel = Tunnel::Quic(quic);
-                    let _ = slot.set(tunnel.clone());
-                    run_session(inner, tunnel, flows, Box::pin(fut), peer, edge_id, secret).await;
-                }
-                // Refused by authenticate(), which counted it.
-                Ok(None) => {}
-                Err(e) => inner.attempt_failed(peer, &e),
-            }
-        });
-    }
-}
-
-type QuicAuthenticated = (quinn::Connection, crate::transport::quic::Duplex, String, String);
-
-/// The QUIC handshake, the control stream and authentication. Datagrams that arrive before
-/// authentication are read and dropped, so an unauthenticated peer cannot fill the hub's
-/// datagram buffer. Dropping this future (the deadline) drops the connection, which closes it.
-async fn quic_handshake(
-    inner: &Arc<Inner>,
-    connecting: quinn::Connecting,
-    peer: SocketAddr,
-) -> Result<Option<QuicAuthenticated>> {
-    let conn = connecting
-        .await
-        .map_err(|e| Error::Tls(format!("QUIC handshake failed: {e}")))?;
-    let discard_datagrams = async {
-        while conn.read_datagram().await.is_ok() {}
-        std::future::pending::<()>().await
-    };
-    let exchange = async {
-        let (send, mut recv) = conn
-            .accept_bi()
-            .await
-            .map_err(|e| Error::PeerClosed(format!("no control stream: {e}")))?;
-        let mut pre = [0u8; 4];
-        recv.read_exact(&mut pre)
-            .await
-            .map_err(|e| Error::Protocol(format!("control stream preamble: {e}")))?;
-        if &pre != crate::transport::quic::PREAMBLE {
-            return Err(Error::Protocol("bad QUIC control stream preamble".into()));
-        }
-        let binding = crate::transport::quic::binding(&conn)?;
-        let mut control = crate::transport::quic::Duplex { send, recv };
-        match authenticate(inner, &mut control, &binding, peer).await? {
-            Some((edge_id, secret)) => Ok(Some((control, edge_id, secret))),
-            None => {
-                // Let AUTH_FAIL reach the edge before the connection goes: finish() only queues
-                // the FIN; stopped() waits for the edge's acknowledgement (bounded by the
-                // deadline around us).
-                let _ = control.send.finish();
-                let _ = control.send.stopped().await;
-                conn.close(
-                    quinn::VarInt::from_u32(crate::transport::quic::CLOSE_ERROR),
-                    b"authentication failed",
-                );
+    /// The CHALLENGE/AUTH exchange. `Ok(None)`: refused (reported, counted against the
+    /// source's failure budget).
+    async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send>(
+        self: &Arc<Self>,
+        io: &mut S,
+        binding: &[u8; 32],
+        peer: SocketAddr,
+    ) -> Result<Option<(String, String)>> {
+        let params = session_params(&self.perf, &self.limits);
+        let state = &self.state;
+        let verdict = handshake::hub(
+            io,
+            binding,
+            |id| lock(state).edges.get(id).map(|e| e.secret.clone()),
+            &self.dummy_secret,
+            params,
+            None,
+        )
+        .await;
+        match verdict {
+            Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((edge_id, secret))),
+            Ok(HubVerdict::Refused { edge_id, reason }) => {
+                let ip = proxy_protocol::unmap(peer).ip();
+                self.gate.failed_attempt(ip);
+                self.events.as_ref()(event!("authFailed", {
+                    "remoteAddress": ip.to_string(), "remotePort": peer.port(),
+                    "edgeId": edge_id, "code": "ERR_AUTH_FAILED",
+                    "reason": format!("authentication failed: {reason}")
+                }));
                 Ok(None)
             }
+            // The listener counts errors (with the TLS and QUIC failures around this exchange).
+            Err(e) => Err(e),
         }
-    };
-    let authenticated = tokio::select! {
-        r = exchange => r?,
-        () = discard_datagrams => unreachable!("discard_datagrams never completes"),
-    };
-    Ok(authenticated.map(|(control, edge_id, secret)| (conn, control, edge_id, secret)))
+    }
+
+    async fn serve_tls(self: Arc<Self>, tls: ServerTls, who: (String, String), peer: SocketAddr) {
+        let (edge_id, secret) = who;
+        run_tls_session(self, tls, peer, edge_id, secret).await
+    }
+
+    async fn serve_quic(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        control: crate::transport::quic::Duplex,
+        who: (String, String),
+        peer: SocketAddr,
+    ) {
+        let (edge_id, secret) = who;
+        run_quic_session(self, conn, None, control, peer, edge_id, secret).await
+    }
+}
+
+/// Starts the QUIC tunnel of an authenticated edge, whichever side dialed, and runs its session.
+async fn run_quic_session(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    endpoint: Option<quinn::Endpoint>,
+    control: crate::transport::quic::Duplex,
+    peer: SocketAddr,
+    edge_id: String,
+    secret: String,
+) {
+    // Authenticated: the edge may now open a stream per client and fill the configured windows.
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(
+        inner
+            .limits
+            .max_streams_per_edge
+            .min(crate::transport::quic::HUB_MAX_QUIC_STREAMS),
+    ));
+    conn.set_receive_window(quinn::VarInt::from_u32(inner.perf.connection_window));
+    let (handler, slot) = HubHandler::new(&inner, &edge_id);
+    let flows = handler.flows.clone();
+    let (quic, fut) = crate::transport::quic::start(conn, endpoint, control, handler, true);
+    let tunnel = Tunnel::Quic(quic);
+    let _ = slot.set(tunnel.clone());
+    run_session(inner, tunnel, flows, Box::pin(fut), peer, edge_id, secret).await;
 }
 
 fn session_params(perf: &Performance, limits: &Limits) -> SessionParams {
@@ -745,13 +418,10 @@ fn session_params(perf: &Performance, limits: &Limits) -> SessionParams {
 }
 
 /// Starts the TLS muxer for an authenticated edge and runs its session.
-async fn run_tls_session(
-    inner: Arc<Inner>,
-    tls: ServerTls,
-    peer: SocketAddr,
-    edge_id: String,
-    secret: String,
-) {
+async fn run_tls_session<IO>(inner: Arc<Inner>, tls: IO, peer: SocketAddr, edge_id: String, secret: String)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = MuxConfig {
         side: Side::Hub,
         max_frame: inner.perf.max_frame_payload as usize,

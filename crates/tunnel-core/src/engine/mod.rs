@@ -5,5 +5,6 @@
 pub mod edge;
 pub mod firewall;
 pub mod hub;
+pub mod listen;
 pub mod service;
 pub mod udp;

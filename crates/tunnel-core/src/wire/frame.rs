@@ -84,7 +84,8 @@ impl FrameType {
             FrameType::GoAway | FrameType::AuthFail => 6 + MAX_REASON_LEN,
             FrameType::Open | FrameType::FlowOpen => OPEN_RECORD_MAX,
             FrameType::FlowClose => 0,
-            FrameType::Challenge => 4 + NONCE_LEN,
+            // A hub that dialed its edge appends its proof (see auth::handshake).
+            FrameType::Challenge => 4 + NONCE_LEN + MAC_LEN,
             FrameType::Auth => 2 + 1 + 255 + MAC_LEN,
             FrameType::AuthOk => AUTH_OK_LEN,
             FrameType::Config | FrameType::ConfigAck => MAX_CONTROL_PAYLOAD,
@@ -215,6 +216,7 @@ fn validate_fixed(f: &Frame) -> Result<(), FrameError> {
         FrameType::Window => 4,
         FrameType::Ping => 8,
         FrameType::AuthOk => AUTH_OK_LEN,
+        FrameType::Challenge if f.payload.len() == 4 + NONCE_LEN + MAC_LEN => return Ok(()),
         FrameType::Challenge => 4 + NONCE_LEN,
         _ => return Ok(()),
     };

@@ -21,9 +21,22 @@ export interface IEdgeCommandOptions {
 
 const HELP = `Usage: remoteingress-edge --token TOKEN [options]
        remoteingress-edge --hub-host HOST --hub-port N --edge-id ID --secret SECRET --hub-fingerprint HEX [options]
+       remoteingress-edge --listen-for-hub PORT --state-dir DIR --edge-id ID --secret SECRET [--bind-host HOST]
+       remoteingress-edge token --state-dir DIR --edge-id ID --secret SECRET --edge-host HOST --edge-port N
 
 Runs an edge on a public machine. It dials the hub, binds the ports the hub assigns to this edge,
 and carries every connection it accepts through the tunnel to the hub. It reconnects on its own.
+
+With --listen-for-hub the edge does not dial: it waits for its hub to dial it (the hub's allowed
+edge has "dialEdge" or "edgeToken"), so the hub's side needs no reachable port at all. The edge
+creates its own certificate in --state-dir on first start and prints its fingerprint, which the
+hub pins; "remoteingress-edge token" prints everything the hub needs as one edgeToken.
+
+Listening for the hub:
+  --listen-for-hub PORT  TCP (TLS) and UDP (QUIC) port the hub dials   [REMOTEINGRESS_LISTEN_FOR_HUB]
+  --state-dir DIR        where this edge keeps its certificate and key  [REMOTEINGRESS_STATE_DIR]
+  --bind-host HOST       address to listen on (default 0.0.0.0)         [REMOTEINGRESS_BIND_HOST]
+  --edge-id, --secret    as below
 
 Connection (each can also come from the environment variable in brackets):
   --token TOKEN          everything below in one string, printed by
@@ -67,7 +80,29 @@ Exit codes: 0 stopped, 1 runtime failure, 2 bad flags, config or token.
 
 const EXPLICIT_FLAGS = ['hub-host', 'hub-port', 'edge-id', 'secret', 'hub-fingerprint'] as const;
 
+const DIAL_ONLY_FLAGS = ['token', 'hub-host', 'hub-port', 'hub-fingerprint', 'transport-mode', 'reconnect-base-ms', 'reconnect-cap-ms', 'dangerously-disable-fingerprint-pinning'] as const;
+
+/** `--listen-for-hub PORT --state-dir DIR --edge-id ID --secret S [--bind-host HOST]`. */
+function resolveListening(values: TFlagValues, env: TEnv, port: number): IEdgeCommandOptions {
+  const extra = DIAL_ONLY_FLAGS.find((flag) => values[flag] !== undefined);
+  if (extra !== undefined) {
+    throw usageError(`--${extra} applies to an edge that dials its hub; with --listen-for-hub the hub dials this edge`, extra);
+  }
+  const hint = 'an edge that listens for its hub needs --state-dir, --edge-id and --secret';
+  const stateDir = requireFlag(values, 'state-dir', env, 'REMOTEINGRESS_STATE_DIR', hint);
+  const edgeId = requireFlag(values, 'edge-id', env, 'REMOTEINGRESS_EDGE_ID', hint);
+  const secret = requireFlag(values, 'secret', env, 'REMOTEINGRESS_SECRET', hint);
+  const bindHost = flagOrEnv(values, 'bind-host', env, 'REMOTEINGRESS_BIND_HOST');
+  return {
+    config: { edgeId, secret, listenForHub: { port, stateDir, ...(bindHost === undefined ? {} : { bindHost }) }, ...jsonSettings(values, env) },
+    graceMs: integerFlag(values, 'grace-ms', env, 'REMOTEINGRESS_GRACE_MS') ?? DEFAULT_GRACE_MS,
+    logStreams: booleanFlag(values, 'log-streams', env, 'REMOTEINGRESS_LOG_STREAMS'),
+  };
+}
+
 export function resolveEdgeCommandOptions(values: TFlagValues, env: TEnv): IEdgeCommandOptions {
+  const listenPort = portFlag(values, 'listen-for-hub', env, 'REMOTEINGRESS_LISTEN_FOR_HUB');
+  if (listenPort !== undefined) return resolveListening(values, env, listenPort);
   const token = flagOrEnv(values, 'token', env, 'REMOTEINGRESS_TOKEN');
   const common = {
     transportMode: transportMode(values, env),
@@ -166,6 +201,9 @@ export const edgeCommand: ICommand = {
     limits: { type: 'string' },
     'dangerously-disable-fingerprint-pinning': { type: 'boolean' },
     'log-streams': { type: 'boolean' },
+    'listen-for-hub': { type: 'string' },
+    'state-dir': { type: 'string' },
+    'bind-host': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
   async run(values, env) {

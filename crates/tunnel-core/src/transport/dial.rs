@@ -1,0 +1,141 @@
+//! The dialing side of a tunnel, whichever engine dials: an edge dialing its hub, or a hub
+//! dialing an edge that listens for it. TCP + TLS 1.3 or QUIC, the listener's certificate
+//! pinned by fingerprint, and the channel binding the authentication exchange signs.
+
+use rand::RngExt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+use crate::auth::EXPORTER_LABEL;
+use crate::error::{Error, Result};
+use crate::transport::quic;
+use crate::transport::tls::{self, Trust};
+
+/// The TCP connect gives up after this (10 s: longer than any sane RTT plus SYN retries for
+/// one lost packet, short enough that a redial loop keeps moving).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SNI sent to the listener. The listener is authenticated by its pinned fingerprint, not by
+/// name, so the name carries no meaning; a fixed one avoids leaking the configured host name.
+pub const SNI: &str = "hub.remoteingress.invalid";
+
+/// A session that stayed up this long was healthy: the next failure starts the backoff over.
+pub const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Full-jitter-ish exponential backoff: a random delay in [½·d, d] where d doubles from `base`
+/// up to `cap`, so a fleet of dialers does not reconnect in lock-step after a restart.
+pub fn backoff(base_ms: u64, cap_ms: u64, attempt: u32) -> Duration {
+    let d = base_ms.saturating_mul(1u64 << attempt.min(20)).min(cap_ms);
+    let ms = rand::rng().random_range(d / 2..=d);
+    Duration::from_millis(ms)
+}
+
+pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// What a failed handshake means, in the words an operator needs: a pin mismatch names both
+/// fingerprints.
+fn pin_error(msg: &str) -> Option<Error> {
+    let i = msg.find(tls::PIN_MISMATCH)?;
+    let detail = &msg[i + tls::PIN_MISMATCH.len()..];
+    Some(Error::FingerprintMismatch {
+        pinned: field(detail, "pinned "),
+        actual: field(detail, "got "),
+    })
+}
+
+fn field(detail: &str, key: &str) -> String {
+    detail
+        .split([',', '"', ':'])
+        .find_map(|part| part.trim().strip_prefix(key))
+        .unwrap_or("?")
+        .trim()
+        .to_string()
+}
+
+/// TCP connect and the TLS handshake with the pinned certificate. Returns the stream and its
+/// channel binding. `what` names the listener in errors ("the hub", "edge e1").
+pub async fn tls(host: &str, port: u16, trust: Trust, what: &str) -> Result<(ClientTls, [u8; 32])> {
+    let addr = format!("{host}:{port}");
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(Error::Connect { addr, source }),
+        Err(_) => return Err(Error::Timeout(format!("connecting to {what} at {addr}"))),
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(trust)));
+    let name = rustls::pki_types::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
+    let tls = connector.connect(name, tcp).await.map_err(|e| {
+        let msg = e.to_string();
+        pin_error(&msg)
+            .unwrap_or_else(|| Error::Tls(format!("handshake with {what} at {addr} failed: {msg}")))
+    })?;
+    let binding = tls
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+        .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
+    Ok((tls, binding))
+}
+
+/// A connected QUIC tunnel before authentication: its own endpoint (one per dial, so a
+/// redial never inherits a dead path), the connection, and the opened control stream.
+pub struct QuicDialed {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub control: quic::Duplex,
+    pub binding: [u8; 32],
+}
+
+/// QUIC connect with the pinned certificate, then the control stream and its preamble.
+/// `transport` carries the dialer's windows, keep-alive and how many streams it accepts.
+pub async fn quic(
+    host: &str,
+    port: u16,
+    trust: Trust,
+    transport: quinn::TransportConfig,
+    what: &str,
+) -> Result<QuicDialed> {
+    let addr = quic::resolve(host, port).await?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = crate::engine::udp::bound_std_socket(local)
+        .and_then(|sock| quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, quic::runtime()))
+        .map_err(|source| Error::Bind {
+            addr: format!("udp {local}"),
+            source,
+        })?;
+    let mut cfg = quic::client_crypto(tls::client_config(trust))?;
+    cfg.transport_config(Arc::new(transport));
+    let conn = endpoint
+        .connect_with(cfg, addr, SNI)
+        .map_err(|e| Error::Tls(format!("QUIC connect to {what} at {addr}: {e}")))?
+        .await
+        .map_err(|e| {
+            let msg = e.to_string();
+            pin_error(&msg).unwrap_or_else(|| match e {
+                quinn::ConnectionError::TimedOut => {
+                    Error::Timeout(format!("QUIC to {what} at {addr} timed out"))
+                }
+                _ => Error::Tls(format!("QUIC handshake with {what} at {addr} failed: {msg}")),
+            })
+        })?;
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::PeerClosed(format!("QUIC control stream: {e}")))?;
+    send.write_all(quic::PREAMBLE)
+        .await
+        .map_err(|e| Error::PeerClosed(format!("QUIC control stream: {e}")))?;
+    let binding = quic::binding(&conn)?;
+    Ok(QuicDialed {
+        endpoint,
+        conn,
+        control: quic::Duplex { send, recv },
+        binding,
+    })
+}
