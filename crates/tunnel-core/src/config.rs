@@ -504,6 +504,25 @@ pub struct EdgeOptions {
     /// and `hubFingerprint` are then not used.
     #[serde(default)]
     pub listen_for_hub: Option<ListenForHub>,
+    /// The edge operator's own settings for services the hub names (edgerq's consumer.xml):
+    /// where each is served and its limits, which win over the hub's.
+    #[serde(default)]
+    pub local_services: Vec<LocalService>,
+}
+
+/// A service as the edge's own configuration (consumer.xml) describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalService {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub edge_port: u16,
+    pub bind_address: String,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// An edge that waits for its hub: where it listens, and its own TLS identity (the hub pins its

@@ -421,6 +421,24 @@ export interface IEdgeCommonConfig {
   quicProbeIntervalMs?: number;
   /** Leave the edge's nftables table in place when the edge stops (default: remove it). */
   keepFirewallOnStop?: boolean;
+  /**
+   * The edge operator's own settings for TCP services the hub names (what edgerq's consumer.xml
+   * says): where each is served and its limits, which win over the hub's. A service the hub
+   * does not name has no target and is not served (logged).
+   */
+  localServices?: IEdgeLocalService[];
+}
+
+export interface IEdgeLocalService {
+  /** The service id the hub's allowed edge uses (a UUID or a name). */
+  id: string;
+  name?: string;
+  /** The public TCP port this edge serves it on. */
+  edgePort: number;
+  /** The address this edge binds it on. */
+  bindAddress: string;
+  maxConnections?: number;
+  idleTimeoutSecs?: number;
 }
 
 /**

@@ -9,7 +9,9 @@ import {
   normaliseFingerprint,
   validateLimits,
   validatePerformance,
+  isValidIp,
   type IEdgeConfig,
+  type IEdgeLocalService,
   type ILimitsConfig,
   type IPerformanceConfig,
   type TTransportMode,
@@ -34,6 +36,7 @@ export interface INativeEdgeOptions {
   quicConnectTimeoutMs?: number;
   quicProbeIntervalMs?: number;
   keepFirewallOnStop?: boolean;
+  localServices?: IEdgeLocalService[];
 }
 
 export const TRANSPORT_MODES: readonly TTransportMode[] = ['tcpTls', 'quic', 'quicWithFallback'];
@@ -60,7 +63,11 @@ const CONFIG_KEYS = new Set([
   'quicProbeIntervalMs',
   'keepFirewallOnStop',
   'listenForHub',
+  'localServices',
 ]);
+const LOCAL_SERVICE_KEYS = new Set(['id', 'name', 'edgePort', 'bindAddress', 'maxConnections', 'idleTimeoutSecs']);
+/** A service id: a UUID or a name, as the hub's services use. */
+const SERVICE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 const LISTEN_KEYS = new Set(['port', 'bindHost', 'stateDir']);
 /** Where an edge that listens for its hub binds by default: every address, as a hub's tunnel port. */
 export const DEFAULT_LISTEN_BIND_HOST = '0.0.0.0';
@@ -180,6 +187,7 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions & { s
     ...(quicConnectTimeoutMs === undefined ? {} : { quicConnectTimeoutMs }),
     ...(quicProbeIntervalMs === undefined ? {} : { quicProbeIntervalMs }),
     ...(keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop }),
+    ...localServicesOf(raw),
   };
 }
 
@@ -229,5 +237,46 @@ function resolveListeningConfig(raw: Record<string, unknown>): INativeEdgeOption
     ...(performance === undefined ? {} : { performance }),
     ...(limits === undefined ? {} : { limits }),
     ...(raw.keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop: raw.keepFirewallOnStop as boolean }),
+    ...localServicesOf(raw),
   };
+}
+
+/** `localServices`, checked: unique ids and ports, real addresses, positive limits. */
+function localServicesOf(raw: Record<string, unknown>): { localServices?: IEdgeLocalService[] } {
+  const list = raw.localServices;
+  if (list === undefined) return {};
+  if (!Array.isArray(list)) throw invalid('localServices', list, 'must be an array of {id, edgePort, bindAddress, name?, maxConnections?, idleTimeoutSecs?}');
+  const ids = new Set<string>();
+  const ports = new Set<number>();
+  const out = list.map((entry: unknown, i): IEdgeLocalService => {
+    const at = `localServices[${i}]`;
+    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw invalid(at, entry, 'must be an object {id, edgePort, bindAddress, …}');
+    const e = entry as Record<string, unknown>;
+    for (const key of Object.keys(e)) {
+      if (!LOCAL_SERVICE_KEYS.has(key)) throw invalid(`${at}.${key}`, e[key], `unknown option (expected one of ${[...LOCAL_SERVICE_KEYS].join(', ')})`);
+    }
+    if (typeof e.id !== 'string' || !SERVICE_ID_PATTERN.test(e.id)) throw invalid(`${at}.id`, e.id, 'must be a UUID or 1-64 characters of A-Z a-z 0-9 . _ -');
+    if (ids.has(e.id)) throw invalid(`${at}.id`, e.id, 'is listed twice');
+    ids.add(e.id);
+    if (!isValidPort(e.edgePort)) throw invalid(`${at}.edgePort`, e.edgePort, 'must be an integer from 1 to 65535');
+    if (ports.has(e.edgePort)) throw invalid(`${at}.edgePort`, e.edgePort, 'is used by another local service');
+    ports.add(e.edgePort);
+    if (!isValidIp(e.bindAddress) || e.bindAddress.includes('%')) throw invalid(`${at}.bindAddress`, e.bindAddress, 'must be an IPv4 or IPv6 address');
+    if (e.name !== undefined && typeof e.name !== 'string') throw invalid(`${at}.name`, e.name, 'must be a string');
+    for (const key of ['maxConnections', 'idleTimeoutSecs'] as const) {
+      const v = e[key];
+      if (v !== undefined && !(typeof v === 'number' && Number.isSafeInteger(v) && v > 0 && v <= 0xffff_ffff)) {
+        throw invalid(`${at}.${key}`, v, 'must be a positive integer');
+      }
+    }
+    return {
+      id: e.id,
+      edgePort: e.edgePort,
+      bindAddress: e.bindAddress,
+      ...(e.name === undefined ? {} : { name: e.name as string }),
+      ...(e.maxConnections === undefined ? {} : { maxConnections: e.maxConnections as number }),
+      ...(e.idleTimeoutSecs === undefined ? {} : { idleTimeoutSecs: e.idleTimeoutSecs as number }),
+    };
+  });
+  return { localServices: out };
 }

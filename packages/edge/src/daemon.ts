@@ -1,5 +1,5 @@
 import { printDaemonEvents, printLine as out, type IDaemon } from 'remoteingress-core/cli';
-import type { IEdgeCommandOptions } from './commands/edge.js';
+import { resolveConsumerXml, type IEdgeCommandOptions } from './commands/edge.js';
 import { RemoteIngressEdge } from './edge.js';
 
 const EVENT_KINDS = [
@@ -16,9 +16,12 @@ const EVENT_KINDS = [
 
 /** The `remoteingress-edge` command's work: start an edge and print its events. */
 export async function runEdgeDaemon(options: IEdgeCommandOptions): Promise<IDaemon> {
+  // A broken consumer.xml fails here, before anything starts.
+  const { config, warnings } = await resolveConsumerXml(options);
   const edge = new RemoteIngressEdge();
   printDaemonEvents(edge, EVENT_KINDS, options.logStreams);
-  await edge.start(options.config);
+  for (const warning of warnings) out(`warn ${warning}`);
+  await edge.start(config);
   const listening = edge.listening;
   if (listening !== null) {
     out(`edge ${edge.edgeId ?? ''} listening for its hub on ${listening.bindHost}:${listening.port} (TLS and QUIC) fingerprint ${listening.fingerprint}`);

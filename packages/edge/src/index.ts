@@ -8,11 +8,16 @@ export {
   DEFAULT_RECONNECT_CAP_MS,
 } from './config.js';
 export type { INativeEdgeOptions } from './config.js';
-export { DEFAULT_GRACE_MS, TunnelError, isTunnelError, encodeConnectionToken, decodeConnectionToken, normaliseFingerprint } from 'remoteingress-core';
+export { parseConsumerXml, readConsumerXml } from './consumer-xml.js';
+export type { IConsumerConfig, IConsumerService } from './consumer-xml.js';
+export { DEFAULT_GRACE_MS, TunnelError, isTunnelError, encodeConnectionToken, decodeConnectionToken, encodeEdgeToken, decodeEdgeToken, normaliseFingerprint, loadOrCreateEdgeIdentity } from 'remoteingress-core';
 export type {
   IEdgeConfig,
   IEdgeExplicitConfig,
   IEdgeCommonConfig,
+  IEdgeListenConfig,
+  IEdgeLocalService,
+  IEdgeToken,
   IEdgeStatus,
   IEdgeServiceStatus,
   IEdgeServiceLimitReachedEvent,

@@ -270,7 +270,10 @@ impl listen::Authenticator for HubListener {
     }
 
     async fn serve_tls(self: Arc<Self>, tls: ServerTls, params: handshake::SessionParams, peer: SocketAddr) {
-        let _ = self.arrivals.send(Arrival::Tls(Box::new(tls), params, peer)).await;
+        let _ = self
+            .arrivals
+            .send(Arrival::Tls(Box::new(tls), params, peer))
+            .await;
     }
 
     async fn serve_quic(
@@ -821,6 +824,52 @@ async fn dial_quic(
     Ok((Tunnel::Quic(q), Box::pin(fut)))
 }
 
+/// The edge's own settings (consumer.xml) for the TCP services the hub names: its port, bind
+/// address and limits win. Its services the hub does not name have no target and are not
+/// served; that is logged, once per CONFIG.
+fn with_local_settings(inner: &Inner, mut records: Vec<Value>) -> Vec<Value> {
+    let local = &inner.opts.local_services;
+    if local.is_empty() {
+        return records;
+    }
+    for r in records.iter_mut().filter(|r| r["protocol"] == "tcp") {
+        let Some(l) = local.iter().find(|l| r["id"] == l.id.as_str()) else {
+            continue;
+        };
+        r["port"] = json!(l.edge_port);
+        r["bindAddress"] = json!(l.bind_address);
+        if let Some(n) = l.max_connections {
+            r["maxConnections"] = json!(n);
+        }
+        if let Some(t) = l.idle_timeout_secs {
+            r["idleTimeoutSecs"] = json!(t);
+        }
+        if r["name"].is_null() {
+            r["name"] = json!(l.name);
+        }
+    }
+    let unnamed: Vec<&str> = local
+        .iter()
+        .filter(|l| {
+            !records
+                .iter()
+                .any(|r| r["protocol"] == "tcp" && r["id"] == l.id.as_str())
+        })
+        .map(|l| l.id.as_str())
+        .collect();
+    if !unnamed.is_empty() {
+        log(
+            &inner.events,
+            "warn",
+            format!(
+                "services of this edge's own configuration that the hub does not name for it (no target, not served): {}",
+                unnamed.join(", ")
+            ),
+        );
+    }
+    records
+}
+
 /// Applies a CONFIG: binds new ports, closes removed ones, leaves unchanged ones (and their
 /// streams and flows) alone. A port that cannot be bound is reported; the others still work.
 async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
@@ -849,14 +898,19 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
             })
             .collect(),
     };
+    let records = with_local_settings(inner, records);
     let mut tcp_services: BTreeMap<u16, Service> = BTreeMap::new();
     let mut udp_services: BTreeMap<u16, Arc<Service>> = BTreeMap::new();
+    let mut clashes = Vec::new();
     for v in &records {
         let Some(s) = Service::from_config(v, bind_ip) else {
             continue;
         };
         if v["protocol"] == "udp" {
             udp_services.insert(s.port, Arc::new(s));
+        } else if let Some(first) = tcp_services.get(&s.port) {
+            // Only the edge's own settings can move a service onto another's port.
+            clashes.push((s.port, format!("services {:?} and {:?} both want this port (the edge's own configuration moved one onto it); {:?} is not served", first.id, s.id, s.id)));
         } else {
             tcp_services.insert(s.port, s);
         }
@@ -912,6 +966,9 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
         }));
         failed.push(json!({ "port": port, "protocol": protocol, "code": e.code(), "reason": e.to_string() }));
     };
+    for (port, why) in clashes {
+        report(port, "tcp", &Error::InvalidConfig(why));
+    }
     for port in &wanted {
         if lock(&inner.listeners).contains_key(port) {
             continue;

@@ -14,6 +14,8 @@ import { DEFAULT_RECONNECT_BASE_MS, DEFAULT_RECONNECT_CAP_MS, DEFAULT_TRANSPORT_
 
 export interface IEdgeCommandOptions {
   config: IEdgeConfig;
+  /** `--consumer-xml FILE`: the listener and services come from this file (read at start). */
+  consumerXml?: string;
   graceMs: number;
   /** Print streamOpened/streamClosed lines. */
   logStreams: boolean;
@@ -22,6 +24,7 @@ export interface IEdgeCommandOptions {
 const HELP = `Usage: remoteingress-edge --token TOKEN [options]
        remoteingress-edge --hub-host HOST --hub-port N --edge-id ID --secret SECRET --hub-fingerprint HEX [options]
        remoteingress-edge --listen-for-hub PORT --state-dir DIR --edge-id ID --secret SECRET [--bind-host HOST]
+       remoteingress-edge --consumer-xml FILE --state-dir DIR --edge-id ID --secret SECRET
        remoteingress-edge token --state-dir DIR --edge-id ID --secret SECRET --edge-host HOST --edge-port N
 
 Runs an edge on a public machine. It dials the hub, binds the ports the hub assigns to this edge,
@@ -37,6 +40,9 @@ Listening for the hub:
   --state-dir DIR        where this edge keeps its certificate and key  [REMOTEINGRESS_STATE_DIR]
   --bind-host HOST       address to listen on (default 0.0.0.0)         [REMOTEINGRESS_BIND_HOST]
   --edge-id, --secret    as below
+  --consumer-xml FILE    edgerq's consumer.xml instead of --listen-for-hub: its <listener> says
+                         where to listen for the hub, its <services> where each service the hub
+                         names is served and with which limits (see README)  [REMOTEINGRESS_CONSUMER_XML]
 
 Connection (each can also come from the environment variable in brackets):
   --token TOKEN          everything below in one string, printed by
@@ -101,6 +107,14 @@ function resolveListening(values: TFlagValues, env: TEnv, port: number): IEdgeCo
 }
 
 export function resolveEdgeCommandOptions(values: TFlagValues, env: TEnv): IEdgeCommandOptions {
+  const consumerXml = flagOrEnv(values, 'consumer-xml', env, 'REMOTEINGRESS_CONSUMER_XML');
+  if (consumerXml !== undefined) {
+    for (const flag of ['listen-for-hub', 'bind-host'] as const) {
+      if (values[flag] !== undefined) throw usageError(`--${flag} cannot be combined with --consumer-xml: its <listener> says where the edge listens`, flag);
+    }
+    // The port is a placeholder until the file is read at start (resolveConsumerXml).
+    return { ...resolveListening(values, env, 0), consumerXml };
+  }
   const listenPort = portFlag(values, 'listen-for-hub', env, 'REMOTEINGRESS_LISTEN_FOR_HUB');
   if (listenPort !== undefined) return resolveListening(values, env, listenPort);
   const token = flagOrEnv(values, 'token', env, 'REMOTEINGRESS_TOKEN');
@@ -204,6 +218,7 @@ export const edgeCommand: ICommand = {
     'listen-for-hub': { type: 'string' },
     'state-dir': { type: 'string' },
     'bind-host': { type: 'string' },
+    'consumer-xml': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
   async run(values, env) {
@@ -212,3 +227,34 @@ export const edgeCommand: ICommand = {
     return runEdgeDaemon(options);
   },
 };
+
+/**
+ * The edge config with what `consumer.xml` says: the listener becomes `listenForHub`, each
+ * service a local service (port, bind address, limits) for the hub's service of that id.
+ */
+export async function resolveConsumerXml(options: IEdgeCommandOptions): Promise<{ config: IEdgeConfig; warnings: string[] }> {
+  const file = options.consumerXml;
+  if (file === undefined || !('listenForHub' in options.config)) return { config: options.config, warnings: [] };
+  const { readConsumerXml } = await import('../consumer-xml.js');
+  const xml = await readConsumerXml(file);
+  const warnings: string[] = [];
+  const buffered = xml.services.filter((s) => s.bufferBytes !== undefined).map((s) => s.id);
+  if (buffered.length > 0) {
+    warnings.push(
+      `${file}: request_buffer (bufferBytes) of ${buffered.join(', ')} is read but not enforced by this version; those services use the tunnel's windows`,
+    );
+  }
+  const config: IEdgeConfig = {
+    ...options.config,
+    listenForHub: { ...options.config.listenForHub, port: xml.listener.port, bindHost: xml.listener.bindHost },
+    localServices: xml.services.map((s) => ({
+      id: s.id,
+      edgePort: s.edgePort,
+      bindAddress: s.bindAddress,
+      ...(s.name === undefined ? {} : { name: s.name }),
+      ...(s.maxConnections === undefined ? {} : { maxConnections: s.maxConnections }),
+      ...(s.idleTimeoutSecs === undefined ? {} : { idleTimeoutSecs: s.idleTimeoutSecs }),
+    })),
+  };
+  return { config, warnings };
+}
