@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { RemoteIngressEdge, type IEdgeCommonConfig, type IEdgeStatus, type TTransportMode } from 'remoteingress-edge';
-import { RemoteIngressHub, encodeConnectionToken, type IHubConfig, type IHubEdgeStatus, type TAllowedEdge, type TListenPort } from 'remoteingress-hub';
+import { RemoteIngressHub, encodeConnectionToken, type IHubConfig, type IHubEdgeStatus, type IServiceConfig, type TAllowedEdge, type TListenPort } from 'remoteingress-hub';
 import { type Cleanups, EventLog, STOP_GRACE_MS, parseProxyV2, randomSecret, sha256, tempDir, withTimeout } from '../e2e/helpers.js';
 
 /**
@@ -44,6 +44,8 @@ export interface ITransportPairOptions {
   transportMode: TTransportMode;
   tcp?: TPortSpec[];
   udp?: TPortSpec[];
+  /** Named services of the edge (bound before the pair counts as started). */
+  services?: IServiceConfig[];
   hub?: Partial<IHubConfig>;
   edge?: Partial<IEdgeCommonConfig>;
 }
@@ -54,7 +56,8 @@ export async function startTransportPair(cleanups: Cleanups, options: ITransport
   const secret = randomSecret();
   const tcp = options.tcp ?? [];
   const udp = options.udp ?? [];
-  const allowed: TAllowedEdge = { id: edgeId, secret, bindAddress: '127.0.0.1', listenPorts: tcp, listenPortsUdp: udp };
+  const services = options.services ?? [];
+  const allowed: TAllowedEdge = { id: edgeId, secret, bindAddress: '127.0.0.1', listenPorts: tcp, listenPortsUdp: udp, ...(services.length > 0 ? { services } : {}) };
 
   const stateDir = await tempDir(cleanups, 'ri-transport-hub-');
   const hub = new RemoteIngressHub();
@@ -71,7 +74,13 @@ export async function startTransportPair(cleanups: Cleanups, options: ITransport
   await edge.start({ ...options.edge, token, transportMode: options.transportMode });
   const assigned = await edgeLog.waitFor('portsAssigned', (event) => {
     const failed = event.failed as unknown[];
-    return failed.length > 0 || (tcp.every((p) => (event.tcp as number[]).includes(p.port)) && udp.every((p) => (event.udp as number[]).includes(p.port)));
+    const bound = (list: unknown, port: number) => (list as number[]).includes(port);
+    return (
+      failed.length > 0 ||
+      (tcp.every((p) => bound(event.tcp, p.port)) &&
+        udp.every((p) => bound(event.udp, p.port)) &&
+        services.every((s) => bound(s.protocol === 'udp' ? event.udp : event.tcp, s.edgePort)))
+    );
   });
   if ((assigned.failed as unknown[]).length > 0) throw new Error(`the edge could not bind its ports: ${JSON.stringify(assigned.failed)}`);
   return { hub, log, tunnelPort: started.tunnelPort, fingerprint: started.fingerprint, edge, edgeLog, edgeId };
@@ -214,8 +223,8 @@ export interface IUdpClient {
   close(): Promise<void>;
 }
 
-/** A UDP socket bound on `address` (default 127.0.0.1) talking to 127.0.0.1:`port`; closed by `cleanups`. */
-export async function udpClient(cleanups: Cleanups, port: number, address = '127.0.0.1'): Promise<IUdpClient> {
+/** A UDP socket bound on `address` (default 127.0.0.1) talking to `to`:`port` (default 127.0.0.1); closed by `cleanups`. */
+export async function udpClient(cleanups: Cleanups, port: number, address = '127.0.0.1', to = '127.0.0.1'): Promise<IUdpClient> {
   const socket = dgram.createSocket({ type: 'udp4', recvBufferSize: 1024 * 1024 });
   const queue: Buffer[] = [];
   let waiting: ((reply: Buffer) => void) | undefined;
@@ -238,7 +247,7 @@ export async function udpClient(cleanups: Cleanups, port: number, address = '127
     port: socket.address().port,
     close,
     send(payload) {
-      socket.send(payload, port, '127.0.0.1');
+      socket.send(payload, port, to);
     },
     next(ms) {
       const queued = queue.shift();

@@ -72,9 +72,9 @@ export interface IServiceConfig {
   target: { host: string; port: number };
   proxyProtocol?: TProxyProtocol;
   proxyProtocolUdp?: TUdpProxyMode;
-  /** TCP: connections at once; beyond it new clients are refused at once. */
+  /** Connections (UDP: flows, one per client address) at once; beyond it new clients are refused at once (UDP: their datagrams dropped). */
   maxConnections?: number;
-  /** TCP: a connection with no byte either way for this long is closed. */
+  /** A connection (UDP: a flow) with no byte either way for this long is closed. */
   idleTimeoutSecs?: number;
   /**
    * Previous hops (CIDRs, or bare addresses). A TCP connection from one of them must begin with

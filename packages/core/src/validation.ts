@@ -509,14 +509,12 @@ function normaliseServices(
     if (typeof entry.name === 'string') service.name = entry.name;
     if (entry.bindAddress !== undefined) {
       if (!isValidIp(entry.bindAddress) || entry.bindAddress.includes('%')) issues.add(join(at, 'bindAddress'), entry.bindAddress, 'must be an IPv4 or IPv6 address');
-      else if (proto === 'udp') issues.add(join(at, 'bindAddress'), entry.bindAddress, "is supported for 'tcp' services only in this version (UDP ports bind at the edge's bindAddress)");
       else service.bindAddress = entry.bindAddress;
     }
     for (const key of ['maxConnections', 'idleTimeoutSecs'] as const) {
       const v = entry[key];
       if (v === undefined) continue;
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0 || v > 0xffff_ffff) issues.add(join(at, key), v, 'must be a positive integer');
-      else if (proto === 'udp') issues.add(join(at, key), v, "is enforced for 'tcp' services only in this version");
       else service[key] = v;
     }
     if (entry.trustProxyFrom !== undefined) {

@@ -17,7 +17,7 @@ use crate::auth::handshake;
 use crate::config::{EdgeOptions, ListenForHub};
 use crate::engine::firewall::{self, Nft};
 use crate::engine::listen::{self, Gate, ServerTls};
-use crate::engine::service::{self, Service};
+use crate::engine::service::{self, Service, REBIND_ATTEMPTS, REBIND_PAUSE};
 use crate::engine::udp::{EdgeUdp, FlowTunnel};
 use crate::error::{Error, Result};
 use crate::event;
@@ -30,12 +30,6 @@ use crate::transport::tls::{self, Identity, Trust};
 use crate::transport::tunnel::Tunnel;
 use crate::wire::frame::{Frame, FrameType};
 use crate::wire::open::{OpenRecord, KIND_TCP};
-
-/// A listener moved to a new bind address: how often and how far apart the new bind is tried
-/// while the old socket closes (its task is dropped a moment after the abort; 50 × 20 ms = 1 s
-/// is far more than that takes, and bounds a port that some other process took meanwhile).
-const REBIND_ATTEMPTS: usize = 50;
-const REBIND_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct Edge {
@@ -116,6 +110,8 @@ struct Status {
     failed: Vec<Value>,
     transport_reason: Option<String>,
     quic_probe: Option<Value>,
+    /// An edge that listens: the address of the hub's current tunnel.
+    hub_peer: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -350,6 +346,7 @@ impl Edge {
                 failed: Vec::new(),
                 transport_reason: None,
                 quic_probe: None,
+                hub_peer: None,
             }),
             stop,
             stopped: AtomicBool::new(false),
@@ -400,24 +397,28 @@ impl Edge {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .map(|s| s.status("tcp"))
+            .chain(self.inner.udp.services_status())
             .collect();
         let u = &self.inner.udp.stats;
-        let (hub_address, listen_for_hub) = match &self.inner.hub_listener {
+        let (hub_address, listen_for_hub, mode) = match &self.inner.hub_listener {
             None => (
                 json!(format!(
                     "{}:{}",
                     self.inner.opts.hub_host, self.inner.opts.hub_port
                 )),
                 Value::Null,
+                json!(self.inner.opts.transport_mode),
             ),
             Some(l) => {
                 let (tls, quic) = l.gate.pending();
                 (
-                    Value::Null,
+                    // The hub's current tunnel, if any; the hub chooses the transport mode.
+                    json!(st.hub_peer.as_ref().filter(|_| tunnel.is_some())),
                     json!({
                         "bindHost": l.bind_host, "port": l.port, "fingerprint": l.fingerprint,
                         "pendingHandshakes": { "tls": tls, "quic": quic },
                     }),
+                    Value::Null,
                 )
             }
         };
@@ -426,7 +427,7 @@ impl Edge {
             "hubAddress": hub_address,
             "listenForHub": listen_for_hub,
             "transport": tunnel.as_ref().map(|t| t.transport()),
-            "transportMode": self.inner.opts.transport_mode,
+            "transportMode": mode,
             "transportReason": st.transport_reason,
             "quicProbe": st.quic_probe,
             "connectedSince": st.connected_since.map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
@@ -609,6 +610,10 @@ fn arrived(
     cfg_tx: &mpsc::UnboundedSender<Value>,
     a: Arrival,
 ) -> (Tunnel, TunnelFuture, String) {
+    let peer = match &a {
+        Arrival::Tls(_, _, p) | Arrival::Quic(_, _, _, p) => *p,
+    };
+    lock(&inner.status).hub_peer = Some(peer.to_string());
     match a {
         Arrival::Tls(tls, params, peer) => {
             let (t, f) = start_tls(inner, cfg_tx, *tls, params);
@@ -683,7 +688,7 @@ async fn session(
     }
     let hub = match &inner.trust {
         Some(_) => format!("{}:{}", inner.opts.hub_host, inner.opts.hub_port),
-        None => reason.clone(),
+        None => lock(&inner.status).hub_peer.clone().unwrap_or_default(),
     };
     inner.events.as_ref()(event!("tunnelConnected", {
         "hubAddress": hub, "transport": tunnel.transport(), "reason": reason

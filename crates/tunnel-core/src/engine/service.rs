@@ -14,6 +14,12 @@ use crate::event;
 use crate::events::EventSink;
 use crate::wire::proxy_protocol::Received;
 
+/// A listener moved to a new bind address: how often and how far apart the new bind is tried
+/// while the old socket closes (its task is dropped a moment after the abort; 50 × 20 ms = 1 s
+/// is far more than that takes, and bounds a port that some other process took meanwhile).
+pub const REBIND_ATTEMPTS: usize = 50;
+pub const REBIND_PAUSE: Duration = Duration::from_millis(20);
+
 /// How often an idle-limited connection's idleness is looked at. A quarter second keeps the
 /// close within a quarter second of the limit (the 2-s limit must close within 2–3 s)
 /// for one `getsockopt` per connection per tick.
@@ -136,6 +142,11 @@ impl Service {
         Some(Admitted(self.clone()))
     }
 
+    /// A client (a UDP flow) was closed for idleness.
+    pub fn idle_closed(&self) {
+        self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether connections from `ip` must begin with a PROXY header.
     pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = crate::wire::proxy_protocol::unmap(std::net::SocketAddr::new(ip, 0)).ip();
@@ -175,6 +186,11 @@ impl Drop for Admitted {
 }
 
 impl Admitted {
+    /// This client (a UDP flow) was closed for idleness: counted for its service.
+    pub fn idle_closed(&self) {
+        self.0.idle_closed();
+    }
+
     /// A second descriptor of the client's socket for the idle check, when the service has an
     /// idle timeout (take it before the socket moves into the tunnel's pumps).
     pub fn idle_watch(&self, sock: &TcpStream) -> Option<socket2::Socket> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::config::PortSpec;
-use crate::engine::service::Service;
+use crate::engine::service::{Admitted, Service, REBIND_ATTEMPTS, REBIND_PAUSE};
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
@@ -107,11 +107,17 @@ struct EdgeFlow {
     client: SocketAddr,
     sock: Arc<UdpSocket>,
     last: Instant,
+    /// The flow's place in its service's `maxConnections` (dropped with the flow).
+    admitted: Option<Admitted>,
+    /// The service's idle timeout, or the edge-wide one.
+    idle: Duration,
 }
 
 #[derive(Default)]
 struct EdgeState {
-    ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>)>,
+    /// Bound ports: socket, its receive task, and the address asked for (a service whose bind
+    /// address changes is bound anew).
+    ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>, Option<IpAddr>)>,
     /// Per port, its service: the number FLOW_OPEN records carry (0 = route by port), and the
     /// previous hops whose datagrams carry a PROXY v2 header naming the first client (chains).
     services: BTreeMap<u16, Arc<Service>>,
@@ -127,6 +133,9 @@ pub struct EdgeUdp {
     events: EventSink,
     pub stats: Arc<UdpStats>,
     idle: Mutex<Duration>,
+    /// The shortest idle timeout of any flow (the edge-wide one or a service's): what the
+    /// sweeper's pace follows.
+    sweep_idle: Mutex<Duration>,
     max_flows: Mutex<usize>,
     sweeper: Mutex<Option<AbortOnDrop<()>>>,
 }
@@ -138,6 +147,7 @@ impl EdgeUdp {
             events,
             stats: Arc::new(UdpStats::default()),
             idle: Mutex::new(Duration::from_secs(60)),
+            sweep_idle: Mutex::new(Duration::from_secs(60)),
             max_flows: Mutex::new(16_384),
             sweeper: Mutex::new(None),
         })
@@ -158,6 +168,15 @@ impl EdgeUdp {
         lock(&self.state).ports.keys().copied().collect()
     }
 
+    /// The UDP services and their counters (a flow counts as a connection).
+    pub fn services_status(&self) -> Vec<serde_json::Value> {
+        lock(&self.state)
+            .services
+            .values()
+            .map(|s| s.status("udp"))
+            .collect()
+    }
+
     /// Applies the hub's UDP settings and services (one per port). Returns the ports that
     /// failed to bind.
     pub async fn apply(
@@ -167,8 +186,15 @@ impl EdgeUdp {
         idle: Duration,
         max_flows: usize,
     ) -> Vec<(u16, Error)> {
-        let wanted: std::collections::BTreeSet<u16> = services.keys().copied().collect();
+        let wanted: BTreeMap<u16, Option<IpAddr>> =
+            services.iter().map(|(p, s)| (*p, s.bind.or(bind_ip))).collect();
+        // Sweep as often as the shortest idle timeout needs.
+        let shortest = services
+            .values()
+            .filter_map(|s| s.idle_timeout)
+            .fold(idle, Duration::min);
         *lock(&self.idle) = idle;
+        *lock(&self.sweep_idle) = shortest;
         lock(&self.state).services = services;
         *lock(&self.max_flows) = max_flows;
         {
@@ -178,7 +204,7 @@ impl EdgeUdp {
                 *sw = Some(AbortOnDrop(tokio::spawn(async move {
                     loop {
                         let every = match me.upgrade() {
-                            Some(m) => sweep_every(*lock(&m.idle)),
+                            Some(m) => sweep_every(*lock(&m.sweep_idle)),
                             None => return,
                         };
                         tokio::time::sleep(every).await;
@@ -190,11 +216,22 @@ impl EdgeUdp {
                 })));
             }
         }
+        let mut moved = std::collections::BTreeSet::new();
         {
             let mut st = lock(&self.state);
-            let stale: Vec<u16> = st.ports.keys().filter(|p| !wanted.contains(p)).copied().collect();
+            // Ports no longer served, and ports whose service moved to another address.
+            let stale: Vec<u16> = st
+                .ports
+                .iter()
+                .filter(|(p, (_, _, at))| wanted.get(p) != Some(at))
+                .map(|(p, _)| *p)
+                .collect();
             for p in stale {
-                st.ports.remove(&p);
+                if let Some((_, _, at)) = st.ports.remove(&p) {
+                    if wanted.contains_key(&p) && wanted.get(&p) != Some(&at) {
+                        moved.insert(p);
+                    }
+                }
                 let gone: Vec<u32> = st
                     .flows
                     .iter()
@@ -213,17 +250,27 @@ impl EdgeUdp {
             self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
         }
         let mut failed = Vec::new();
-        for port in wanted {
+        for (port, at) in wanted {
             if lock(&self.state).ports.contains_key(&port) {
                 continue;
             }
-            match bind_udp(bind_ip, port) {
+            // A socket just dropped for a new address is closed once its task is gone, a
+            // moment after the abort: retry briefly instead of failing the port.
+            let mut bound = bind_udp(at, port);
+            for _ in 0..if moved.contains(&port) { REBIND_ATTEMPTS } else { 0 } {
+                if bound.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(REBIND_PAUSE).await;
+                bound = bind_udp(at, port);
+            }
+            match bound {
                 Ok(sock) => {
                     let sock = Arc::new(sock);
                     let me = self.clone();
                     let s2 = sock.clone();
                     let task = AbortOnDrop(tokio::spawn(async move { me.serve_port(port, s2).await }));
-                    lock(&self.state).ports.insert(port, (sock, task));
+                    lock(&self.state).ports.insert(port, (sock, task, at));
                 }
                 Err(e) => failed.push((port, e)),
             }
@@ -287,6 +334,18 @@ impl EdgeUdp {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                // The service's maxConnections counts its flows (refused ones are counted and
+                // reported by the service).
+                let (admitted, idle) = match service {
+                    Some(s) => match s.admit(&self.events) {
+                        Some(a) => (Some(a), s.idle_timeout.unwrap_or(*lock(&self.idle))),
+                        None => {
+                            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    },
+                    None => (None, *lock(&self.idle)),
+                };
                 st.next_flow = st.next_flow.wrapping_add(1).max(1);
                 let id = st.next_flow;
                 let local = sock
@@ -308,6 +367,8 @@ impl EdgeUdp {
                         client,
                         sock: sock.clone(),
                         last: Instant::now(),
+                        admitted,
+                        idle,
                     },
                 );
                 st.by_client.insert((port, client), id);
@@ -355,18 +416,20 @@ impl EdgeUdp {
     }
 
     fn sweep(&self) {
-        let idle = *lock(&self.idle);
         let mut st = lock(&self.state);
         let now = Instant::now();
         let expired: Vec<u32> = st
             .flows
             .iter()
-            .filter(|(_, f)| now.duration_since(f.last) >= idle)
+            .filter(|(_, f)| now.duration_since(f.last) >= f.idle)
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
             if let Some(f) = st.flows.remove(id) {
                 st.by_client.remove(&(f.port, f.client));
+                if let Some(a) = &f.admitted {
+                    a.idle_closed();
+                }
             }
             if let Some(t) = &st.tunnel {
                 t.flow_close(*id);

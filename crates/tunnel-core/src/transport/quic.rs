@@ -190,7 +190,7 @@ pub fn connection_error(e: &quinn::ConnectionError) -> Error {
     use quinn::ConnectionError as C;
     match e {
         C::TimedOut => Error::Timeout("no packet from the peer within the QUIC idle timeout".into()),
-        C::LocallyClosed => Error::LocalClosed("closed locally".into()),
+        C::LocallyClosed => Error::LocalClosed("the QUIC connection was closed by this side".into()),
         C::ApplicationClosed(c) => {
             let reason = String::from_utf8_lossy(&c.reason).into_owned();
             if c.error_code == quinn::VarInt::from_u32(CLOSE_DRAINED) {

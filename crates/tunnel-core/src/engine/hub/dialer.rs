@@ -123,6 +123,8 @@ async fn dial_loop(
     let mut shutdown = inner.shutdown.subscribe();
     let address = format!("{}:{}", spec.host, spec.port);
     let mut attempt: u32 = 0;
+    // Failed dials since the last tunnel came up (what `edgeDialFailed` reports).
+    let mut failures: u32 = 0;
     loop {
         if *shutdown.borrow() {
             return;
@@ -139,6 +141,7 @@ async fn dial_loop(
         };
         match outcome {
             Ok(first) => {
+                failures = 0;
                 {
                     let mut st = lock(&state);
                     st.state = "connected";
@@ -154,11 +157,12 @@ async fn dial_loop(
                 lock(&state).last_error = Some(json!({ "code": e.code(), "message": e.to_string() }));
                 inner.events.as_ref()(event!("edgeDialFailed", {
                     "edgeId": edge_id, "address": address, "code": e.code(),
-                    "reason": e.to_string(), "attempt": attempt + 1,
+                    "reason": e.to_string(), "attempt": failures + 1,
                     "retryInMs": delay.as_millis() as u64
                 }));
                 lock(&state).state = "backoff";
                 attempt = attempt.saturating_add(1);
+                failures = failures.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,
