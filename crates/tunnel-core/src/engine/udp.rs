@@ -113,11 +113,13 @@ struct EdgeFlow {
     idle: Duration,
 }
 
+/// A bound public port: socket, its receive task, and the address asked for (a service whose
+/// bind address changes is bound anew).
+type BoundPort = (Arc<UdpSocket>, AbortOnDrop<()>, Option<IpAddr>);
+
 #[derive(Default)]
 struct EdgeState {
-    /// Bound ports: socket, its receive task, and the address asked for (a service whose bind
-    /// address changes is bound anew).
-    ports: BTreeMap<u16, (Arc<UdpSocket>, AbortOnDrop<()>, Option<IpAddr>)>,
+    ports: BTreeMap<u16, BoundPort>,
     /// Per port, its service: the number FLOW_OPEN records carry (0 = route by port), and the
     /// previous hops whose datagrams carry a PROXY v2 header naming the first client (chains).
     services: BTreeMap<u16, Arc<Service>>,
