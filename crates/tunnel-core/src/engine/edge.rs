@@ -1183,6 +1183,7 @@ async fn accept_clients(
             listen_port: port,
             client,
             local,
+            buffer: None,
         };
         if service.trusts(client.ip()) {
             // A previous hop: its PROXY header names the first client. Read in a task of its

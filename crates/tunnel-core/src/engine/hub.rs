@@ -700,6 +700,7 @@ mod tests {
             listen_port: port,
             client: "203.0.113.1:40000".parse().unwrap(),
             local: "198.51.100.1:443".parse().unwrap(),
+            buffer: None,
         }
     }
 

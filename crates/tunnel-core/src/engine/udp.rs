@@ -360,6 +360,7 @@ impl EdgeUdp {
                     listen_port: port,
                     client: first_client,
                     local: first_local,
+                    buffer: None,
                 };
                 tunnel.flow_open(id, &record);
                 st.flows.insert(
@@ -845,6 +846,7 @@ mod tests {
                 listen_port: 53,
                 client,
                 local,
+                buffer: None,
             };
             // The first datagram arrives before the upstream socket is ready, the others after.
             flows.open(1, record, Some(route), Arc::new(NoTunnel));

@@ -13,6 +13,8 @@ pub(super) struct StreamState {
     recv_window: u32,
     /// Bytes consumed but not yet returned with WINDOW.
     recv_unacked: u32,
+    /// The service's buffer cap (`bufferBytes`): the window never grows beyond it.
+    cap: Option<u32>,
     outq: VecDeque<Bytes>,
     /// FIN to send once `outq` drains.
     out_fin: bool,
@@ -321,9 +323,11 @@ impl<H: Handler> Mux<H> {
         &mut self,
         id: u32,
         listen_port: u16,
+        cap: Option<u32>,
         tx: mpsc::UnboundedSender<Inbound>,
         shared: Arc<StreamShared>,
     ) {
+        let window = flow::capped(self.cfg.stream_window, cap);
         self.stats.open_streams.fetch_add(1, Ordering::Relaxed);
         self.streams.insert(
             id,
@@ -331,9 +335,10 @@ impl<H: Handler> Mux<H> {
                 tx: Some(tx),
                 shared,
                 listen_port,
-                recv_remaining: self.cfg.stream_window,
-                recv_window: self.cfg.stream_window,
+                recv_remaining: window,
+                recv_window: window,
                 recv_unacked: 0,
+                cap,
                 outq: VecDeque::new(),
                 out_fin: false,
                 in_ready: false,
@@ -375,7 +380,7 @@ impl<H: Handler> Mux<H> {
                 let mut p = BytesMut::with_capacity(frame::OPEN_RECORD_MAX);
                 record.encode(&mut p);
                 frame::encode(&mut self.control, FrameType::Open, 0, id, &p);
-                self.new_stream(id, record.listen_port, tx, shared);
+                self.new_stream(id, record.listen_port, record.buffer, tx, shared);
             }
             Cmd::Data { id, bytes } => {
                 if let Some(st) = self.streams.get_mut(&id) {
@@ -721,7 +726,9 @@ impl<H: Handler> Mux<H> {
                     self.cfg.stream_window,
                     self.cfg.connection_window,
                     open,
-                );
+                )
+                .min(st.cap.unwrap_or(u32::MAX))
+                .max(st.recv_window);
                 let inc = std::mem::take(&mut st.recv_unacked) + (grown - st.recv_window);
                 st.recv_window = grown;
                 st.recv_remaining += inc;
@@ -763,8 +770,8 @@ impl<H: Handler> Mux<H> {
             return Ok(());
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = StreamShared::new(self.cfg.stream_window);
-        self.new_stream(f.stream, record.listen_port, tx, shared.clone());
+        let shared = StreamShared::new(flow::capped(self.cfg.stream_window, record.buffer));
+        self.new_stream(f.stream, record.listen_port, record.buffer, tx, shared.clone());
         let ctx = StreamCtx::new(f.stream, rx, shared, self.cmd_tx.clone(), self.cfg.max_frame);
         self.handler.on_open(RemoteStream {
             record,

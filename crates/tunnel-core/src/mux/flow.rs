@@ -20,6 +20,12 @@ pub(super) fn grown_window(current: u32, base: u32, connection_window: u32, open
     current.saturating_mul(2).min(share).max(current).max(base)
 }
 
+/// A stream's window: the tunnel's `stream_window`, or the stream's buffer cap when its
+/// service has a smaller one (`bufferBytes`, carried in the OPEN record so both ends agree).
+pub(super) fn capped(stream_window: u32, cap: Option<u32>) -> u32 {
+    cap.map_or(stream_window, |c| c.min(stream_window))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,7 +371,7 @@ impl MuxHandle {
         }
         let id = self.next_id.fetch_add(2, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = StreamShared::new(self.config.stream_window);
+        let shared = StreamShared::new(flow::capped(self.config.stream_window, record.buffer));
         self.cmd
             .send(Cmd::Open {
                 id,

@@ -64,6 +64,7 @@ fn record() -> OpenRecord {
         listen_port: 80,
         client: "127.0.0.2:5000".parse().unwrap(),
         local: "127.0.0.1:80".parse().unwrap(),
+        buffer: None,
     }
 }
 
@@ -345,4 +346,66 @@ async fn goaway_drains_then_closes() {
         .unwrap();
     assert_eq!(e.code(), "ERR_GOAWAY", "{e}");
     assert!(matches!(h.code(), "ERR_GOAWAY" | "ERR_PEER_CLOSED"), "{h}");
+}
+
+/// Receives until nothing more arrives for 200 ms, without returning credit: what the stream
+/// holds while its reader does not consume.
+async fn held_without_consuming(ctx: &mut StreamCtx) -> Vec<u8> {
+    let mut held = Vec::new();
+    while let Ok(Some(Inbound::Data(b))) = tokio::time::timeout(Duration::from_millis(200), ctx.recv()).await
+    {
+        held.extend_from_slice(&b);
+    }
+    held
+}
+
+/// Holds what arrives without consuming (checked against `cap`), then consumes it and reads the
+/// rest to FIN: everything must still arrive.
+async fn capped_then_all(ctx: &mut StreamCtx, cap: usize) -> Vec<u8> {
+    let mut got = held_without_consuming(ctx).await;
+    assert!(
+        !got.is_empty() && got.len() <= cap,
+        "held {} bytes with a cap of {cap}",
+        got.len()
+    );
+    ctx.consumed(got.len());
+    got.extend_from_slice(&read_all(ctx).await.unwrap());
+    got
+}
+
+#[tokio::test]
+async fn a_buffer_cap_bounds_what_a_stream_holds_each_way_and_still_moves_everything() {
+    const CAP: usize = 2048; // a quarter of the tunnel's 8 KiB stream window
+    let (edge, _ce, _hub, ch) = pair();
+    let capped = OpenRecord {
+        buffer: Some(CAP as u32),
+        ..record()
+    };
+    let local = edge.open(capped.clone()).unwrap();
+    let mut remote = ch.next_open().await;
+    assert_eq!(remote.record, capped);
+    // Edge → hub, the hub not reading at first.
+    let up = pattern(64 * 1024, 3);
+    let sending = {
+        let up = up.clone();
+        tokio::spawn(async move {
+            assert!(local.send_all(up).await);
+            local.fin();
+            local
+        })
+    };
+    assert_eq!(capped_then_all(&mut remote.ctx, CAP).await, up);
+    let mut local = sending.await.unwrap();
+    // Hub → edge, the edge not reading at first.
+    let down = pattern(64 * 1024, 9);
+    let sending = {
+        let down = down.clone();
+        let ctx = remote.ctx;
+        tokio::spawn(async move {
+            assert!(ctx.send_all(down).await);
+            ctx.fin();
+        })
+    };
+    assert_eq!(capped_then_all(&mut local, CAP).await, down);
+    sending.await.unwrap();
 }

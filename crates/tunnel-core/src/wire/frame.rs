@@ -123,8 +123,8 @@ pub const NONCE_LEN: usize = 32;
 pub const MAC_LEN: usize = 32;
 /// stream window u32, connection window u32, heartbeat ms u32, max streams u32, max frame u32.
 pub const AUTH_OK_LEN: usize = 20;
-/// kind u8, flags u8, service u32, listen port u16, two (family u8, addr ≤16, port u16).
-pub const OPEN_RECORD_MAX: usize = 1 + 1 + 4 + 2 + 2 * (1 + 16 + 2);
+/// kind u8, flags u8, service u32, listen port u16, two (family u8, addr ≤16, port u16), buffer cap u32.
+pub const OPEN_RECORD_MAX: usize = 1 + 1 + 4 + 2 + 2 * (1 + 16 + 2) + 4;
 
 /// One decoded frame. The payload is a zero-copy slice of the receive buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]

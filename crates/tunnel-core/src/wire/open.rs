@@ -1,12 +1,14 @@
 //! The stream-open record: what the edge tells the hub about a new client connection.
 //!
 //! ```text
-//! kind u8 (1 = TCP, 2 = UDP)  | flags u8 (reserved, 0) | service u32 (0 = route by listen port)
+//! kind u8 (1 = TCP, 2 = UDP)  | flags u8 | service u32 (0 = route by listen port)
 //! listen port u16    | client: family u8 (4|6), addr 4|16, port u16
 //!                    | local:  family u8 (4|6), addr 4|16, port u16
+//!                    [ | buffer bytes u32 ]   (flags & 0x01)
 //! ```
-//! `service` leaves room for named services routed by the hub to their own target; `flags`
-//! leaves room for chained hub/edge pairs that forward an already-known client address.
+//! `service` names the service the hub routes by. Flag 0x01: the stream's service caps what
+//! one connection may hold in flight (`bufferBytes`); both ends then use at most that as the
+//! stream's window in each direction. Other flag bits are reserved and must be 0.
 
 use bytes::{BufMut, BytesMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,6 +18,11 @@ use crate::wire::frame::{FrameError, FrameType};
 pub const KIND_TCP: u8 = 1;
 /// A UDP flow (FLOW_OPEN).
 pub const KIND_UDP: u8 = 2;
+/// Flag: a buffer cap follows the addresses.
+pub const FLAG_BUFFER: u8 = 0x01;
+/// The smallest buffer cap: 1 KiB, as consumer.xml's `request_buffer` allows. Smaller windows
+/// would mean a WINDOW frame for every few hundred bytes.
+pub const MIN_BUFFER: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRecord {
@@ -26,16 +33,21 @@ pub struct OpenRecord {
     pub client: SocketAddr,
     /// The edge-side address the client connected to (PROXY header destination).
     pub local: SocketAddr,
+    /// The most one connection of this service may hold in flight per direction (bytes).
+    pub buffer: Option<u32>,
 }
 
 impl OpenRecord {
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u8(self.kind);
-        out.put_u8(0);
+        out.put_u8(if self.buffer.is_some() { FLAG_BUFFER } else { 0 });
         out.put_u32(self.service);
         out.put_u16(self.listen_port);
         put_addr(out, self.client);
         put_addr(out, self.local);
+        if let Some(b) = self.buffer {
+            out.put_u32(b);
+        }
     }
 
     pub fn decode(p: &[u8]) -> Result<OpenRecord, FrameError> {
@@ -47,10 +59,27 @@ impl OpenRecord {
         if kind != KIND_TCP && kind != KIND_UDP {
             return Err(bad("unknown stream kind"));
         }
+        let flags = p[1];
+        if flags & !FLAG_BUFFER != 0 {
+            return Err(bad("unknown flags"));
+        }
         let service = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
         let listen_port = u16::from_be_bytes([p[6], p[7]]);
         let (client, rest) = take_addr(&p[8..]).ok_or_else(|| bad("bad client address"))?;
         let (local, rest) = take_addr(rest).ok_or_else(|| bad("bad local address"))?;
+        let (buffer, rest) = if flags & FLAG_BUFFER != 0 {
+            let b: [u8; 4] = rest
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| bad("buffer cap missing"))?;
+            let b = u32::from_be_bytes(b);
+            if b < MIN_BUFFER {
+                return Err(bad("buffer cap below its minimum"));
+            }
+            (Some(b), &rest[4..])
+        } else {
+            (None, rest)
+        };
         if !rest.is_empty() {
             return Err(bad("trailing bytes"));
         }
@@ -60,6 +89,7 @@ impl OpenRecord {
             listen_port,
             client,
             local,
+            buffer,
         })
     }
 }
@@ -104,10 +134,10 @@ mod tests {
 
     #[test]
     fn roundtrip_v4_v6() {
-        for (c, l) in [
-            ("127.0.0.2:5555", "127.0.0.1:80"),
-            ("[2001:db8::1]:443", "[::1]:8443"),
-            ("10.1.2.3:1", "[::ffff:1.2.3.4]:9"),
+        for (c, l, buffer) in [
+            ("127.0.0.2:5555", "127.0.0.1:80", None),
+            ("[2001:db8::1]:443", "[::1]:8443", Some(16384)),
+            ("10.1.2.3:1", "[::ffff:1.2.3.4]:9", Some(MIN_BUFFER)),
         ] {
             let r = OpenRecord {
                 kind: KIND_TCP,
@@ -115,6 +145,7 @@ mod tests {
                 listen_port: 80,
                 client: c.parse().unwrap(),
                 local: l.parse().unwrap(),
+                buffer,
             };
             let mut b = BytesMut::new();
             r.encode(&mut b);
@@ -124,5 +155,25 @@ mod tests {
                 assert!(OpenRecord::decode(&b[..cut]).is_err());
             }
         }
+    }
+
+    #[test]
+    fn unknown_flags_and_tiny_buffer_caps_are_refused() {
+        let mut r = OpenRecord {
+            kind: KIND_TCP,
+            service: 7,
+            listen_port: 80,
+            client: "127.0.0.2:5555".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            buffer: Some(MIN_BUFFER - 1),
+        };
+        let mut b = BytesMut::new();
+        r.encode(&mut b);
+        assert!(OpenRecord::decode(&b).is_err());
+        r.buffer = None;
+        let mut b = BytesMut::new();
+        r.encode(&mut b);
+        b[1] = 0x02;
+        assert!(OpenRecord::decode(&b).is_err());
     }
 }
