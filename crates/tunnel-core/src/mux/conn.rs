@@ -726,9 +726,8 @@ impl<H: Handler> Mux<H> {
                     self.cfg.stream_window,
                     self.cfg.connection_window,
                     open,
-                )
-                .min(st.cap.unwrap_or(u32::MAX))
-                .max(st.recv_window);
+                    st.cap,
+                );
                 let inc = std::mem::take(&mut st.recv_unacked) + (grown - st.recv_window);
                 st.recv_window = grown;
                 st.recv_remaining += inc;

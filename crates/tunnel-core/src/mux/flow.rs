@@ -14,10 +14,23 @@ const MAX_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// `base` (larger windows measured slower there: more bytes in flight than the caches hold),
 /// and the connection window, which bounds what a slow target makes the receiver buffer, is
 /// shared rather than claimed by the first few streams.
-pub(super) fn grown_window(current: u32, base: u32, connection_window: u32, open_streams: usize) -> u32 {
+/// A stream with a buffer cap (`cap`) never grows past it.
+pub(super) fn grown_window(
+    current: u32,
+    base: u32,
+    connection_window: u32,
+    open_streams: usize,
+    cap: Option<u32>,
+) -> u32 {
     let share = (u64::from(connection_window) / 4 / open_streams.max(1) as u64)
         .min(u64::from(MAX_STREAM_WINDOW)) as u32;
-    current.saturating_mul(2).min(share).max(current).max(base)
+    let limit = cap.unwrap_or(u32::MAX);
+    current
+        .saturating_mul(2)
+        .min(share)
+        .max(base)
+        .min(limit)
+        .max(current)
 }
 
 /// A stream's window: the tunnel's `stream_window`, or the stream's buffer cap when its
@@ -34,14 +47,20 @@ mod tests {
     fn lone_bulk_streams_grow_their_window_and_crowds_do_not() {
         let (base, conn) = (512 * 1024, 16 * 1024 * 1024);
         // One or two streams: doubling up to MAX_STREAM_WINDOW.
-        assert_eq!(grown_window(base, base, conn, 1), 2 * base);
-        assert_eq!(grown_window(2 * base, base, conn, 2), MAX_STREAM_WINDOW);
-        assert_eq!(grown_window(MAX_STREAM_WINDOW, base, conn, 1), MAX_STREAM_WINDOW);
+        assert_eq!(grown_window(base, base, conn, 1, None), 2 * base);
+        assert_eq!(grown_window(2 * base, base, conn, 2, None), MAX_STREAM_WINDOW);
+        assert_eq!(
+            grown_window(MAX_STREAM_WINDOW, base, conn, 1, None),
+            MAX_STREAM_WINDOW
+        );
         // Nine streams (iperf3 -P 8): a quarter of the connection window shared is below the
         // base, which stays.
-        assert_eq!(grown_window(base, base, conn, 9), base);
+        assert_eq!(grown_window(base, base, conn, 9, None), base);
         // A window never shrinks, and a configured base above the cap is kept.
-        assert_eq!(grown_window(2 * base, base, conn, 1000), 2 * base);
-        assert_eq!(grown_window(8 << 20, 8 << 20, conn, 1), 8 << 20);
+        assert_eq!(grown_window(2 * base, base, conn, 1000, None), 2 * base);
+        assert_eq!(grown_window(8 << 20, 8 << 20, conn, 1, None), 8 << 20);
+        // A buffer cap stops growth, even below the base.
+        assert_eq!(grown_window(2048, base, conn, 1, Some(2048)), 2048);
+        assert_eq!(grown_window(2048, base, conn, 1, Some(3000)), 3000);
     }
 }

@@ -122,6 +122,14 @@ async fn dial_loop(
 ) {
     let mut shutdown = inner.shutdown.subscribe();
     let address = format!("{}:{}", spec.host, spec.port);
+    // Validated with the allowed edges; parsed once here, not per dial.
+    let trust = match crate::transport::tls::parse_fingerprint(&spec.fingerprint) {
+        Ok(f) => Trust::Pinned(f),
+        Err(e) => {
+            lock(&state).last_error = Some(json!({ "code": e.code(), "message": e.to_string() }));
+            return;
+        }
+    };
     let mut attempt: u32 = 0;
     // Failed dials since the last tunnel came up (what `edgeDialFailed` reports).
     let mut failures: u32 = 0;
@@ -136,9 +144,11 @@ async fn dial_loop(
         }
         let began = Instant::now();
         let outcome = tokio::select! {
-            r = connect(&inner, &edge_id, &spec, &secret) => r,
+            r = connect(&inner, &edge_id, &spec, &trust, &secret) => r,
             _ = shutdown.changed() => return,
         };
+        let delay = dial::backoff(spec.reconnect.base_ms, spec.reconnect.cap_ms, attempt);
+        attempt = attempt.saturating_add(1);
         match outcome {
             Ok(first) => {
                 failures = 0;
@@ -147,36 +157,26 @@ async fn dial_loop(
                     st.state = "connected";
                     st.last_error = None;
                 }
-                serve(&inner, &edge_id, &spec, &secret, first, &mut shutdown).await;
+                serve(&inner, &edge_id, &spec, &trust, &secret, first, &mut shutdown).await;
+                if *shutdown.borrow() {
+                    return;
+                }
+                // A healthy tunnel ended: redial soon (the backoff grows only while dials fail).
                 if began.elapsed() >= dial::HEALTHY_SESSION {
                     attempt = 0;
                 }
             }
             Err(e) => {
-                let delay = dial::backoff(spec.reconnect.base_ms, spec.reconnect.cap_ms, attempt);
                 lock(&state).last_error = Some(json!({ "code": e.code(), "message": e.to_string() }));
+                failures = failures.saturating_add(1);
                 inner.events.as_ref()(event!("edgeDialFailed", {
                     "edgeId": edge_id, "address": address, "code": e.code(),
-                    "reason": e.to_string(), "attempt": failures + 1,
+                    "reason": e.to_string(), "attempt": failures,
                     "retryInMs": delay.as_millis() as u64
                 }));
-                lock(&state).state = "backoff";
-                attempt = attempt.saturating_add(1);
-                failures = failures.saturating_add(1);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
-                continue;
             }
         }
-        if *shutdown.borrow() {
-            return;
-        }
-        // The tunnel ended: redial soon (the backoff grows only while dials fail).
         lock(&state).state = "backoff";
-        let delay = dial::backoff(spec.reconnect.base_ms, spec.reconnect.cap_ms, attempt);
-        attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
@@ -190,6 +190,7 @@ async fn serve(
     inner: &Arc<Inner>,
     edge_id: &str,
     spec: &DialSpec,
+    trust: &Trust,
     secret: &str,
     first: Dialed,
     shutdown: &mut watch::Receiver<bool>,
@@ -205,7 +206,7 @@ async fn serve(
         tokio::select! {
             _ = &mut task => return,
             _ = probe.tick(), if probing => {
-                if let Ok(Ok(q)) = tokio::time::timeout(QUIC_CONNECT_TIMEOUT, connect_quic(inner, edge_id, spec, secret)).await {
+                if let Ok(Ok(q)) = tokio::time::timeout(QUIC_CONNECT_TIMEOUT, connect_quic(inner, edge_id, spec, trust, secret)).await {
                     // Registering the QUIC session replaces the TLS one, which drains on its own.
                     task = start_session(inner, edge_id, secret, q);
                     on_tls = false;
@@ -235,41 +236,49 @@ fn start_session(inner: &Arc<Inner>, edge_id: &str, secret: &str, d: Dialed) -> 
     })
 }
 
-fn trust(spec: &DialSpec) -> Result<Trust> {
-    Ok(Trust::Pinned(crate::transport::tls::parse_fingerprint(
-        &spec.fingerprint,
-    )?))
-}
-
-async fn connect(inner: &Arc<Inner>, edge_id: &str, spec: &DialSpec, secret: &str) -> Result<Dialed> {
+async fn connect(
+    inner: &Arc<Inner>,
+    edge_id: &str,
+    spec: &DialSpec,
+    trust: &Trust,
+    secret: &str,
+) -> Result<Dialed> {
     match spec.transport_mode.as_str() {
-        "tcpTls" => connect_tls(inner, edge_id, spec, secret).await,
-        "quic" => connect_quic(inner, edge_id, spec, secret).await,
+        "tcpTls" => connect_tls(inner, edge_id, spec, trust, secret).await,
+        "quic" => connect_quic(inner, edge_id, spec, trust, secret).await,
         _ => {
-            let quic_err =
-                match tokio::time::timeout(QUIC_CONNECT_TIMEOUT, connect_quic(inner, edge_id, spec, secret))
-                    .await
-                {
-                    Ok(Ok(d)) => return Ok(d),
-                    Ok(Err(e)) => e,
-                    Err(_) => Error::Timeout(format!(
-                        "QUIC did not come up within {} ms",
-                        QUIC_CONNECT_TIMEOUT.as_millis()
-                    )),
-                };
+            let quic_err = match tokio::time::timeout(
+                QUIC_CONNECT_TIMEOUT,
+                connect_quic(inner, edge_id, spec, trust, secret),
+            )
+            .await
+            {
+                Ok(Ok(d)) => return Ok(d),
+                Ok(Err(e)) => e,
+                Err(_) => Error::Timeout(format!(
+                    "QUIC did not come up within {} ms",
+                    QUIC_CONNECT_TIMEOUT.as_millis()
+                )),
+            };
             // Authentication problems are not transport problems: TLS would fail the same way.
             if matches!(quic_err, Error::AuthFailed(_) | Error::FingerprintMismatch { .. }) {
                 return Err(quic_err);
             }
-            connect_tls(inner, edge_id, spec, secret).await
+            connect_tls(inner, edge_id, spec, trust, secret).await
         }
     }
 }
 
-async fn connect_tls(inner: &Arc<Inner>, edge_id: &str, spec: &DialSpec, secret: &str) -> Result<Dialed> {
+async fn connect_tls(
+    inner: &Arc<Inner>,
+    edge_id: &str,
+    spec: &DialSpec,
+    trust: &Trust,
+    secret: &str,
+) -> Result<Dialed> {
     let what = format!("edge {edge_id:?}");
     let hs = async {
-        let (mut tls, binding) = dial::tls(&spec.host, spec.port, trust(spec)?, &what).await?;
+        let (mut tls, binding) = dial::tls(&spec.host, spec.port, trust.clone(), &what).await?;
         prove(inner, &mut tls, &binding, edge_id, secret).await?;
         let peer = tls.get_ref().0.peer_addr()?;
         Ok::<_, Error>(Dialed::Tls(Box::new(tls), peer))
@@ -279,7 +288,13 @@ async fn connect_tls(inner: &Arc<Inner>, edge_id: &str, spec: &DialSpec, secret:
         .map_err(|_| Error::Timeout(format!("{what} did not finish the handshake in time")))?
 }
 
-async fn connect_quic(inner: &Arc<Inner>, edge_id: &str, spec: &DialSpec, secret: &str) -> Result<Dialed> {
+async fn connect_quic(
+    inner: &Arc<Inner>,
+    edge_id: &str,
+    spec: &DialSpec,
+    trust: &Trust,
+    secret: &str,
+) -> Result<Dialed> {
     let what = format!("edge {edge_id:?}");
     // The edge opens a stream per client towards us: accept as many as an edge that dialed in.
     let transport = quic::transport_config(
@@ -288,7 +303,7 @@ async fn connect_quic(inner: &Arc<Inner>, edge_id: &str, spec: &DialSpec, secret
         inner.limits.max_streams_per_edge.min(quic::HUB_MAX_QUIC_STREAMS),
     );
     let hs = async {
-        let mut d = dial::quic(&spec.host, spec.port, trust(spec)?, transport, &what).await?;
+        let mut d = dial::quic(&spec.host, spec.port, trust.clone(), transport, &what).await?;
         prove(inner, &mut d.control, &d.binding, edge_id, secret).await?;
         Ok::<_, Error>(Dialed::Quic(d))
     };
