@@ -164,13 +164,7 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions & { s
   const capMs = positiveInteger(rawCap, 'reconnect.capMs', Math.max(DEFAULT_RECONNECT_CAP_MS, baseMs));
   if (capMs < baseMs) throw invalid('reconnect.capMs', capMs, `must not be below reconnect.baseMs (${baseMs})`);
 
-  const performance = raw.performance === undefined ? undefined : validatePerformance(raw.performance);
-  const limits = raw.limits === undefined ? undefined : validateLimits(raw.limits);
   const quicConnectTimeoutMs = raw.quicConnectTimeoutMs === undefined ? undefined : positiveInteger(raw.quicConnectTimeoutMs, 'quicConnectTimeoutMs', 0);
-  if (raw.keepFirewallOnStop !== undefined && typeof raw.keepFirewallOnStop !== 'boolean') {
-    throw invalid('keepFirewallOnStop', raw.keepFirewallOnStop, 'must be true or false');
-  }
-  const keepFirewallOnStop = raw.keepFirewallOnStop;
   const quicProbeIntervalMs = raw.quicProbeIntervalMs === undefined ? undefined : positiveInteger(raw.quicProbeIntervalMs, 'quicProbeIntervalMs', 0);
 
   return {
@@ -182,12 +176,9 @@ export function resolveEdgeConfig(config: IEdgeConfig): INativeEdgeOptions & { s
     dangerouslyDisableFingerprintPinning: dangerous,
     transportMode: transportMode as TTransportMode,
     reconnect: { baseMs, capMs },
-    ...(performance === undefined ? {} : { performance }),
-    ...(limits === undefined ? {} : { limits }),
     ...(quicConnectTimeoutMs === undefined ? {} : { quicConnectTimeoutMs }),
     ...(quicProbeIntervalMs === undefined ? {} : { quicProbeIntervalMs }),
-    ...(keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop }),
-    ...localServicesOf(raw),
+    ...sharedSettings(raw),
   };
 }
 
@@ -219,11 +210,6 @@ function resolveListeningConfig(raw: Record<string, unknown>): INativeEdgeOption
   if (typeof secret !== 'string' || secret.length < MIN_SECRET_LENGTH) {
     throw invalid('secret', secret, `must be a string of at least ${MIN_SECRET_LENGTH} characters`, true);
   }
-  if (raw.keepFirewallOnStop !== undefined && typeof raw.keepFirewallOnStop !== 'boolean') {
-    throw invalid('keepFirewallOnStop', raw.keepFirewallOnStop, 'must be true or false');
-  }
-  const performance = raw.performance === undefined ? undefined : validatePerformance(raw.performance);
-  const limits = raw.limits === undefined ? undefined : validateLimits(raw.limits);
   return {
     hubHost: '',
     hubPort: 0,
@@ -234,9 +220,19 @@ function resolveListeningConfig(raw: Record<string, unknown>): INativeEdgeOption
     reconnect: { baseMs: DEFAULT_RECONNECT_BASE_MS, capMs: DEFAULT_RECONNECT_CAP_MS },
     listenForHub: { port: l.port, bindHost },
     stateDir: l.stateDir,
-    ...(performance === undefined ? {} : { performance }),
-    ...(limits === undefined ? {} : { limits }),
-    ...(raw.keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop: raw.keepFirewallOnStop as boolean }),
+    ...sharedSettings(raw),
+  };
+}
+
+/** What an edge takes whichever side dials: tuning, limits, firewall teardown, local services. */
+function sharedSettings(raw: Record<string, unknown>): Pick<INativeEdgeOptions, 'performance' | 'limits' | 'keepFirewallOnStop' | 'localServices'> {
+  if (raw.keepFirewallOnStop !== undefined && typeof raw.keepFirewallOnStop !== 'boolean') {
+    throw invalid('keepFirewallOnStop', raw.keepFirewallOnStop, 'must be true or false');
+  }
+  return {
+    ...(raw.performance === undefined ? {} : { performance: validatePerformance(raw.performance) }),
+    ...(raw.limits === undefined ? {} : { limits: validateLimits(raw.limits) }),
+    ...(raw.keepFirewallOnStop === undefined ? {} : { keepFirewallOnStop: raw.keepFirewallOnStop }),
     ...localServicesOf(raw),
   };
 }
