@@ -170,5 +170,17 @@ describe('named services', () => {
     );
     const [edge] = validateAllowedEdges([{ ...base, services: [{ ...svc, trustProxyFrom: ['10.0.0.5', 'fd00::/8'] }] }], { targetHost: '127.0.0.1' });
     expect(edge?.tcp.find((p) => p.service === 's')?.trustProxyFrom).toEqual(['10.0.0.5/32', 'fd00::/8']);
+    // bufferBytes: TCP only, at least what an OPEN record may carry.
+    expect(() => validateAllowedEdges([{ ...base, services: [{ ...svc, bufferBytes: 1023 }] }], { targetHost: '127.0.0.1' })).toThrow(
+      /services\[0\]\.bufferBytes = 1023: must be an integer from 1024/,
+    );
+    expect(() => validateAllowedEdges([{ ...base, services: [{ ...svc, protocol: 'udp', bufferBytes: 4096 }] }], { targetHost: '127.0.0.1' })).toThrow(
+      /services\[0\]\.bufferBytes = 4096: applies to 'tcp' services only/,
+    );
+    const [buffered] = validateAllowedEdges([{ ...base, services: [{ ...svc, bufferBytes: 4096 }] }], { targetHost: '127.0.0.1' });
+    expect(buffered?.tcp.find((p) => p.service === 's')?.bufferBytes).toBe(4096);
+    // An edge with services only needs no listenPorts.
+    const { listenPorts: _unused, ...withoutPorts } = base;
+    expect(validateAllowedEdges([{ ...withoutPorts, services: [svc] }], { targetHost: '127.0.0.1' })[0]?.tcp).toHaveLength(1);
   });
 });

@@ -106,5 +106,9 @@ describe('an edge that listens for its hub', () => {
         }),
       ).message,
     ).toMatch(/localServices\[1\]\.edgePort = 1: is used by another local service/);
+    expect(
+      failure(() => resolveEdgeConfig({ ...base, localServices: [{ id: 'a', edgePort: 1, bindAddress: '127.0.0.1', bufferBytes: 512 }] })).message,
+    ).toMatch(/localServices\[0\]\.bufferBytes = 512: must be an integer from 1024/);
+    expect(resolveEdgeConfig({ ...base, localServices: [{ id: 'a', edgePort: 1, bindAddress: '127.0.0.1', bufferBytes: 2048 }] }).localServices).toMatchObject([{ bufferBytes: 2048 }]);
   });
 });

@@ -218,6 +218,11 @@ pub struct PortSpec {
     /// A connection with no byte either way for this long is closed by the edge (TCP).
     #[serde(default)]
     pub idle_timeout_secs: Option<u32>,
+    /// The most one connection may hold in flight per direction (TCP services; at least
+    /// [`crate::wire::open::MIN_BUFFER`]). Sent to the edge, which puts it in each OPEN record,
+    /// so both ends of the TLS muxer use it as the stream's window cap.
+    #[serde(default)]
+    pub buffer_bytes: Option<u32>,
     /// CIDRs of previous hops: their connections must begin with a PROXY header, whose client
     /// address is carried on as the client's (TCP).
     #[serde(default)]
@@ -405,6 +410,19 @@ pub fn validate_edges(edges: &[EdgeSpec]) -> Result<()> {
                         "edge {name:?}: service {id:?}: maxConnections and idleTimeoutSecs must be positive"
                     )));
                 }
+                if let Some(b) = p.buffer_bytes {
+                    if proto == "listenPortsUdp" {
+                        return Err(Error::InvalidConfig(format!(
+                            "edge {name:?}: service {id:?}: bufferBytes applies to TCP services only"
+                        )));
+                    }
+                    if b < crate::wire::open::MIN_BUFFER {
+                        return Err(Error::InvalidConfig(format!(
+                            "edge {name:?}: service {id:?}: bufferBytes {b} is below {}",
+                            crate::wire::open::MIN_BUFFER
+                        )));
+                    }
+                }
                 if p.port == 0 || p.target_port == 0 {
                     return Err(Error::InvalidConfig(format!(
                         "edge {name:?}: {proto} port {} / targetPort {} must be 1-65535",
@@ -523,6 +541,9 @@ pub struct LocalService {
     pub max_connections: Option<u32>,
     #[serde(default)]
     pub idle_timeout_secs: Option<u64>,
+    /// `request_buffer`: the service's per-connection buffer cap (overrides the hub's).
+    #[serde(default)]
+    pub buffer_bytes: Option<u32>,
 }
 
 /// An edge that waits for its hub: where it listens, and its own TLS identity (the hub pins its

@@ -15,6 +15,7 @@ export {
   describeValue,
   EDGE_ID_PATTERN,
   MIN_SECRET_LENGTH,
+  MIN_BUFFER_BYTES,
 } from './validation.js';
 export type { IValidateEdgesOptions } from './validation.js';
 export { encodeConnectionToken, decodeConnectionToken, encodeEdgeToken, decodeEdgeToken, normaliseFingerprint } from './token.js';

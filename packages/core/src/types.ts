@@ -77,6 +77,12 @@ export interface IServiceConfig {
   /** A connection (UDP: a flow) with no byte either way for this long is closed. */
   idleTimeoutSecs?: number;
   /**
+   * TCP services: the most one connection may hold in flight per direction, in bytes (at least
+   * 1024). Over a tcpTls tunnel both ends hold at most this for each of the service's
+   * connections; over QUIC a stream holds at most the tunnel's `streamWindow` (see README).
+   */
+  bufferBytes?: number;
+  /**
    * Previous hops (CIDRs, or bare addresses). A TCP connection from one of them must begin with
    * a PROXY v1/v2 header, and a UDP flow's first datagram must carry a PROXY v2 header (in front
    * of the payload or alone); the client it names is carried on as the client (chains). A header
@@ -138,6 +144,7 @@ export interface INormalisedPort {
   bindAddress?: string;
   maxConnections?: number;
   idleTimeoutSecs?: number;
+  bufferBytes?: number;
   trustProxyFrom?: string[];
 }
 
@@ -439,6 +446,8 @@ export interface IEdgeLocalService {
   bindAddress: string;
   maxConnections?: number;
   idleTimeoutSecs?: number;
+  /** `request_buffer`: overrides the hub's `bufferBytes` for this service. */
+  bufferBytes?: number;
 }
 
 /**
@@ -579,6 +588,8 @@ export interface IEdgeServiceStatus {
   bindAddress: string | null;
   maxConnections: number | null;
   idleTimeoutSecs: number | null;
+  /** The cap carried in each connection's OPEN record (TCP services with `bufferBytes`). */
+  bufferBytes: number | null;
   /** Connections now, ever, refused at maxConnections, closed for idleness. */
   active: number;
   total: number;

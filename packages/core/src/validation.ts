@@ -63,6 +63,8 @@ const SERVICE_KEYS = new Set([
 ]);
 /** A service id: a UUID or a name, in the characters edge ids use (they travel in logs and status). */
 const SERVICE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+/** A service's smallest `bufferBytes`: the smallest cap an OPEN record may carry (docs/protocol.md §5); below it every frame would be a partial one. */
+export const MIN_BUFFER_BYTES = 1024;
 const UDP_PROXY_MODES: readonly TUdpProxyMode[] = ['everyDatagram', 'firstDatagram', 'separateDatagram'];
 const FIREWALL_KEYS = new Set(['blockedIps', 'rateLimits', 'rules']);
 const RATE_LIMIT_KEYS = new Set(['id', 'port', 'protocol', 'rate', 'burst', 'perSourceIP']);
@@ -234,8 +236,10 @@ function normaliseEdge(
     else issues.add(join(path, 'bindAddress'), edge.bindAddress, 'must be an IPv4 or IPv6 address');
   }
 
-  if (edge.listenPorts === undefined) {
-    issues.add(join(path, 'listenPorts'), undefined, 'is required (an array of ports, may be empty)');
+  // An edge names what it serves: plain ports, named services, or both (an empty list is a
+  // deliberate "nothing yet"; a missing one is usually a typo in the key).
+  if (edge.listenPorts === undefined && edge.services === undefined) {
+    issues.add(join(path, 'listenPorts'), undefined, 'is required unless the edge has services (an array of ports, may be empty)');
   }
   const tcp = normalisePorts(edge.listenPorts ?? [], join(path, 'listenPorts'), 'tcp', edgeProxy ?? 'v1', options, issues);
   // PROXY v1 has no way to say "UDP", so UDP ports take v2 unless the edge turned headers off.
@@ -530,7 +534,13 @@ function normaliseServices(
         service.trustProxyFrom = cidrs;
       }
     }
-    if (entry.bufferBytes !== undefined) issues.add(join(at, 'bufferBytes'), entry.bufferBytes, 'is not supported by this version');
+    if (entry.bufferBytes !== undefined) {
+      const v = entry.bufferBytes;
+      if (proto === 'udp') issues.add(join(at, 'bufferBytes'), v, "applies to 'tcp' services only (a UDP flow holds no stream)");
+      else if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < MIN_BUFFER_BYTES || v > 0xffff_ffff) {
+        issues.add(join(at, 'bufferBytes'), v, `must be an integer from ${MIN_BUFFER_BYTES} to 4294967295 (bytes)`);
+      } else service.bufferBytes = v;
+    }
     into[proto].push(service);
   });
 }

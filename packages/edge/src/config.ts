@@ -1,5 +1,6 @@
 import {
   EDGE_ID_PATTERN,
+  MIN_BUFFER_BYTES,
   MIN_SECRET_LENGTH,
   TunnelError,
   decodeConnectionToken,
@@ -65,7 +66,7 @@ const CONFIG_KEYS = new Set([
   'listenForHub',
   'localServices',
 ]);
-const LOCAL_SERVICE_KEYS = new Set(['id', 'name', 'edgePort', 'bindAddress', 'maxConnections', 'idleTimeoutSecs']);
+const LOCAL_SERVICE_KEYS = new Set(['id', 'name', 'edgePort', 'bindAddress', 'maxConnections', 'idleTimeoutSecs', 'bufferBytes']);
 /** A service id: a UUID or a name, as the hub's services use. */
 const SERVICE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 const LISTEN_KEYS = new Set(['port', 'bindHost', 'stateDir']);
@@ -241,7 +242,7 @@ function sharedSettings(raw: Record<string, unknown>): Pick<INativeEdgeOptions, 
 function localServicesOf(raw: Record<string, unknown>): { localServices?: IEdgeLocalService[] } {
   const list = raw.localServices;
   if (list === undefined) return {};
-  if (!Array.isArray(list)) throw invalid('localServices', list, 'must be an array of {id, edgePort, bindAddress, name?, maxConnections?, idleTimeoutSecs?}');
+  if (!Array.isArray(list)) throw invalid('localServices', list, 'must be an array of {id, edgePort, bindAddress, name?, maxConnections?, idleTimeoutSecs?, bufferBytes?}');
   const ids = new Set<string>();
   const ports = new Set<number>();
   const out = list.map((entry: unknown, i): IEdgeLocalService => {
@@ -265,6 +266,10 @@ function localServicesOf(raw: Record<string, unknown>): { localServices?: IEdgeL
         throw invalid(`${at}.${key}`, v, 'must be a positive integer');
       }
     }
+    const buffer = e.bufferBytes;
+    if (buffer !== undefined && !(typeof buffer === 'number' && Number.isSafeInteger(buffer) && buffer >= MIN_BUFFER_BYTES && buffer <= 0xffff_ffff)) {
+      throw invalid(`${at}.bufferBytes`, buffer, `must be an integer from ${MIN_BUFFER_BYTES} to 4294967295 (bytes)`);
+    }
     return {
       id: e.id,
       edgePort: e.edgePort,
@@ -272,6 +277,7 @@ function localServicesOf(raw: Record<string, unknown>): { localServices?: IEdgeL
       ...(e.name === undefined ? {} : { name: e.name as string }),
       ...(e.maxConnections === undefined ? {} : { maxConnections: e.maxConnections as number }),
       ...(e.idleTimeoutSecs === undefined ? {} : { idleTimeoutSecs: e.idleTimeoutSecs as number }),
+      ...(buffer === undefined ? {} : { bufferBytes: buffer as number }),
     };
   });
   return { localServices: out };

@@ -17,10 +17,9 @@ const EVENT_KINDS = [
 /** The `remoteingress-edge` command's work: start an edge and print its events. */
 export async function runEdgeDaemon(options: IEdgeCommandOptions): Promise<IDaemon> {
   // A broken consumer.xml fails here, before anything starts.
-  const { config, warnings } = await resolveConsumerXml(options);
+  const config = await resolveConsumerXml(options);
   const edge = new RemoteIngressEdge();
   printDaemonEvents(edge, EVENT_KINDS, options.logStreams);
-  for (const warning of warnings) out(`warn ${warning}`);
   await edge.start(config);
   const listening = edge.listening;
   if (listening !== null) {

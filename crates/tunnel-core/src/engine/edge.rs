@@ -849,6 +849,9 @@ fn with_local_settings(inner: &Inner, mut records: Vec<Value>) -> Vec<Value> {
         if let Some(t) = l.idle_timeout_secs {
             r["idleTimeoutSecs"] = json!(t);
         }
+        if let Some(b) = l.buffer_bytes {
+            r["bufferBytes"] = json!(b);
+        }
         if r["name"].is_null() {
             r["name"] = json!(l.name);
         }
@@ -1183,7 +1186,7 @@ async fn accept_clients(
             listen_port: port,
             client,
             local,
-            buffer: None,
+            buffer: service.buffer,
         };
         if service.trusts(client.ip()) {
             // A previous hop: its PROXY header names the first client. Read in a task of its

@@ -103,7 +103,7 @@ fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
                     "sid": p.service_number(udp), "id": p.service_id(udp), "name": p.name,
                     "protocol": if udp { "udp" } else { "tcp" }, "port": p.port,
                     "bindAddress": p.bind_address, "maxConnections": p.max_connections,
-                    "idleTimeoutSecs": p.idle_timeout_secs,
+                    "idleTimeoutSecs": p.idle_timeout_secs, "bufferBytes": p.buffer_bytes,
                     "trustProxyFrom": p.trust_proxy_from,
                 })
             })

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::event;
 use crate::events::EventSink;
+use crate::wire::open::MIN_BUFFER;
 use crate::wire::proxy_protocol::Received;
 
 /// A listener moved to a new bind address: how often and how far apart the new bind is tried
@@ -40,6 +41,8 @@ pub struct Service {
     pub bind: Option<IpAddr>,
     pub max_connections: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// `bufferBytes`: the cap each of this service's connections carries in its OPEN record.
+    pub buffer: Option<u32>,
     /// Sources whose connections must begin with a PROXY header (the previous hop of a chain).
     pub trust_proxy_from: Vec<ipnet::IpNet>,
     /// Shared with the service's next settings when a CONFIG changes them, so connections
@@ -72,6 +75,11 @@ impl Service {
                 .or(default_bind),
             max_connections: v["maxConnections"].as_u64().and_then(|n| u32::try_from(n).ok()),
             idle_timeout: v["idleTimeoutSecs"].as_u64().map(Duration::from_secs),
+            // Never below what an OPEN record may carry (the hub validates it; this keeps a
+            // record this edge writes well-formed whatever it was sent).
+            buffer: v["bufferBytes"]
+                .as_u64()
+                .map(|b| u32::try_from(b).unwrap_or(u32::MAX).max(MIN_BUFFER)),
             trust_proxy_from: v["trustProxyFrom"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|c| c.as_str()?.parse().ok()).collect())
@@ -96,6 +104,7 @@ impl Service {
             self.bind,
             self.max_connections,
             self.idle_timeout,
+            self.buffer,
             &self.trust_proxy_from,
         ) == (
             other.sid,
@@ -105,6 +114,7 @@ impl Service {
             other.bind,
             other.max_connections,
             other.idle_timeout,
+            other.buffer,
             &other.trust_proxy_from,
         )
     }
@@ -165,6 +175,7 @@ impl Service {
             "bindAddress": self.bind.map(|b| b.to_string()),
             "maxConnections": self.max_connections,
             "idleTimeoutSecs": self.idle_timeout.map(|d| d.as_secs()),
+            "bufferBytes": self.buffer,
             "active": self.counters.active.load(Ordering::Relaxed),
             "total": self.counters.total.load(Ordering::Relaxed),
             "refused": self.counters.refused.load(Ordering::Relaxed),

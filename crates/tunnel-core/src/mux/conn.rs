@@ -680,6 +680,14 @@ impl<H: Handler> Mux<H> {
                 b.advance(skip);
                 skip = 0;
                 let len = b.len();
+                if st.cap.is_some() {
+                    // A frame's payload is a slice of the shared read buffer, and a slice
+                    // keeps the whole buffer (64 KiB and up) alive while it waits. A capped
+                    // stream promises to hold no more than its cap, so what waits for its
+                    // socket is copied out of the shared buffer; uncapped streams keep the
+                    // zero-copy path.
+                    b = Bytes::copy_from_slice(&b);
+                }
                 match &st.tx {
                     Some(tx) if tx.send(Inbound::Data(b)).is_ok() => st.at_writer += len as u64,
                     // The writer is gone (its socket failed and a RESET is on its way): the

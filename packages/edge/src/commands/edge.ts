@@ -232,18 +232,11 @@ export const edgeCommand: ICommand = {
  * The edge config with what `consumer.xml` says: the listener becomes `listenForHub`, each
  * service a local service (port, bind address, limits) for the hub's service of that id.
  */
-export async function resolveConsumerXml(options: IEdgeCommandOptions): Promise<{ config: IEdgeConfig; warnings: string[] }> {
+export async function resolveConsumerXml(options: IEdgeCommandOptions): Promise<IEdgeConfig> {
   const file = options.consumerXml;
-  if (file === undefined || !('listenForHub' in options.config)) return { config: options.config, warnings: [] };
+  if (file === undefined || !('listenForHub' in options.config)) return options.config;
   const { readConsumerXml } = await import('../consumer-xml.js');
   const xml = await readConsumerXml(file);
-  const warnings: string[] = [];
-  const buffered = xml.services.filter((s) => s.bufferBytes !== undefined).map((s) => s.id);
-  if (buffered.length > 0) {
-    warnings.push(
-      `${file}: request_buffer (bufferBytes) of ${buffered.join(', ')} is read but not enforced by this version; those services use the tunnel's windows`,
-    );
-  }
   const config: IEdgeConfig = {
     ...options.config,
     listenForHub: { ...options.config.listenForHub, port: xml.listener.port, bindHost: xml.listener.bindHost },
@@ -254,7 +247,8 @@ export async function resolveConsumerXml(options: IEdgeCommandOptions): Promise<
       ...(s.name === undefined ? {} : { name: s.name }),
       ...(s.maxConnections === undefined ? {} : { maxConnections: s.maxConnections }),
       ...(s.idleTimeoutSecs === undefined ? {} : { idleTimeoutSecs: s.idleTimeoutSecs }),
+      ...(s.bufferBytes === undefined ? {} : { bufferBytes: s.bufferBytes }),
     })),
   };
-  return { config, warnings };
+  return config;
 }
