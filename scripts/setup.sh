@@ -33,8 +33,9 @@ fi
 BUILD_PKGS=(gcc libc6-dev)
 # Real peers the tests drive: haproxy consumes our PROXY headers; nft/libnftables for the
 # firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts and `ss`;
-# dnsdist reads PROXY v2 over UDP, and dig (bind9-dnsutils) asks it through the tunnel.
-PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl dnsdist bind9-dnsutils)
+# dnsdist reads PROXY v2 over UDP, and dig (bind9-dnsutils) asks it through the tunnel;
+# prometheus scrapes the admin ports (promtool checks the exposition), coturn answers STUN.
+PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl dnsdist bind9-dnsutils prometheus coturn)
 
 have_cargo() {
   command -v cargo >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ] || [ -x "$HOME/.cargo/bin/cargo" ]
@@ -66,7 +67,14 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   # -q twice: one line per package is enough in CI logs.
   apt-get update -qq
+  # The peers are run by the tests, never as system services: where nothing forbids it yet,
+  # a policy-rc.d keeps their packages from starting (and enabling) daemons while installing.
+  no_services=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && no_services=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$no_services" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   step "system packages installed ($(elapsed))"
 else
   why="not root"

@@ -6,6 +6,7 @@
 import type { EventEmitter } from 'node:events';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TunnelError, isTunnelError } from './errors.js';
+import { parseAdminListen } from './admin.js';
 import { isValidPort } from './validation.js';
 
 export type TFlagValues = Record<string, string | boolean | undefined>;
@@ -219,24 +220,106 @@ function exitSoon(code: number): void {
   setTimeout(() => process.exit(code), EXIT_AFTER_STOP_MS).unref();
 }
 
-/** A line on stdout. */
-export function printLine(line: string): void {
-  process.stdout.write(`${line}\n`);
+export type TLogFormat = 'text' | 'json';
+export type TLogLevel = 'debug' | 'info' | 'warn' | 'error';
+const LOG_LEVELS: readonly TLogLevel[] = ['debug', 'info', 'warn', 'error'];
+const LOG_FORMATS: readonly TLogFormat[] = ['text', 'json'];
+/** Events that report something going wrong print at `warn`; every other event at `info`. */
+const WARN_EVENTS = new Set(['authFailed', 'edgeDialFailed', 'streamFailed', 'portBindFailed', 'firewallConfigRejected', 'firewallUnavailable', 'eventsDropped', 'crashRecovered', 'serviceLimitReached', 'udpFlowFailed']);
+
+const logging: { format: TLogFormat; level: TLogLevel } = { format: 'text', level: 'info' };
+
+/** How the daemon's lines look (`--log-format`) and which are printed (`--log-level`). */
+export function configureLogging(options: { format?: TLogFormat; level?: TLogLevel }): void {
+  logging.format = options.format ?? logging.format;
+  logging.level = options.level ?? logging.level;
 }
 
-/** A line on stderr. */
+/** `--admin-listen`, `--log-format` and `--log-level`, which both daemons take. */
+export const OPERATION_OPTIONS = {
+  'admin-listen': { type: 'string' },
+  'log-format': { type: 'string' },
+  'log-level': { type: 'string' },
+} as const;
+
+export const OPERATION_HELP = `Operations:
+  --admin-listen HOST:PORT  serve /metrics (Prometheus), /healthz, /readyz and /status there;
+                         off unless given, no authentication: keep it on loopback  [REMOTEINGRESS_ADMIN_LISTEN]
+  --log-format FMT       text (kind key=value lines) or json (one object per line:
+                         time, level, message, fields)                    [REMOTEINGRESS_LOG_FORMAT] (default text)
+  --log-level LEVEL      debug | info | warn | error                      [REMOTEINGRESS_LOG_LEVEL] (default info)`;
+
+export interface IOperationFlags {
+  adminListen: string | undefined;
+  logFormat: TLogFormat;
+  logLevel: TLogLevel;
+}
+
+export function resolveOperationFlags(values: TFlagValues, env: TEnv): IOperationFlags {
+  const adminListen = flagOrEnv(values, 'admin-listen', env, 'REMOTEINGRESS_ADMIN_LISTEN');
+  if (adminListen !== undefined) {
+    try {
+      parseAdminListen(adminListen, source(values, 'admin-listen', 'REMOTEINGRESS_ADMIN_LISTEN'));
+    } catch (error) {
+      throw usageError((error as Error).message, 'admin-listen');
+    }
+  }
+  const format = flagOrEnv(values, 'log-format', env, 'REMOTEINGRESS_LOG_FORMAT') ?? 'text';
+  if (!LOG_FORMATS.includes(format as TLogFormat)) {
+    throw usageError(`${source(values, 'log-format', 'REMOTEINGRESS_LOG_FORMAT')} = ${JSON.stringify(format)}: must be text or json`, 'log-format');
+  }
+  const level = flagOrEnv(values, 'log-level', env, 'REMOTEINGRESS_LOG_LEVEL') ?? 'info';
+  if (!LOG_LEVELS.includes(level as TLogLevel)) {
+    throw usageError(`${source(values, 'log-level', 'REMOTEINGRESS_LOG_LEVEL')} = ${JSON.stringify(level)}: must be debug, info, warn or error`, 'log-level');
+  }
+  return { adminListen, logFormat: format as TLogFormat, logLevel: level as TLogLevel };
+}
+
+function enabled(level: TLogLevel): boolean {
+  return LOG_LEVELS.indexOf(level) >= LOG_LEVELS.indexOf(logging.level);
+}
+
+/** One log line: `text` as given, or a JSON object with time, level, message and the fields. */
+function writeRecord(level: TLogLevel, message: string, fields: Record<string, unknown> | undefined, text: string): void {
+  if (!enabled(level)) return;
+  const stream = level === 'warn' || level === 'error' ? process.stderr : process.stdout;
+  if (logging.format === 'text') {
+    stream.write(`${text}\n`);
+    return;
+  }
+  stream.write(`${JSON.stringify({ time: new Date().toISOString(), level, message, ...fields })}\n`);
+}
+
+/** An informational line (stdout). */
+export function printLine(line: string): void {
+  writeRecord('info', line, undefined, line);
+}
+
+/** An error line (stderr). */
 export function printError(line: string): void {
-  process.stderr.write(`${line}\n`);
+  writeRecord('error', line, undefined, line);
 }
 
 /**
- * Prints a daemon's events as `kind key=value …` lines: `kinds` on stdout, `log` records on
- * stdout (info) or stderr, and per-stream records — every one with `logStreams`, otherwise only
+ * Prints a daemon's events as `kind key=value …` lines (or JSON objects): `kinds`, `log`
+ * records at their level, and per-stream records — every one with `logStreams`, otherwise only
  * failed streams (`streamFailed`), which are always worth a line and the only ones that cost.
  * Listening is what switches the addon's per-stream records on, so nothing else is paid for.
+ * Problems (`authFailed`, `streamFailed`, …) print at `warn`, on stderr.
  */
 export function printDaemonEvents(emitter: EventEmitter, kinds: readonly string[], logStreams: boolean): void {
   const streamKinds = logStreams ? ['streamOpened', 'streamClosed'] : ['streamFailed'];
-  for (const kind of [...kinds, ...streamKinds]) emitter.on(kind, (event: Record<string, unknown>) => printLine(formatEventLine({ ...event })));
-  emitter.on('log', (event: { level: string } & Record<string, unknown>) => (event.level === 'info' ? printLine : printError)(formatEventLine({ ...event })));
+  for (const kind of [...kinds, ...streamKinds]) {
+    emitter.on(kind, (event: Record<string, unknown>) => {
+      const level: TLogLevel = WARN_EVENTS.has(kind) ? 'warn' : 'info';
+      writeRecord(level, kind, { kind, ...event }, formatEventLine({ ...event }));
+    });
+  }
+  emitter.on('log', (event: { level: string; message: string } & Record<string, unknown>) => {
+    const level: TLogLevel = LOG_LEVELS.includes(event.level as TLogLevel) ? (event.level as TLogLevel) : 'info';
+    const { kind: _kind, level: _level, message, ...fields } = event;
+    writeRecord(level, String(message), fields, formatEventLine({ ...event }));
+  });
 }
+
+export { statusCommand, renderHubStatus, renderEdgeStatus, formatTable, formatBytes, formatDuration } from './status-command.js';

@@ -9,6 +9,7 @@ export type TTunnelErrorCode =
   | 'ERR_USAGE' // a command-line flag is unknown, repeated or missing its value
   | 'ERR_ADDON_MISSING' // packages/core/native/remoteingress.node is absent or cannot be loaded
   | 'ERR_IDENTITY' // the hub's certificate/key in the state directory cannot be read or created
+  | 'ERR_ADMIN_UNREACHABLE' // `status`: the daemon's admin endpoint did not answer, or not with 200
   // Raised by the native addon (docs/native-api.md) and passed through unchanged.
   | 'ERR_BIND'
   | 'ERR_TLS'

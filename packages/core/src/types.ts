@@ -242,6 +242,11 @@ export interface IHubConfig {
   allowedEdges?: TAllowedEdge[];
   performance?: IPerformanceConfig;
   limits?: ILimitsConfig;
+  /**
+   * `HOST:PORT` of the admin endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`,
+   * `/status`. Off unless given; bind it to loopback (it has no authentication).
+   */
+  adminListen?: string;
 }
 
 export interface IHubStopOptions {
@@ -256,6 +261,8 @@ export interface IHubEdgeStatus {
   transport: string;
   connectedSince: number;
   openStreams: number;
+  /** Streams opened on this tunnel. */
+  streamsTotal: number;
   bytesIn: number;
   bytesOut: number;
   rttMs: number | null;
@@ -280,7 +287,15 @@ export interface IHubStatus {
   edges: IHubEdgeStatus[];
   /** Tunnel connections that have not authenticated yet, by transport (absent once stopped). */
   pendingHandshakes?: { tls: number; quic: number };
+  /** Tunnel connections that authenticated (by transport) and attempts that failed (by reason), since start. */
+  handshakes?: IHandshakeOutcomes;
   [extra: string]: unknown;
+}
+
+export interface IHandshakeOutcomes {
+  authenticated: { tls: number; quic: number };
+  /** By error code, `abandoned` (silent or stalled client) or `overLimit` (refused at the pending-handshake limits). */
+  failed: Record<string, number>;
 }
 
 export interface IHubEdgeConnectedEvent {
@@ -429,6 +444,11 @@ export interface IEdgeCommonConfig {
   /** Leave the edge's nftables table in place when the edge stops (default: remove it). */
   keepFirewallOnStop?: boolean;
   /**
+   * `HOST:PORT` of the admin endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz` (200
+   * while the tunnel is up), `/status`. Off unless given; bind it to loopback.
+   */
+  adminListen?: string;
+  /**
    * The edge operator's own settings for TCP services the hub names (what edgerq's consumer.xml
    * says): where each is served and its limits, which win over the hub's. A service the hub
    * does not name has no target and is not served (logged).
@@ -489,6 +509,10 @@ export interface IEdgeStatus {
   bytesIn: number;
   bytesOut: number;
   /** The fields below are absent once the edge has stopped. */
+  /** Streams opened on the current tunnel. */
+  streamsTotal?: number;
+  /** Tunnels that came up since the edge started (the first and every reconnect). */
+  tunnels?: number;
   transportMode?: TTransportMode;
   /** Why the current transport (e.g. the QUIC failure behind a TLS fallback). */
   transportReason?: string | null;
@@ -598,6 +622,9 @@ export interface IEdgeServiceStatus {
   /** Previous hops whose PROXY headers are read, and their connections refused for a missing or bad header. */
   trustProxyFrom: string[];
   proxyHeaderRefused: number;
+  /** TCP: bytes from and to clients, counted when each connection closes. */
+  bytesFromClients: number;
+  bytesToClients: number;
 }
 export interface IEdgeStreamOpenedEvent {
   kind: 'streamOpened';

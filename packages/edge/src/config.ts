@@ -65,6 +65,7 @@ const CONFIG_KEYS = new Set([
   'keepFirewallOnStop',
   'listenForHub',
   'localServices',
+  'adminListen',
 ]);
 const LOCAL_SERVICE_KEYS = new Set(['id', 'name', 'edgePort', 'bindAddress', 'maxConnections', 'idleTimeoutSecs', 'bufferBytes']);
 /** A service id: a UUID or a name, as the hub's services use. */

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import {
+  AdminServer,
   DEFAULT_GRACE_MS,
   TunnelError,
   awaitNative,
@@ -9,7 +10,9 @@ import {
   emitLog,
   loadNativeAddon,
   loadOrCreateEdgeIdentity,
+  parseAdminListen,
   parseNativeJson,
+  type IAdminAddress,
   type IEdgeConfig,
   type IEdgeEvents,
   type IEdgeStatus,
@@ -39,9 +42,15 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
   #listening: { bindHost: string; port: number; fingerprint: string } | undefined;
   #starting: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
+  #admin: AdminServer | undefined;
 
   get lifecycle(): TEdgeLifecycle {
     return this.#lifecycle;
+  }
+
+  /** Where the admin endpoint (`adminListen`) listens, once `start()` resolved; `null` without one. */
+  get adminAddress(): IAdminAddress | null {
+    return this.#admin?.address ?? null;
   }
 
   /** The edge id in use, once `start()` was called with a valid config. */
@@ -79,6 +88,7 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
     let handle: NativeHandle | undefined;
     try {
       const { stateDir, ...options } = resolveEdgeConfig(config);
+      const admin = config.adminListen === undefined ? undefined : parseAdminListen(config.adminListen, 'invalid edge config: adminListen');
       this.#options = options;
       if (options.listenForHub !== undefined && stateDir !== undefined) {
         const identity = await loadOrCreateEdgeIdentity(stateDir);
@@ -96,6 +106,18 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
       await awaitNative('edgeStart', () => addon.edgeStart(startedHandle, JSON.stringify(options)));
       this.#native = addon;
       this.#handle = handle;
+      if (admin !== undefined) {
+        this.#admin = await AdminServer.start(admin, {
+          role: 'edge',
+          emitter: this,
+          status: () => this.getStatus() as Record<string, unknown>,
+          notReady: () => {
+            if (this.#lifecycle !== 'running') return `the edge is ${this.#lifecycle}`;
+            const status = this.getStatus();
+            return status.state === 'connected' ? undefined : `no tunnel to the hub (${status.state})`;
+          },
+        });
+      }
       this.#lifecycle = 'running';
     } catch (error) {
       if (native !== undefined && handle !== undefined) {
@@ -105,6 +127,8 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
           .then(() => addon.edgeStop(failed, 0))
           .catch(() => undefined);
       }
+      this.#native = undefined;
+      this.#handle = undefined;
       this.#lifecycle = 'idle';
       throw error;
     }
@@ -166,6 +190,7 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
       this.#native = undefined;
     } finally {
       this.#lifecycle = 'stopped';
+      await this.#admin?.close();
     }
   }
 }

@@ -1,6 +1,6 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { printDaemonEvents, printError as err, printLine as out, type IDaemon } from 'remoteingress-core/cli';
+import { configureLogging, printDaemonEvents, printError as err, printLine as out, type IDaemon } from 'remoteingress-core/cli';
 import type { TAllowedEdge } from 'remoteingress-core';
 import { readAllowedEdges } from './allowed-edges-source.js';
 import type { IHubCommandOptions } from './commands/hub.js';
@@ -18,6 +18,7 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
   const source = { file: options.allowedEdgesFile, json: options.allowedEdgesJson };
   const initial = await readAllowedEdges(source);
 
+  configureLogging({ format: options.operations.logFormat, level: options.operations.logLevel });
   const hub = new RemoteIngressHub();
   printDaemonEvents(hub, EVENT_KINDS, options.logStreams);
 
@@ -29,8 +30,11 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
     allowedEdges: initial.edges as TAllowedEdge[],
     ...(options.performance === undefined ? {} : { performance: options.performance }),
     ...(options.limits === undefined ? {} : { limits: options.limits }),
+    ...(options.operations.adminListen === undefined ? {} : { adminListen: options.operations.adminListen }),
   });
   out(`hub listening on ${options.bindHost}:${started.tunnelPort} fingerprint ${started.fingerprint}`);
+  const admin = hub.adminAddress;
+  if (admin !== null) out(`admin endpoint on http://${admin.host.includes(':') ? `[${admin.host}]` : admin.host}:${admin.port} (/metrics /healthz /readyz /status)`);
 
   let lastText = initial.text;
   let reloading = Promise.resolve();

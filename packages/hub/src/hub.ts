@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import {
+  AdminServer,
   DEFAULT_GRACE_MS,
   TunnelError,
   awaitNative,
@@ -13,10 +14,12 @@ import {
   isValidIp,
   loadNativeAddon,
   loadOrCreateHubIdentity,
+  parseAdminListen,
   parseNativeJson,
   validateAllowedEdges,
   validateLimits,
   validatePerformance,
+  type IAdminAddress,
   type IHubConfig,
   type IHubEvents,
   type IHubStatus,
@@ -41,7 +44,7 @@ export type THubState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped'
 
 const DEFAULT_TARGET_HOST = '127.0.0.1';
 const DEFAULT_BIND_HOST = '0.0.0.0';
-const CONFIG_KEYS = new Set(['tunnelPort', 'targetHost', 'stateDir', 'bindHost', 'allowedEdges', 'performance', 'limits']);
+const CONFIG_KEYS = new Set(['tunnelPort', 'targetHost', 'stateDir', 'bindHost', 'allowedEdges', 'performance', 'limits', 'adminListen']);
 
 interface IResolvedHubConfig {
   tunnelPort: number;
@@ -51,6 +54,7 @@ interface IResolvedHubConfig {
   edges: INormalisedEdge[];
   performance: IPerformanceConfig | undefined;
   limits: ILimitsConfig | undefined;
+  admin: IAdminAddress | undefined;
 }
 
 function invalid(field: string, value: unknown, problem: string): TunnelError {
@@ -76,7 +80,8 @@ function resolveHubConfig(config: IHubConfig): IResolvedHubConfig {
   const performance = config.performance === undefined ? undefined : validatePerformance(config.performance);
   const limits = config.limits === undefined ? undefined : validateLimits(config.limits);
   const edges = validateAllowedEdges(config.allowedEdges ?? [], { targetHost });
-  return { tunnelPort, targetHost, stateDir, bindHost, edges, performance, limits };
+  const admin = config.adminListen === undefined ? undefined : parseAdminListen(config.adminListen, 'invalid hub config: adminListen');
+  return { tunnelPort, targetHost, stateDir, bindHost, edges, performance, limits, admin };
 }
 
 /**
@@ -99,6 +104,7 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
   #updates: Promise<unknown> = Promise.resolve();
   #starting: Promise<IHubStarted> | undefined;
   #stopping: Promise<void> | undefined;
+  #admin: AdminServer | undefined;
 
   get state(): THubState {
     return this.#state;
@@ -107,6 +113,11 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
   /** SHA-256 of the hub certificate DER (64 lowercase hex), once `start()` resolved. */
   get fingerprint(): string | null {
     return this.#started?.fingerprint ?? null;
+  }
+
+  /** Where the admin endpoint (`adminListen`) listens, once `start()` resolved; `null` without one. */
+  get adminAddress(): IAdminAddress | null {
+    return this.#admin?.address ?? null;
   }
 
   /** The bound tunnel port, once `start()` resolved. */
@@ -161,6 +172,14 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
       this.#handle = handle;
       this.#targetHost = resolved.targetHost;
       await this.#applyEdges(resolved.edges);
+      if (resolved.admin !== undefined) {
+        this.#admin = await AdminServer.start(resolved.admin, {
+          role: 'hub',
+          emitter: this,
+          status: () => this.getStatus() as Record<string, unknown>,
+          notReady: () => (this.#state === 'running' ? undefined : `the hub is ${this.#state}`),
+        });
+      }
       this.#started = { tunnelPort: started.tunnelPort, fingerprint: identity.fingerprint };
       this.#state = 'running';
       return this.#started;
@@ -262,6 +281,8 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
       this.#native = undefined;
     } finally {
       this.#state = 'stopped';
+      // Scrapes keep working while the hub drains; /readyz says it is stopping.
+      await this.#admin?.close();
     }
   }
 }

@@ -112,6 +112,8 @@ struct Status {
     quic_probe: Option<Value>,
     /// An edge that listens: the address of the hub's current tunnel.
     hub_peer: Option<String>,
+    /// Tunnels that came up since the edge started (the first, then every reconnect).
+    tunnels: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -347,6 +349,7 @@ impl Edge {
                 transport_reason: None,
                 quic_probe: None,
                 hub_peer: None,
+                tunnels: 0,
             }),
             stop,
             stopped: AtomicBool::new(false),
@@ -376,18 +379,19 @@ impl Edge {
     pub fn status(&self) -> Value {
         let st = lock(&self.inner.status);
         let tunnel = current(&self.inner.current);
-        let (open, bin, bout, rtt, dropped) = match &tunnel {
+        let (open, total, bin, bout, rtt, dropped) = match &tunnel {
             Some(t) => {
                 let s = t.stats();
                 (
                     s.open_streams.load(Ordering::Relaxed),
+                    s.streams_total.load(Ordering::Relaxed),
                     s.bytes_in.load(Ordering::Relaxed),
                     s.bytes_out.load(Ordering::Relaxed),
                     t.rtt_ms(),
                     s.datagrams_dropped.load(Ordering::Relaxed),
                 )
             }
-            None => (0, 0, 0, 0.0, 0),
+            None => (0, 0, 0, 0, 0.0, 0),
         };
         let tcp: Vec<u16> = lock(&self.inner.listeners).keys().copied().collect();
         let services: Vec<Value> = self
@@ -417,6 +421,7 @@ impl Edge {
                     json!({
                         "bindHost": l.bind_host, "port": l.port, "fingerprint": l.fingerprint,
                         "pendingHandshakes": { "tls": tls, "quic": quic },
+                        "handshakes": l.gate.outcomes(),
                     }),
                     Value::Null,
                 )
@@ -439,6 +444,8 @@ impl Edge {
             "failedPorts": st.failed,
             "config": st.config,
             "openStreams": open,
+            "streamsTotal": total,
+            "tunnels": st.tunnels,
             "bytesIn": bin,
             "bytesOut": bout,
             "firewall": lock(&self.inner.firewall).status(),
@@ -682,6 +689,7 @@ async fn session(
     {
         let mut st = lock(&inner.status);
         st.state = "connected";
+        st.tunnels += 1;
         st.connected_since = Some(SystemTime::now());
         st.last_error = None;
         st.transport_reason = Some(reason.clone());
@@ -788,6 +796,7 @@ fn handler(inner: &Arc<Inner>, cfg_tx: &mpsc::UnboundedSender<Value>) -> EdgeHan
         events: inner.events.clone(),
         configs: cfg_tx.clone(),
         udp: inner.udp.clone(),
+        services: inner.services.clone(),
     }
 }
 
@@ -1267,6 +1276,8 @@ struct EdgeHandler {
     events: EventSink,
     configs: mpsc::UnboundedSender<Value>,
     udp: Arc<EdgeUdp>,
+    /// To count each closed stream's bytes to its service.
+    services: Services,
 }
 
 impl Handler for EdgeHandler {
@@ -1303,6 +1314,14 @@ impl Handler for EdgeHandler {
     }
 
     fn on_closed(&mut self, c: ClosedStream) {
+        if let Some(s) = self
+            .services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.listen_port)
+        {
+            s.count_bytes(c.bytes_in, c.bytes_out);
+        }
         let (code, reason) = match &c.reset {
             None => (Value::Null, Value::Null),
             Some((code, reason)) => (json!(crate::engine::hub::reset_code(*code)), json!(reason)),

@@ -255,6 +255,7 @@ impl Hub {
                     "datagramsDropped": stats.datagrams_dropped.load(Ordering::Relaxed),
                     "connectedSince": millis(s.since),
                     "openStreams": stats.open_streams.load(Ordering::Relaxed),
+                    "streamsTotal": stats.streams_total.load(Ordering::Relaxed),
                     "bytesIn": stats.bytes_in.load(Ordering::Relaxed),
                     "bytesOut": stats.bytes_out.load(Ordering::Relaxed),
                     "rttMs": stats.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
@@ -268,6 +269,7 @@ impl Hub {
             "allowedEdges": st.edges.len(),
             "edges": edges,
             "pendingHandshakes": { "tls": pending.0, "quic": pending.1 },
+            "handshakes": self.inner.gate.outcomes(),
             "dialing": dialer::status(&self.inner),
         })
     }
@@ -351,7 +353,7 @@ impl listen::Authenticator for Inner {
             Ok(HubVerdict::Accepted { edge_id, secret }) => Ok(Some((edge_id, secret))),
             Ok(HubVerdict::Refused { edge_id, reason }) => {
                 let ip = proxy_protocol::unmap(peer).ip();
-                self.gate.failed_attempt(ip);
+                self.gate.failed_attempt(ip, "ERR_AUTH_FAILED");
                 self.events.as_ref()(event!("authFailed", {
                     "remoteAddress": ip.to_string(), "remotePort": peer.port(),
                     "edgeId": edge_id, "code": "ERR_AUTH_FAILED",

@@ -62,6 +62,18 @@ pub struct Gate {
     admission: Arc<Admission>,
     handshakes: Arc<Semaphore>,
     last_busy_log: Mutex<Option<Instant>>,
+    /// What became of connection attempts, for status and metrics.
+    outcomes: Mutex<Outcomes>,
+}
+
+/// Tunnel connections that authenticated, by transport, and attempts that did not, by reason
+/// (an error code, `abandoned` for a silent or stalled client, `overLimit` for one refused at
+/// the pending-handshake limits). Counted since the listener started.
+#[derive(Default)]
+struct Outcomes {
+    authenticated_tls: u64,
+    authenticated_quic: u64,
+    failed: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Gate {
@@ -82,6 +94,7 @@ impl Gate {
             ),
             handshakes: Arc::new(Semaphore::new(limits.max_pending_handshakes as usize)),
             last_busy_log: Mutex::new(None),
+            outcomes: Mutex::new(Outcomes::default()),
             limits: limits.clone(),
         }
     }
@@ -91,8 +104,32 @@ impl Gate {
         self.admission.pending()
     }
 
+    /// Status: connections that authenticated (by transport) and attempts that failed (by
+    /// reason).
+    pub fn outcomes(&self) -> serde_json::Value {
+        let o = lock(&self.outcomes);
+        serde_json::json!({
+            "authenticated": { "tls": o.authenticated_tls, "quic": o.authenticated_quic },
+            "failed": o.failed,
+        })
+    }
+
+    fn count_failure(&self, reason: &'static str) {
+        *lock(&self.outcomes).failed.entry(reason).or_default() += 1;
+    }
+
+    fn count_authenticated(&self, quic: bool) {
+        let mut o = lock(&self.outcomes);
+        if quic {
+            o.authenticated_quic += 1;
+        } else {
+            o.authenticated_tls += 1;
+        }
+    }
+
     /// Logs (throttled) that an unauthenticated connection was refused, and why.
     fn note_refused(&self, via: &str, why: Refusal, ip: std::net::IpAddr) {
+        self.count_failure("overLimit");
         let mut last = lock(&self.last_busy_log);
         if last.is_some_and(|t| t.elapsed() < BUSY_LOG_EVERY) {
             return;
@@ -116,15 +153,17 @@ impl Gate {
         );
     }
 
-    /// One failed or abandoned attempt from `ip` counts against its budget.
-    pub fn failed_attempt(&self, ip: std::net::IpAddr) {
+    /// One failed or abandoned attempt from `ip` counts against its budget; `reason` is an
+    /// error code, or `abandoned`.
+    pub fn failed_attempt(&self, ip: std::net::IpAddr, reason: &'static str) {
+        self.count_failure(reason);
         lock(&self.limiter).record_failure(ip);
     }
 
     /// A handshake or authentication that ended in an error: counted, and reported.
     fn attempt_failed(&self, peer: SocketAddr, e: &Error) {
         let ip = proxy_protocol::unmap(peer).ip();
-        self.failed_attempt(ip);
+        self.failed_attempt(ip, e.code());
         self.events.as_ref()(event!("authFailed", {
             "remoteAddress": ip.to_string(), "remotePort": peer.port(),
             "edgeId": serde_json::Value::Null, "code": e.code(), "reason": e.to_string()
@@ -309,7 +348,7 @@ pub async fn tls_accept_loop<A: Authenticator>(
             let Ok(Some(slot)) = slot else {
                 // Silent, or gone, until the deadline: an abandoned attempt. Not worth an event
                 // per connection, but it counts against the source.
-                gate.failed_attempt(ip);
+                gate.failed_attempt(ip, "abandoned");
                 return;
             };
             let hs = tokio::time::timeout_at(deadline, tls_handshake(&a, &tls, tcp, peer)).await;
@@ -319,6 +358,7 @@ pub async fn tls_accept_loop<A: Authenticator>(
             match result {
                 Ok(Some((tls, who))) => {
                     drop(admitted);
+                    a.gate().count_authenticated(false);
                     a.serve_tls(tls, who, peer).await
                 }
                 // Refused by authenticate(), which counted it.
@@ -449,6 +489,7 @@ pub async fn quic_accept_loop<A: Authenticator>(a: Arc<A>, endpoint: quinn::Endp
             match hs {
                 Ok(Some((conn, control, who))) => {
                     drop(admitted);
+                    a.gate().count_authenticated(true);
                     a.serve_quic(conn, control, who, peer).await
                 }
                 // Refused by authenticate(), which counted it.

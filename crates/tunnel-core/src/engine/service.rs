@@ -57,6 +57,9 @@ struct Counters {
     refused: AtomicU64,
     idle_closed: AtomicU64,
     proxy_refused: AtomicU64,
+    /// Bytes of closed connections: from the clients (to the hub) and to them.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     last_limit_event: Mutex<Option<Instant>>,
 }
 
@@ -152,6 +155,12 @@ impl Service {
         Some(Admitted(self.clone()))
     }
 
+    /// A closed connection's bytes: `to_client` came from the hub, `from_client` went to it.
+    pub fn count_bytes(&self, to_client: u64, from_client: u64) {
+        self.counters.bytes_out.fetch_add(to_client, Ordering::Relaxed);
+        self.counters.bytes_in.fetch_add(from_client, Ordering::Relaxed);
+    }
+
     /// A client (a UDP flow) was closed for idleness.
     pub fn idle_closed(&self) {
         self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +191,8 @@ impl Service {
             "idleClosed": self.counters.idle_closed.load(Ordering::Relaxed),
             "trustProxyFrom": self.trust_proxy_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "proxyHeaderRefused": self.counters.proxy_refused.load(Ordering::Relaxed),
+            "bytesFromClients": self.counters.bytes_in.load(Ordering::Relaxed),
+            "bytesToClients": self.counters.bytes_out.load(Ordering::Relaxed),
         })
     }
 }

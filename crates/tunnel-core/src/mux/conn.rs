@@ -329,6 +329,7 @@ impl<H: Handler> Mux<H> {
     ) {
         let window = flow::capped(self.cfg.stream_window, cap);
         self.stats.open_streams.fetch_add(1, Ordering::Relaxed);
+        self.stats.streams_total.fetch_add(1, Ordering::Relaxed);
         self.streams.insert(
             id,
             StreamState {

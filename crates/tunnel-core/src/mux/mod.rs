@@ -208,6 +208,8 @@ pub(crate) enum Cmd {
 #[derive(Debug, Default)]
 pub struct MuxStats {
     pub open_streams: AtomicU64,
+    /// Streams opened on this tunnel, either side.
+    pub streams_total: AtomicU64,
     /// Payload bytes received from the peer.
     pub bytes_in: AtomicU64,
     /// Payload bytes sent to the peer.
@@ -285,6 +287,7 @@ impl StreamIo {
                 port,
             } => {
                 stats.open_streams.fetch_add(1, Ordering::Relaxed);
+                stats.streams_total.fetch_add(1, Ordering::Relaxed);
                 let mut done = QuicStreamEnd {
                     stats,
                     closed,

@@ -4,6 +4,10 @@ import {
   integerFlag,
   portFlag,
   requireFlag,
+  resolveOperationFlags,
+  OPERATION_HELP,
+  OPERATION_OPTIONS,
+  type IOperationFlags,
   usageError,
   type ICommand,
   type TEnv,
@@ -19,6 +23,8 @@ export interface IEdgeCommandOptions {
   graceMs: number;
   /** Print streamOpened/streamClosed lines. */
   logStreams: boolean;
+  /** Log format and level (the admin address is in `config`). */
+  operations?: IOperationFlags;
 }
 
 const HELP = `Usage: remoteingress-edge --token TOKEN [options]
@@ -26,6 +32,7 @@ const HELP = `Usage: remoteingress-edge --token TOKEN [options]
        remoteingress-edge --listen-for-hub PORT --state-dir DIR --edge-id ID --secret SECRET [--bind-host HOST]
        remoteingress-edge --consumer-xml FILE --state-dir DIR --edge-id ID --secret SECRET
        remoteingress-edge token --state-dir DIR --edge-id ID --secret SECRET --edge-host HOST --edge-port N
+       remoteingress-edge status [--admin-listen HOST:PORT] [--json]   (ask a running edge)
 
 Runs an edge on a public machine. It dials the hub, binds the ports the hub assigns to this edge,
 and carries every connection it accepts through the tunnel to the hub. It reconnects on its own.
@@ -73,6 +80,8 @@ Options:
                          (lines cost CPU at thousands of connections/s)  [REMOTEINGRESS_LOG_STREAMS=1]
   -h, --help             show this help
 
+${OPERATION_HELP}
+
 Example:
   # on the hub:  remoteingress-hub token --allowed-edges edges.json --state-dir /var/lib/remoteingress \\
   #                  --edge-id edge-1 --hub-host hub.example.com
@@ -107,6 +116,13 @@ function resolveListening(values: TFlagValues, env: TEnv, port: number): IEdgeCo
 }
 
 export function resolveEdgeCommandOptions(values: TFlagValues, env: TEnv): IEdgeCommandOptions {
+  const operations = resolveOperationFlags(values, env);
+  const options = resolveConnection(values, env);
+  if (operations.adminListen !== undefined) options.config = { ...options.config, adminListen: operations.adminListen };
+  return { ...options, operations };
+}
+
+function resolveConnection(values: TFlagValues, env: TEnv): IEdgeCommandOptions {
   const consumerXml = flagOrEnv(values, 'consumer-xml', env, 'REMOTEINGRESS_CONSUMER_XML');
   if (consumerXml !== undefined) {
     for (const flag of ['listen-for-hub', 'bind-host'] as const) {
@@ -219,6 +235,7 @@ export const edgeCommand: ICommand = {
     'state-dir': { type: 'string' },
     'bind-host': { type: 'string' },
     'consumer-xml': { type: 'string' },
+    ...OPERATION_OPTIONS,
     help: { type: 'boolean', short: 'h' },
   },
   async run(values, env) {

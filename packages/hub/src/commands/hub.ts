@@ -5,6 +5,10 @@ import {
   integerFlag,
   portFlag,
   requireFlag,
+  resolveOperationFlags,
+  OPERATION_HELP,
+  OPERATION_OPTIONS,
+  type IOperationFlags,
   usageError,
   type ICommand,
   type TEnv,
@@ -40,10 +44,12 @@ export interface IHubCommandOptions {
   watch: boolean;
   /** Print streamOpened/streamClosed lines. */
   logStreams: boolean;
+  operations: IOperationFlags;
 }
 
 const HELP = `Usage: remoteingress-hub [options]
        remoteingress-hub token [options]   (mint a connection token; see "remoteingress-hub token --help")
+       remoteingress-hub status [--admin-listen HOST:PORT] [--json]   (ask a running hub)
 
 Runs the hub next to your private service. Edges on public machines connect to the hub's
 tunnel port; every connection they accept is forwarded to its target here, preceded by a PROXY
@@ -68,6 +74,8 @@ Options (each can also come from the environment variable in brackets):
                          closed; without it only failed ones are printed
                          (lines cost CPU at thousands of connections/s)  [REMOTEINGRESS_LOG_STREAMS=1]
   -h, --help             show this help
+
+${OPERATION_HELP}
 
 Allowed-edges file, e.g. edges.json:
   [ { "id": "edge-1", "secret": "at-least-16-characters",
@@ -117,6 +125,7 @@ export function resolveHubCommandOptions(values: TFlagValues, env: TEnv): IHubCo
     graceMs,
     watch: values['no-watch'] !== true,
     logStreams: booleanFlag(values, 'log-streams', env, 'REMOTEINGRESS_LOG_STREAMS'),
+    operations: resolveOperationFlags(values, env),
   };
 }
 
@@ -133,6 +142,7 @@ export const hubCommand: ICommand = {
     'grace-ms': { type: 'string' },
     'no-watch': { type: 'boolean' },
     'log-streams': { type: 'boolean' },
+    ...OPERATION_OPTIONS,
     help: { type: 'boolean', short: 'h' },
   },
   async run(values, env) {
