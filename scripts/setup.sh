@@ -34,8 +34,9 @@ BUILD_PKGS=(gcc libc6-dev)
 # Real peers the tests drive: haproxy consumes our PROXY headers; nft/libnftables for the
 # firewall snapshot; socat and curl as clients; iproute2 for `ip netns` test hosts and `ss`;
 # dnsdist reads PROXY v2 over UDP, and dig (bind9-dnsutils) asks it through the tunnel;
-# prometheus scrapes the admin ports (promtool checks the exposition), coturn answers STUN.
-PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl dnsdist bind9-dnsutils prometheus coturn)
+# prometheus scrapes the admin ports (promtool checks the exposition), coturn answers STUN,
+# systemd-analyze verifies the example units.
+PEER_PKGS=(haproxy nftables libnftables1 socat iproute2 curl dnsdist bind9-dnsutils prometheus coturn systemd)
 
 have_cargo() {
   command -v cargo >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ] || [ -x "$HOME/.cargo/bin/cargo" ]

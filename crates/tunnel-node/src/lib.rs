@@ -209,6 +209,41 @@ pub fn set_stream_events(handle: &External<Handle>, level: String) -> Result<()>
     })
 }
 
+/// Tells the service manager (systemd's `NOTIFY_SOCKET`) about a state change: `"READY"`,
+/// `"STOPPING"`, `"WATCHDOG"`, or `"STATUS=<text>"`. Returns whether a manager listens (false
+/// without `NOTIFY_SOCKET`, which is not an error: the daemon may run anywhere).
+#[napi(catch_unwind)]
+pub fn sd_notify(state: String) -> Result<bool> {
+    guard(|| {
+        let notify = match state.as_str() {
+            "READY" => sd_notify::NotifyState::Ready,
+            "STOPPING" => sd_notify::NotifyState::Stopping,
+            "WATCHDOG" => sd_notify::NotifyState::Watchdog,
+            other => match other.strip_prefix("STATUS=") {
+                Some(text) if !text.contains('\n') => sd_notify::NotifyState::Status(text),
+                _ => {
+                    return Err(Failure::invalid_arg(format!(
+                        "state: expected READY, STOPPING, WATCHDOG or STATUS=<one line>, got {other:?}"
+                    )))
+                }
+            },
+        };
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return Ok(false);
+        }
+        sd_notify::notify(&[notify])
+            .map_err(|e| Failure::new("ERR_IO", format!("sd_notify {state}: {e}")))?;
+        Ok(true)
+    })
+}
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this process), in
+/// milliseconds; `null` without one.
+#[napi(catch_unwind)]
+pub fn sd_watchdog_ms() -> Result<Option<f64>> {
+    guard(|| Ok(sd_notify::watchdog_enabled().map(|d| d.as_secs_f64() * 1000.0)))
+}
+
 /// Test hook: arms a one-shot panic inside the addon (`hubListener`, `tunnel`, `edgeListener`,
 /// `hubStream`) so the test suite can prove containment. Harmless in production: nothing arms
 /// it but an explicit call.

@@ -21,6 +21,10 @@ export interface INativeAddon {
   edgeStop(handle: NativeHandle, graceMs: number): Promise<void>;
   /** Which `streamOpened`/`streamClosed` records the handle delivers (default 'all'; 'failures' = only `streamClosed` with a code). */
   setStreamEvents(handle: NativeHandle, level: 'all' | 'failures' | 'none'): void;
+  /** systemd's sd_notify: 'READY', 'STOPPING', 'WATCHDOG' or 'STATUS=…'; false when no manager listens (no NOTIFY_SOCKET). */
+  sdNotify(state: string): boolean;
+  /** The watchdog interval systemd asks this process for (WATCHDOG_USEC), in ms; null without one. */
+  sdWatchdogMs(): number | null;
   /** Test hook: arms one panic inside the addon to prove containment. Never called by the product. */
   injectPanicForTest(component: 'hubListener' | 'tunnel' | 'edgeListener' | 'hubStream'): void;
 }
@@ -37,6 +41,8 @@ const REQUIRED_FUNCTIONS: ReadonlyArray<keyof INativeAddon> = [
   'edgeStatus',
   'edgeStop',
   'setStreamEvents',
+  'sdNotify',
+  'sdWatchdogMs',
 ];
 
 /** `dist/native.js` → `packages/core/native/remoteingress.node`, where `npm run build:addon` puts it. */

@@ -1,7 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { configureLogging, printDaemonEvents, printError as err, printLine as out, type IDaemon } from 'remoteingress-core/cli';
-import type { TAllowedEdge } from 'remoteingress-core';
+import { notifyServiceManager, startWatchdog, type TAllowedEdge } from 'remoteingress-core';
 import { readAllowedEdges } from './allowed-edges-source.js';
 import type { IHubCommandOptions } from './commands/hub.js';
 import { RemoteIngressHub } from './hub.js';
@@ -33,6 +33,11 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
     ...(options.operations.adminListen === undefined ? {} : { adminListen: options.operations.adminListen }),
   });
   out(`hub listening on ${options.bindHost}:${started.tunnelPort} fingerprint ${started.fingerprint}`);
+  // systemd (Type=notify): ready once listening; the watchdog pings while the addon answers.
+  notifyServiceManager(`STATUS=listening on ${options.bindHost}:${started.tunnelPort}`);
+  const ready = notifyServiceManager('READY');
+  if (ready.error !== undefined) err(`sd_notify READY failed: ${ready.error.message}`);
+  const stopWatchdog = startWatchdog(() => hub.getStatus());
   const admin = hub.adminAddress;
   if (admin !== null) out(`admin endpoint on http://${admin.host.includes(':') ? `[${admin.host}]` : admin.host}:${admin.port} (/metrics /healthz /readyz /status)`);
 
@@ -68,6 +73,8 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
 
   return {
     async stop() {
+      notifyServiceManager('STOPPING');
+      stopWatchdog();
       watcher?.close();
       clearTimeout(debounce);
       await hub.stop({ graceMs: options.graceMs });
