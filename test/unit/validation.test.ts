@@ -26,6 +26,7 @@ describe('validateAllowedEdges: normalisation', () => {
       udp: [],
       firewall: null,
       stunIntervalSecs: null,
+      stunServers: [],
     });
   });
 
@@ -40,6 +41,7 @@ describe('validateAllowedEdges: normalisation', () => {
           listenPorts: [443, { port: 8080, targetHost: 'backend.internal', targetPort: 80, proxyProtocol: 'none' }],
           listenPortsUdp: [5353, { port: 5354, proxyProtocol: 'none' }],
           stunIntervalSecs: 30,
+          stunServers: ['stun.example.net', 'stun.example.net:3479', '192.0.2.1:3478', '[2001:db8::1]:3478', '2001:db8::2'],
         },
       ],
       { targetHost: '10.0.0.5' },
@@ -54,6 +56,7 @@ describe('validateAllowedEdges: normalisation', () => {
     ]);
     expect(edge?.bindAddress).toBe('::');
     expect(edge?.stunIntervalSecs).toBe(30);
+    expect(edge?.stunServers).toHaveLength(5);
   });
 
   it('takes a UDP port\'s PROXY v2 header mode and rejects it on TCP ports or with a bad value', () => {
@@ -134,6 +137,9 @@ describe('validateAllowedEdges: every bad field is named with edge id and value'
     ['edge proxyProtocol', { proxyProtocol: 'yes' }, 'allowedEdges[0].proxyProtocol', '"yes"'],
     ['bindAddress', { bindAddress: 'example.com' }, 'allowedEdges[0].bindAddress', '"example.com"'],
     ['stunIntervalSecs', { stunIntervalSecs: 0 }, 'allowedEdges[0].stunIntervalSecs', '0'],
+    ['stunServers type', { stunServers: 'stun.example.net' }, 'allowedEdges[0].stunServers', '"stun.example.net"'],
+    ['stunServers entry', { stunServers: ['stun.example.net:99999'] }, 'allowedEdges[0].stunServers[0]', '"stun.example.net:99999"'],
+    ['stunServers v6 without brackets', { stunServers: ['[2001:db8::1'] }, 'allowedEdges[0].stunServers[0]', '"[2001:db8::1"'],
     ['unknown edge key', { listenport: [1] }, 'allowedEdges[0].listenport', 'unknown field'],
     ['firewall type', { firewallConfig: [] }, 'allowedEdges[0].firewallConfig', '[]'],
     ['blockedIps entry', { firewallConfig: { blockedIps: ['10.0.0.0/33'] } }, 'allowedEdges[0].firewallConfig.blockedIps[0]', '10.0.0.0/33'],

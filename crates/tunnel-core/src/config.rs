@@ -270,6 +270,10 @@ pub struct EdgeSpec {
     pub firewall: Option<serde_json::Value>,
     #[serde(default)]
     pub stun_interval_secs: Option<u32>,
+    /// STUN servers (`host`, `host:port`, `[v6]:port`) the edge asks for its public address
+    /// every `stun_interval_secs`; empty: the documented default list.
+    #[serde(default)]
+    pub stun_servers: Vec<String>,
     /// The hub dials this edge (which listens for it) instead of waiting for it.
     #[serde(default)]
     pub dial: Option<DialSpec>,

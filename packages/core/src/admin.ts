@@ -193,6 +193,12 @@ function edgeMetrics(m: MetricSet): void {
     Object.entries(obj(obj(s.firewall).counters)).map(([rule, c]) => [{ rule }, num(obj(c)[field])]);
   m.counter('remoteingress_edge_firewall_rule_packets_total', 'Packets matched per firewall rule (blocked, rule:<id>, ratelimit:<id>).', ['rule'], ruleCounters('packets'));
   m.counter('remoteingress_edge_firewall_rule_bytes_total', 'Bytes matched per firewall rule.', ['rule'], ruleCounters('bytes'));
+  const stun = (s: TSnapshot): Record<string, unknown> => obj(s.stun);
+  m.counter('remoteingress_edge_stun_requests_total', 'STUN Binding requests sent (retransmissions included).', [], (s) => num(stun(s).requests));
+  m.counter('remoteingress_edge_stun_responses_total', 'STUN answers that named a public address.', [], (s) => num(stun(s).responses));
+  m.counter('remoteingress_edge_stun_timeouts_total', 'STUN servers that did not answer in a round.', [], (s) => num(stun(s).timeouts));
+  m.counter('remoteingress_edge_stun_bad_responses_total', 'Datagrams on a STUN socket that were not an answer to our request.', [], (s) => num(stun(s).badResponses));
+  m.counter('remoteingress_edge_stun_errors_total', 'STUN servers that could not be resolved or sent to.', [], (s) => num(stun(s).errors));
   handshakeMetrics(m, 'remoteingress_edge', (s) => (s.listenForHub === null || s.listenForHub === undefined ? undefined : obj(obj(s.listenForHub).handshakes)));
 }
 

@@ -124,7 +124,13 @@ export interface TAllowedEdge {
    */
   proxyProtocol?: TProxyProtocol;
   firewallConfig?: IFirewallConfig;
+  /** The edge asks STUN servers for its public address this often (off unless given). */
   stunIntervalSecs?: number;
+  /**
+   * `host`, `host:port` or `[IPv6]:port` (port 3478 unless given), asked in order until one
+   * answers. Default: stun.l.google.com:19302, stun1.l.google.com:19302, stun.cloudflare.com:3478.
+   */
+  stunServers?: string[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,6 +182,8 @@ export interface INormalisedEdge {
   udp: INormalisedPort[];
   firewall: INormalisedFirewall | null;
   stunIntervalSecs: number | null;
+  /** Empty: the edge's default list. */
+  stunServers: string[];
   /** Present when the hub dials this edge. */
   dial?: INormalisedDial;
 }
@@ -269,6 +277,8 @@ export interface IHubEdgeStatus {
   udp: IUdpCounters;
   /** Datagrams dropped because the tunnel was backed up. */
   datagramsDropped: number;
+  /** The edge's public address as its STUN server saw it (`stunIntervalSecs`), if it reported one. */
+  publicAddress?: string | null;
 }
 
 export interface IUdpCounters {
@@ -513,6 +523,9 @@ export interface IEdgeStatus {
   streamsTotal?: number;
   /** Tunnels that came up since the edge started (the first and every reconnect). */
   tunnels?: number;
+  /** The public address STUN found (`ip:port`), if any. */
+  publicAddress?: string | null;
+  stun?: IEdgeStunStatus;
   transportMode?: TTransportMode;
   /** Why the current transport (e.g. the QUIC failure behind a TLS fallback). */
   transportReason?: string | null;
@@ -642,6 +655,35 @@ export interface IEdgeStreamClosedEvent {
   reason: string | null;
 }
 
+export interface IEdgePublicAddressChangedEvent {
+  kind: 'publicAddressChanged';
+  /** `ip:port` as the STUN server saw this edge. */
+  address: string;
+  previous: string | null;
+  /** The server that answered. */
+  server: string;
+}
+
+/** The edge's STUN task (`stunIntervalSecs`): what it asks and what it found. */
+export interface IEdgeStunStatus {
+  enabled: boolean;
+  intervalSecs: number | null;
+  servers: string[];
+  publicAddress: string | null;
+  /** The local side of the socket the answer was for. */
+  localAddress: string | null;
+  server: string | null;
+  /** When the last answer came (ms since the epoch). */
+  at: number | null;
+  /** Binding requests sent (retransmissions included), answers, rounds a server did not answer, datagrams that were not an answer to us, other failures (resolve, send). */
+  requests: number;
+  responses: number;
+  timeouts: number;
+  badResponses: number;
+  errors: number;
+  lastError: string | null;
+}
+
 export interface IEdgeEvents {
   tunnelConnected: [IEdgeTunnelConnectedEvent];
   tunnelDisconnected: [IEdgeTunnelDisconnectedEvent];
@@ -653,6 +695,8 @@ export interface IEdgeEvents {
   transportChanged: [IEdgeTransportChangedEvent];
   udpFlowsExpired: [IEdgeUdpFlowsExpiredEvent];
   serviceLimitReached: [IEdgeServiceLimitReachedEvent];
+  /** STUN found a public address other than the last one (or the first). */
+  publicAddressChanged: [IEdgePublicAddressChangedEvent];
   /** An edge that listens for its hub refused a caller (wrong or no proof of the secret, a failed handshake). */
   authFailed: [IHubAuthFailedEvent];
   streamOpened: [IEdgeStreamOpenedEvent];

@@ -39,6 +39,7 @@ const EDGE_KEYS = new Set([
   'proxyProtocol',
   'firewallConfig',
   'stunIntervalSecs',
+  'stunServers',
   'dialEdge',
   'edgeToken',
 ]);
@@ -260,6 +261,17 @@ function normaliseEdge(
     if (typeof value === 'number' && Number.isSafeInteger(value) && value > 0) stunIntervalSecs = value;
     else issues.add(join(path, 'stunIntervalSecs'), value, 'must be a positive integer number of seconds');
   }
+  const stunServers: string[] = [];
+  if (edge.stunServers !== undefined) {
+    if (!Array.isArray(edge.stunServers) || edge.stunServers.length > MAX_STUN_SERVERS) {
+      issues.add(join(path, 'stunServers'), edge.stunServers, `must be an array of at most ${MAX_STUN_SERVERS} "host:port" strings`);
+    } else {
+      edge.stunServers.forEach((server: unknown, i: number) => {
+        if (isStunServer(server)) stunServers.push(server);
+        else issues.add(join(join(path, 'stunServers'), i), server, 'must be "host", "host:port" or "[IPv6]:port"');
+      });
+    }
+  }
 
   const id = edge.id ?? token?.edgeId;
   return {
@@ -270,8 +282,22 @@ function normaliseEdge(
     udp,
     firewall,
     stunIntervalSecs,
+    stunServers,
     ...(dial === null ? {} : { dial }),
   };
+}
+
+/** Servers are tried in order each round; more than a handful only delays the answer. */
+const MAX_STUN_SERVERS = 8;
+
+function isStunServer(value: unknown): value is string {
+  if (typeof value !== 'string') return false;
+  const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(value);
+  if (bracketed !== null) return isValidIp(bracketed[1] ?? '') && (bracketed[2] === undefined || isValidPort(Number(bracketed[2])));
+  if (isValidIp(value)) return true; // a bare address, IPv6 included
+  const text: string = value;
+  const [host, port, ...rest] = text.split(':');
+  return rest.length === 0 && isValidHost(host ?? '') && (port === undefined || isValidPort(Number(port)));
 }
 
 /** The edge token of an allowed edge, if it has one that decodes (errors are reported later). */

@@ -10,6 +10,7 @@ const EVENT_KINDS = [
   'portBindFailed',
   'firewallConfigUpdated',
   'serviceLimitReached',
+  'publicAddressChanged',
   'eventsDropped',
   'crashRecovered',
   'authFailed',

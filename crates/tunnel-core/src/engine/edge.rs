@@ -60,6 +60,8 @@ struct Inner {
     services: Services,
     udp: Arc<EdgeUdp>,
     firewall: Arc<Mutex<Firewall>>,
+    /// The public address, from STUN (`stunIntervalSecs` in CONFIG).
+    stun: super::stun::Stun,
 }
 
 /// The edge's nftables state. `nft` is opened on the first snapshot; the table is ours alone.
@@ -365,6 +367,7 @@ impl Edge {
                 applied: None,
                 last_error: None,
             })),
+            stun: super::stun::Stun::default(),
         });
         let task = {
             let inner = inner.clone();
@@ -449,6 +452,8 @@ impl Edge {
             "bytesIn": bin,
             "bytesOut": bout,
             "firewall": lock(&self.inner.firewall).status(),
+            "stun": self.inner.stun.status(),
+            "publicAddress": self.inner.stun.public_address().map(|a| a.to_string()),
             "udp": {
                 "flows": u.flows.load(Ordering::Relaxed),
                 "datagramsIn": u.datagrams_in.load(Ordering::Relaxed),
@@ -468,6 +473,7 @@ impl Edge {
             }
             close_listeners(&self.inner);
             self.inner.udp.close_all();
+            self.inner.stun.stop();
             if let Some(t) = current(&self.inner.current) {
                 t.go_away(0, "edge shutting down");
                 let deadline = Instant::now() + grace;
@@ -701,6 +707,7 @@ async fn session(
     inner.events.as_ref()(event!("tunnelConnected", {
         "hubAddress": hub, "transport": tunnel.transport(), "reason": reason
     }));
+    tell_public_address(inner);
     let probe_every = Duration::from_millis(inner.opts.quic_probe_interval_ms);
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
     loop {
@@ -1047,9 +1054,44 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
         "tcp": bound, "udp": bound_udp, "failed": failed, "generation": cfg["generation"]
     }));
     apply_firewall(inner, &cfg).await;
+    apply_stun(inner, &cfg);
     let ack = json!({ "generation": cfg["generation"], "tcp": bound, "udp": bound_udp, "failed": failed });
     if let Some(t) = current(&inner.current) {
         t.control(FrameType::ConfigAck, 0, handshake::json_payload(&ack));
+    }
+}
+
+/// Starts, changes or stops the STUN task as CONFIG says; each new public address is told to
+/// the hub (INFO), and again on every new tunnel.
+fn apply_stun(inner: &Arc<Inner>, cfg: &Value) {
+    let mut servers: Vec<String> = cfg["stunServers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if servers.is_empty() {
+        servers = super::stun::DEFAULT_SERVERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let weak = Arc::downgrade(inner);
+    inner.stun.apply(
+        cfg["stunIntervalSecs"].as_u64(),
+        servers,
+        inner.events.clone(),
+        Arc::new(move |_| {
+            if let Some(inner) = weak.upgrade() {
+                tell_public_address(&inner);
+            }
+        }),
+    );
+}
+
+/// Sends the hub this edge's public address (INFO), if STUN found one.
+fn tell_public_address(inner: &Inner) {
+    if let (Some(addr), Some(t)) = (inner.stun.public_address(), current(&inner.current)) {
+        let info = json!({ "publicAddress": addr.to_string() });
+        t.control(FrameType::Info, 0, handshake::json_payload(&info));
     }
 }
 

@@ -61,6 +61,9 @@ struct State {
     edges: HashMap<String, Arc<EdgeSpec>>,
     generation: u64,
     sessions: HashMap<String, Session>,
+    /// What each edge told about itself (INFO: its public address from STUN), kept across its
+    /// reconnects: the edge repeats it on every new tunnel.
+    public_addresses: HashMap<String, String>,
 }
 
 struct Session {
@@ -119,6 +122,7 @@ fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
         "bindAddress": spec.bind_address,
         "firewall": spec.firewall,
         "stunIntervalSecs": spec.stun_interval_secs,
+        "stunServers": spec.stun_servers,
     })
 }
 
@@ -216,6 +220,7 @@ impl Hub {
                             || o.bind_address != spec.bind_address
                             || o.firewall != spec.firewall
                             || o.stun_interval_secs != spec.stun_interval_secs
+                            || o.stun_servers != spec.stun_servers
                     });
                     if changed {
                         to_push.push((
@@ -252,6 +257,7 @@ impl Hub {
                     "remotePort": s.remote.port(),
                     "transport": s.tunnel.transport(),
                     "udp": s.flows.status(),
+                    "publicAddress": st.public_addresses.get(id),
                     "datagramsDropped": stats.datagrams_dropped.load(Ordering::Relaxed),
                     "connectedSince": millis(s.since),
                     "openStreams": stats.open_streams.load(Ordering::Relaxed),
@@ -649,6 +655,20 @@ impl Handler for HubHandler {
                     self.inner.events.as_ref()(event!("configApplied", {
                         "edgeId": self.edge_id, "result": v
                     }));
+                }
+                Ok(())
+            }
+            FrameType::Info => {
+                // Informational: a malformed or unexpected payload is ignored, not fatal.
+                if let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) {
+                    if let Some(a) = v["publicAddress"]
+                        .as_str()
+                        .filter(|a| a.parse::<SocketAddr>().is_ok())
+                    {
+                        lock(&self.inner.state)
+                            .public_addresses
+                            .insert(self.edge_id.clone(), a.to_string());
+                    }
                 }
                 Ok(())
             }

@@ -7,4 +7,5 @@ pub mod firewall;
 pub mod hub;
 pub mod listen;
 pub mod service;
+pub mod stun;
 pub mod udp;

@@ -588,7 +588,8 @@ impl<H: Handler> Mux<H> {
             | FrameType::ConfigAck
             | FrameType::Datagram
             | FrameType::FlowOpen
-            | FrameType::FlowClose => self.handler.on_control(f),
+            | FrameType::FlowClose
+            | FrameType::Info => self.handler.on_control(f),
             FrameType::Challenge | FrameType::Auth | FrameType::AuthOk | FrameType::AuthFail => {
                 Err(Error::Protocol(format!("{:?} frame after the handshake", f.kind)))
             }

@@ -459,7 +459,8 @@ fn on_control<H: Handler>(
         | FrameType::ConfigAck
         | FrameType::Datagram
         | FrameType::FlowOpen
-        | FrameType::FlowClose => h.on_control(f),
+        | FrameType::FlowClose
+        | FrameType::Info => h.on_control(f),
         other => Err(Error::Protocol(format!(
             "{other:?} frame on the QUIC control stream"
         ))),

@@ -30,6 +30,10 @@ pub const MAX_CONTROL_PAYLOAD: usize = 1024 * 1024;
 /// Longest reason string carried in RESET/GOAWAY/AUTH_FAIL; reasons are for logs, not essays.
 pub const MAX_REASON_LEN: usize = 256;
 
+/// INFO carries a few facts as JSON (a public address: under 100 bytes); 1 KiB leaves room
+/// without letting an edge push bulk data through the control path.
+pub const MAX_INFO_PAYLOAD: usize = 1024;
+
 /// Frame types (DATAGRAM, FLOW_OPEN and FLOW_CLOSE carry a UDP flow id in the stream id
 /// field). 0x00..=0x1f are defined by this version; 0x20..=0xff are an extension range a
 /// receiver ignores, so later versions can add frames without breaking older peers.
@@ -51,6 +55,9 @@ pub enum FrameType {
     Auth = 0x11,
     AuthOk = 0x12,
     AuthFail = 0x13,
+    /// Edge → hub: what the edge learned about itself (JSON, e.g. its public address). In the
+    /// extension range: a hub from before it skips the frame.
+    Info = 0x20,
 }
 
 impl FrameType {
@@ -67,6 +74,7 @@ impl FrameType {
             0x08 => FrameType::Datagram,
             0x09 => FrameType::FlowOpen,
             0x0a => FrameType::FlowClose,
+            0x20 => FrameType::Info,
             0x10 => FrameType::Challenge,
             0x11 => FrameType::Auth,
             0x12 => FrameType::AuthOk,
@@ -89,6 +97,7 @@ impl FrameType {
             FrameType::Auth => 2 + 1 + 255 + MAC_LEN,
             FrameType::AuthOk => AUTH_OK_LEN,
             FrameType::Config | FrameType::ConfigAck => MAX_CONTROL_PAYLOAD,
+            FrameType::Info => MAX_INFO_PAYLOAD,
         }
     }
 
