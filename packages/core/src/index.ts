@@ -1,6 +1,7 @@
 export { TunnelError, isTunnelError } from './errors.js';
 export { AdminServer, parseAdminListen } from './admin.js';
 export { notifyServiceManager, startWatchdog } from './systemd.js';
+export { defaultStateDir, ROOT_STATE_DIR } from './state-dir.js';
 export type { IAdminAddress, IAdminSource } from './admin.js';
 export type { TTunnelErrorCode, TDisconnectCode, IConfigIssue, ITunnelErrorDetails } from './errors.js';
 export type * from './types.js';

@@ -243,8 +243,12 @@ export interface IHubConfig {
   tunnelPort: number;
   /** Where tunneled connections go unless a port says otherwise. Default `127.0.0.1`. */
   targetHost?: string;
-  /** Holds the hub's TLS identity (`hub-cert.pem`, `hub-key.pem`); created 0700 if absent. */
-  stateDir: string;
+  /**
+   * Holds the hub's TLS identity (`hub-cert.pem`, `hub-key.pem`); created 0700 if absent.
+   * Default: `REMOTEINGRESS_STATE_DIR`, else `/var/lib/remoteingress` as root, else
+   * `$XDG_STATE_HOME/remoteingress` (`~/.local/state/remoteingress`).
+   */
+  stateDir?: string;
   /** Address the tunnel port binds on. Default `0.0.0.0`. */
   bindHost?: string;
   allowedEdges?: TAllowedEdge[];
@@ -295,6 +299,8 @@ export interface IHubStatus {
   fingerprint: string | null;
   allowedEdges: number;
   edges: IHubEdgeStatus[];
+  /** The reference API's summary of `edges`: id, connected since (ms since the epoch), streams open. */
+  connectedEdges: Array<{ edgeId: string; connectedAt: number; activeStreams: number }>;
   /** Tunnel connections that have not authenticated yet, by transport (absent once stopped). */
   pendingHandshakes?: { tls: number; quic: number };
   /** Tunnel connections that authenticated (by transport) and attempts that failed (by reason), since start. */
@@ -579,6 +585,9 @@ export interface IEdgePortsAssignedEvent {
   tcp: number[];
   udp: number[];
   failed: IPortFailure[];
+  /** The same lists under the reference API's names. */
+  listenPorts: number[];
+  listenPortsUdp: number[];
 }
 export interface IEdgePortBindFailedEvent extends IPortFailure {
   kind: 'portBindFailed';

@@ -33,6 +33,9 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
     ...(options.operations.adminListen === undefined ? {} : { adminListen: options.operations.adminListen }),
   });
   out(`hub listening on ${options.bindHost}:${started.tunnelPort} fingerprint ${started.fingerprint}`);
+  if (options.allowedEdgesFile === undefined && options.allowedEdgesJson === undefined) {
+    err('no allowed edges: no edge can connect until you give --allowed-edges FILE (or REMOTEINGRESS_ALLOWED_EDGES_JSON)');
+  }
   // systemd (Type=notify): ready once listening; the watchdog pings while the addon answers.
   notifyServiceManager(`STATUS=listening on ${options.bindHost}:${started.tunnelPort}`);
   const ready = notifyServiceManager('READY');
@@ -81,7 +84,11 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
     },
     reload() {
       if (options.allowedEdgesFile === undefined) {
-        err('SIGHUP ignored: the allowed edges came from REMOTEINGRESS_ALLOWED_EDGES_JSON, which cannot change');
+        err(
+          options.allowedEdgesJson === undefined
+            ? 'SIGHUP ignored: no --allowed-edges file to reload'
+            : 'SIGHUP ignored: the allowed edges came from REMOTEINGRESS_ALLOWED_EDGES_JSON, which cannot change',
+        );
         return;
       }
       reload('SIGHUP', true);

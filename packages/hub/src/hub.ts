@@ -3,6 +3,7 @@ import {
   AdminServer,
   DEFAULT_GRACE_MS,
   TunnelError,
+  defaultStateDir,
   awaitNative,
   callNative,
   createNativeHandle,
@@ -76,12 +77,12 @@ function resolveHubConfig(config: IHubConfig): IResolvedHubConfig {
   if (!isValidHost(targetHost)) throw invalid('targetHost', targetHost, 'must be a host name or IP address');
   const bindHost = config.bindHost ?? DEFAULT_BIND_HOST;
   if (!isValidIp(bindHost)) throw invalid('bindHost', bindHost, 'must be an IPv4 or IPv6 address, e.g. 0.0.0.0 or ::');
-  if (typeof stateDir !== 'string' || stateDir === '') throw invalid('stateDir', stateDir, 'must be a directory path');
+  if (stateDir !== undefined && (typeof stateDir !== 'string' || stateDir === '')) throw invalid('stateDir', stateDir, 'must be a directory path');
   const performance = config.performance === undefined ? undefined : validatePerformance(config.performance);
   const limits = config.limits === undefined ? undefined : validateLimits(config.limits);
   const edges = validateAllowedEdges(config.allowedEdges ?? [], { targetHost });
   const admin = config.adminListen === undefined ? undefined : parseAdminListen(config.adminListen, 'invalid hub config: adminListen');
-  return { tunnelPort, targetHost, stateDir, bindHost, edges, performance, limits, admin };
+  return { tunnelPort, targetHost, stateDir: stateDir ?? defaultStateDir(), bindHost, edges, performance, limits, admin };
 }
 
 /**
@@ -245,9 +246,13 @@ export class RemoteIngressHub extends EventEmitter<IHubEvents> {
         fingerprint: this.fingerprint,
         allowedEdges: this.#edges.length,
         edges: [],
+        connectedEdges: [],
       };
     }
-    return parseNativeJson<IHubStatus>('hubStatus', callNative('hubStatus', () => native.hubStatus(handle)));
+    const status = parseNativeJson<IHubStatus>('hubStatus', callNative('hubStatus', () => native.hubStatus(handle)));
+    // The reference API's view of the same edges.
+    status.connectedEdges = status.edges.map((e) => ({ edgeId: e.edgeId, connectedAt: e.connectedSince, activeStreams: e.openStreams }));
+    return status;
   }
 
   /**

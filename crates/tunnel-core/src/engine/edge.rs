@@ -1051,7 +1051,9 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
         st.failed = failed.clone();
     }
     inner.events.as_ref()(event!("portsAssigned", {
-        "tcp": bound, "udp": bound_udp, "failed": failed, "generation": cfg["generation"]
+        "tcp": bound, "udp": bound_udp, "failed": failed, "generation": cfg["generation"],
+        // The reference API's names for the same lists.
+        "listenPorts": bound, "listenPortsUdp": bound_udp
     }));
     apply_firewall(inner, &cfg).await;
     apply_stun(inner, &cfg);

@@ -4,7 +4,6 @@ import {
   flagOrEnv,
   integerFlag,
   portFlag,
-  requireFlag,
   resolveOperationFlags,
   OPERATION_HELP,
   OPERATION_OPTIONS,
@@ -16,6 +15,7 @@ import {
 } from 'remoteingress-core/cli';
 import {
   DEFAULT_GRACE_MS,
+  defaultStateDir,
   isValidHost,
   isValidIp,
   parseLimitsJson,
@@ -35,7 +35,7 @@ export interface IHubCommandOptions {
   targetHost: string;
   bindHost: string;
   stateDir: string;
-  /** Exactly one is set: a file to read and watch, or JSON from the environment. */
+  /** At most one is set: a file to read and watch, or JSON from the environment; neither: no edges until one is given (embedded: updateAllowedEdges). */
   allowedEdgesFile: string | undefined;
   allowedEdgesJson: string | undefined;
   performance: IPerformanceConfig | undefined;
@@ -63,7 +63,9 @@ Options (each can also come from the environment variable in brackets):
   --allowed-edges FILE   JSON array of the edges allowed to connect;
                          reloaded when it changes and on SIGHUP         [REMOTEINGRESS_ALLOWED_EDGES_JSON holds the JSON itself]
   --state-dir DIR        keeps the hub's TLS certificate and key
-                         (created on first start, key mode 0600)        [REMOTEINGRESS_STATE_DIR] (required)
+                         (created on first start, key mode 0600)        [REMOTEINGRESS_STATE_DIR]
+                         (default /var/lib/remoteingress as root, else
+                         $XDG_STATE_HOME/remoteingress or ~/.local/state/remoteingress)
   --performance JSON     tuning, e.g. '{"workerThreads":2}'             [REMOTEINGRESS_PERFORMANCE_JSON]
   --limits JSON          resource bounds and timeouts, e.g.
                          '{"heartbeatTimeoutMs":15000}'                  [REMOTEINGRESS_LIMITS_JSON]
@@ -98,12 +100,9 @@ export function resolveHubCommandOptions(values: TFlagValues, env: TEnv): IHubCo
   if (!isValidHost(targetHost)) throw usageError(`--target-host = ${JSON.stringify(targetHost)}: must be a host name or IP address`, 'target-host');
   const bindHost = flagOrEnv(values, 'bind-host', env, 'REMOTEINGRESS_BIND_HOST') ?? '0.0.0.0';
   if (!isValidIp(bindHost)) throw usageError(`--bind-host = ${JSON.stringify(bindHost)}: must be an IP address, e.g. 0.0.0.0 or ::`, 'bind-host');
-  const stateDir = requireFlag(values, 'state-dir', env, 'REMOTEINGRESS_STATE_DIR', 'a directory for the hub certificate and key');
+  const stateDir = flagOrEnv(values, 'state-dir', env, 'REMOTEINGRESS_STATE_DIR') ?? defaultStateDir(env);
   const allowedEdgesFile = flagOrEnv(values, 'allowed-edges', env);
   const allowedEdgesJson = allowedEdgesFile === undefined ? envValue(env, 'REMOTEINGRESS_ALLOWED_EDGES_JSON') : undefined;
-  if (allowedEdgesFile === undefined && allowedEdgesJson === undefined) {
-    throw usageError('missing --allowed-edges FILE (or set REMOTEINGRESS_ALLOWED_EDGES_JSON to the JSON array)', 'allowed-edges');
-  }
   const performanceText = flagOrEnv(values, 'performance', env, 'REMOTEINGRESS_PERFORMANCE_JSON');
   const performance =
     performanceText === undefined

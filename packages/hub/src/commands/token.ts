@@ -1,5 +1,5 @@
 import { envValue, flagOrEnv, portFlag, requireFlag, usageError, type ICommand, type TEnv, type TFlagValues } from 'remoteingress-core/cli';
-import { EDGE_ID_PATTERN, isValidHost } from 'remoteingress-core';
+import { EDGE_ID_PATTERN, defaultStateDir, isValidHost } from 'remoteingress-core';
 import { DEFAULT_TUNNEL_PORT } from './hub.js';
 
 export interface ITokenCommandOptions {
@@ -20,7 +20,7 @@ Treat the token like the secret it contains.
 
 Options (each can also come from the environment variable in brackets):
   --allowed-edges FILE   the hub's allowed-edges file                 [REMOTEINGRESS_ALLOWED_EDGES_JSON holds the JSON itself]
-  --state-dir DIR        the hub's state directory (same as the hub's) [REMOTEINGRESS_STATE_DIR]
+  --state-dir DIR        the hub's state directory (same as the hub's) [REMOTEINGRESS_STATE_DIR] (same default as the hub)
   --edge-id ID           which allowed edge the token is for          [REMOTEINGRESS_EDGE_ID]
   --hub-host HOST        name or address the edge dials to reach the hub [REMOTEINGRESS_HUB_HOST]
   --hub-port N           the hub's tunnel port                        [REMOTEINGRESS_HUB_PORT] (default ${DEFAULT_TUNNEL_PORT})
@@ -38,7 +38,7 @@ export function resolveTokenCommandOptions(values: TFlagValues, env: TEnv): ITok
   if (allowedEdgesFile === undefined && allowedEdgesJson === undefined) {
     throw usageError('missing --allowed-edges FILE (or set REMOTEINGRESS_ALLOWED_EDGES_JSON)', 'allowed-edges');
   }
-  const stateDir = requireFlag(values, 'state-dir', env, 'REMOTEINGRESS_STATE_DIR', "the hub's state directory");
+  const stateDir = flagOrEnv(values, 'state-dir', env, 'REMOTEINGRESS_STATE_DIR') ?? defaultStateDir(env);
   const edgeId = requireFlag(values, 'edge-id', env, 'REMOTEINGRESS_EDGE_ID', 'the id of an edge in the allowed-edges file');
   if (!EDGE_ID_PATTERN.test(edgeId)) throw usageError(`--edge-id = ${JSON.stringify(edgeId)}: must be 1-64 characters of A-Z a-z 0-9 . _ -`, 'edge-id');
   const hubHost = requireFlag(values, 'hub-host', env, 'REMOTEINGRESS_HUB_HOST', 'the name or address edges use to reach this hub');
