@@ -45,27 +45,62 @@ const REQUIRED_FUNCTIONS: ReadonlyArray<keyof INativeAddon> = [
   'sdWatchdogMs',
 ];
 
-/** `dist/native.js` → `packages/core/native/remoteingress.node`, where `npm run build:addon` puts it. */
+/** `dist/native.js` → `packages/core/native/remoteingress.node`, where `npm run build:addon` puts it (a checkout). */
 export const NATIVE_ADDON_PATH = fileURLToPath(new URL('../native/remoteingress.node', import.meta.url));
+
+/** Platforms with a prebuilt addon package (`remoteingress-core-<platform>`, an optional dependency). */
+export const PREBUILT_PLATFORMS = ['linux-x64-gnu'] as const;
+
+/** napi-rs' platform naming: `linux-x64-gnu`, `linux-arm64-musl`, `darwin-arm64`, `win32-x64-msvc`. */
+export function nativePlatform(): string {
+  const base = `${process.platform}-${process.arch}`;
+  if (process.platform === 'linux') {
+    const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+    return `${base}-${report?.header?.glibcVersionRuntime === undefined ? 'musl' : 'gnu'}`;
+  }
+  return process.platform === 'win32' ? `${base}-msvc` : base;
+}
+
+const BUILD_FROM_SOURCE =
+  'build it from source: git clone the remoteingress repository, run "npm run build:addon" there (needs Rust from rustup and a C compiler), ' +
+  'and set REMOTEINGRESS_ADDON to the packages/core/native/remoteingress.node it wrote';
+
+/** Where the addon comes from, in order: REMOTEINGRESS_ADDON, a checkout's build, the platform package. */
+function locateAddon(): { path: string; origin: string } {
+  const explicit = process.env.REMOTEINGRESS_ADDON;
+  if (explicit !== undefined && explicit !== '') {
+    if (!existsSync(explicit)) throw new TunnelError('ERR_ADDON_MISSING', `REMOTEINGRESS_ADDON = ${JSON.stringify(explicit)}: no such file`);
+    return { path: explicit, origin: 'REMOTEINGRESS_ADDON' };
+  }
+  if (existsSync(NATIVE_ADDON_PATH)) return { path: NATIVE_ADDON_PATH, origin: 'this checkout (npm run build:addon)' };
+  const platform = nativePlatform();
+  const name = `remoteingress-core-${platform}`;
+  try {
+    return { path: createRequire(import.meta.url).resolve(name), origin: name };
+  } catch {
+    const prebuilt = (PREBUILT_PLATFORMS as readonly string[]).includes(platform);
+    throw new TunnelError(
+      'ERR_ADDON_MISSING',
+      prebuilt
+        ? `the native tunnel addon for ${platform} is not installed: the optional dependency ${name} is missing (installed with --omit=optional, or by a package manager that skips optional dependencies?); reinstall, or ${BUILD_FROM_SOURCE}`
+        : `there is no prebuilt native tunnel addon for ${platform} (prebuilt: ${PREBUILT_PLATFORMS.join(', ')}); ${BUILD_FROM_SOURCE}`,
+    );
+  }
+}
 
 let loaded: INativeAddon | undefined;
 
 /** Loads the addon once per process; throws `ERR_ADDON_MISSING` with the fix if it is absent or unusable. */
 export function loadNativeAddon(): INativeAddon {
   if (loaded !== undefined) return loaded;
-  if (!existsSync(NATIVE_ADDON_PATH)) {
-    throw new TunnelError(
-      'ERR_ADDON_MISSING',
-      `the native tunnel addon is not built (${NATIVE_ADDON_PATH} does not exist); run "npm run build:addon" in the repository root`,
-    );
-  }
+  const { path, origin } = locateAddon();
   let addon: Partial<INativeAddon>;
   try {
-    addon = createRequire(import.meta.url)(NATIVE_ADDON_PATH) as Partial<INativeAddon>;
+    addon = createRequire(import.meta.url)(path) as Partial<INativeAddon>;
   } catch (error) {
     throw new TunnelError(
       'ERR_ADDON_MISSING',
-      `the native tunnel addon at ${NATIVE_ADDON_PATH} cannot be loaded (${(error as Error).message}); rebuild it with "npm run build:addon"`,
+      `the native tunnel addon at ${path} (from ${origin}) cannot be loaded (${(error as Error).message}); ${BUILD_FROM_SOURCE}`,
       { cause: error },
     );
   }
@@ -73,7 +108,7 @@ export function loadNativeAddon(): INativeAddon {
   if (missing.length > 0) {
     throw new TunnelError(
       'ERR_ADDON_MISSING',
-      `the native tunnel addon at ${NATIVE_ADDON_PATH} lacks ${missing.join(', ')} (built from an older tunnel-core?); rebuild it with "npm run build:addon"`,
+      `the native tunnel addon at ${path} (from ${origin}) lacks ${missing.join(', ')} (built from an older tunnel-core?); rebuild it with "npm run build:addon"`,
     );
   }
   loaded = addon as INativeAddon;
