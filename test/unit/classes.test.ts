@@ -85,7 +85,7 @@ describe('RemoteIngressHub', () => {
     expect(startOptions).toMatchObject({ tunnelPort: 0, bindHost: '0.0.0.0' });
     expect(String(startOptions.keyPem)).toMatch(/BEGIN PRIVATE KEY/);
     expect(calls.find((call) => call.name === 'hubSetEdges')?.args[0]).toEqual([
-      { id: 'e1', secret: SECRET, bindAddress: null, tcp: [{ port: 80, targetHost: '10.1.2.3', targetPort: 80, proxyProtocol: 'v1' }], udp: [], firewall: null, stunIntervalSecs: null },
+      { id: 'e1', secret: SECRET, bindAddress: null, tcp: [{ port: 80, targetHost: '10.1.2.3', targetPort: 80, proxyProtocol: 'v1' }], udp: [], firewall: null, stunIntervalSecs: null, stunServers: [] },
     ]);
     expect(hub.getStatus()).toMatchObject({ running: true, allowedEdges: 1 });
 
