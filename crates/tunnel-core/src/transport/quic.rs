@@ -74,8 +74,19 @@ pub fn transport_config(
     t.datagram_receive_buffer_size(Some(8 * 1024 * 1024));
     t.datagram_send_buffer_size(8 * 1024 * 1024);
     t.initial_mtu(perf.quic_max_udp_payload);
+    // Loss recovery in milliseconds, not tens of them: QUIC's probe timeout includes the peer's
+    // max_ack_delay, 25 ms by default (RFC 9000 §18.2), so one lost ping-pong packet with no
+    // packets behind it waited ≥ 25 ms. Both ends are quinn and speak the ACK frequency
+    // extension (draft-ietf-quic-ack-frequency), so each asks the other to ACK within 1 ms.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(ack));
     t
 }
+
+/// The ACK delay each end asks of the other (see `transport_config`): 1 ms, the extension's
+/// lower bound in practice (quinn's timer granularity) and ≥ 25× below the default.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// The runtime quinn's endpoints run on: tokio's, except that the tasks quinn spawns for itself
 /// (endpoint and connection drivers) run as [`DependencyTask`]s, so a panic inside quinn ends

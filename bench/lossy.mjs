@@ -1,0 +1,196 @@
+#!/usr/bin/env node
+// `node bench/lossy.mjs`: head-of-line blocking under packet loss (issue 15).
+//
+// Per path, one iperf3 bulk stream and, at the same time over the same tunnel, a sockperf TCP
+// ping-pong on another connection. The tunnel leg's packets are dropped at random by nftables
+// (`numgen random mod 100000 < N drop`, matching only the tunnel's port, both directions) at
+// 0 %, 0.1 % and 1 %. Reported per path and loss: ping-pong p50/p99/p99.9 (µs, full round trip)
+// and bulk Gbit/s. Paths: tcpTls and quic (ours, one hub, one edge each) and `ssh -R`
+// (aes128-gcm), whose tunnel is one TCP connection like tcpTls. Rounds are interleaved (round 1:
+// every loss level and path, round 2: …) and numbers are medians over rounds.
+//
+// The run re-executes itself in a private network namespace (`unshare -n`) whose loopback is set
+// to a 1500-byte MTU with segmentation offloads off (where ethtool exists), so a dropped packet
+// is one Ethernet-sized packet, as on a real link, not a 64 KiB loopback segment. This kernel has
+// no netem (no sch_netem module): nftables' numgen is how loss is made, and it adds no delay.
+//
+// Options: --seconds N (per measurement, default 5), --rounds N (default 3),
+//          --loss a,b,c (percent, default 0,0.1,1), --paths tcpTls,quic,ssh, --keep
+// Results: bench/results/lossy-<time>.json and a Markdown table on stdout.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { killAllSync, sleep, stopAll, which } from './lib/proc.mjs';
+import { iperf3Tcp } from './lib/measure.mjs';
+import { TARGET, startPeer, startTargets } from './lib/peers.mjs';
+import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
+
+const say = (line) => process.stdout.write(`${line}\n`);
+/** Entry ports of our tunnel per mode: +0 iperf3, +1 sockperf. */
+const TUNNEL_BASE = { tcpTls: 7201, quic: 7301 };
+/** sshd's port in bench/lib/peers.mjs: the ssh path's tunnel leg. */
+const SSH_PORT = 2222;
+/** Loss is drawn per packet from 100,000 buckets: 0.001 % resolution. */
+const LOSS_BUCKETS = 100_000;
+/** The ping-pong starts this long after the bulk stream, so it runs against a full pipe. */
+const BULK_HEAD_START_MS = 1000;
+/** An Ethernet-sized packet: what a real link drops. */
+const LINK_MTU = 1500;
+
+function parseArgs(argv) {
+  const o = { seconds: 5, rounds: 3, loss: [0, 0.1, 1], paths: ['tcpTls', 'quic', 'ssh'], keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => argv[++i] ?? usage(`${a} needs a value`);
+    if (a === '--seconds') o.seconds = Number(value());
+    else if (a === '--rounds') o.rounds = Number(value());
+    else if (a === '--loss') o.loss = value().split(',').map(Number);
+    else if (a === '--paths') o.paths = value().split(',');
+    else if (a === '--keep') o.keep = true;
+    else usage(`unknown option ${a}`);
+  }
+  if (!(o.seconds > 0) || !(o.rounds >= 1) || o.loss.some((l) => !(l >= 0 && l < 100))) usage('bad --seconds, --rounds or --loss');
+  return o;
+}
+
+function usage(message) {
+  process.stderr.write(`bench/lossy.mjs: ${message}\nsee the comment at the top of bench/lossy.mjs\n`);
+  process.exit(2);
+}
+
+function median(values) {
+  const v = values.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/** Drops `percent` % of the packets to or from `port` (TCP and UDP) on this namespace's output. */
+function setLoss(port, percent) {
+  spawnSync('nft', ['delete', 'table', 'inet', 'ri_bench_loss'], { stdio: 'ignore' });
+  if (percent === 0) return;
+  const n = Math.round((percent / 100) * LOSS_BUCKETS);
+  const rules = [
+    'table inet ri_bench_loss {',
+    '  chain out {',
+    '    type filter hook output priority 0; policy accept;',
+    `    meta l4proto { tcp, udp } th dport ${port} numgen random mod ${LOSS_BUCKETS} < ${n} counter drop`,
+    `    meta l4proto { tcp, udp } th sport ${port} numgen random mod ${LOSS_BUCKETS} < ${n} counter drop`,
+    '  }',
+    '}',
+  ].join('\n');
+  const r = spawnSync('nft', ['-f', '-'], { input: rules, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`nft: ${r.stderr}`);
+}
+
+/** Packets the loss rules dropped so far (both directions). */
+function dropped() {
+  const r = spawnSync('nft', ['list', 'table', 'inet', 'ri_bench_loss'], { encoding: 'utf8' });
+  return [...(r.stdout ?? '').matchAll(/counter packets (\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+}
+
+/** sockperf ping-pong with p99.9 too. */
+async function pingPong(port, seconds) {
+  const { execFile } = await import('node:child_process');
+  return new Promise((done) => {
+    execFile('sockperf', ['pp', '--tcp', '-i', '127.0.0.1', '-p', String(port), '-t', String(seconds), '--full-rtt'], { timeout: (seconds + 30) * 1000, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const text = `${stdout}${stderr}`;
+      const pick = (p) => Number(new RegExp(`percentile ${p} =\\s*([\\d.]+)`).exec(text)?.[1] ?? NaN);
+      const r = { p50: pick('50.000'), p99: pick('99.000'), p999: pick('99.900') };
+      done(Number.isFinite(r.p50) ? r : { error: `sockperf: ${(error?.message ?? text).split('\n').slice(-3).join(' | ')}` });
+    });
+  });
+}
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  if (process.env.BENCH_NETNS === undefined) {
+    const missing = tunnelMissing() ?? ['iperf3', 'sockperf', 'nft', 'sshd'].filter((t) => which(t) === null).map((t) => `missing ${t}`)[0] ?? null;
+    if (missing !== null) {
+      process.stderr.write(`bench/lossy: ${missing} (npm run bench installs the tools)\n`);
+      process.exit(1);
+    }
+    const r = spawnSync('unshare', ['-n', process.execPath, ...process.argv.slice(1)], { stdio: 'inherit', env: { ...process.env, BENCH_NETNS: '1' } });
+    process.exit(r.status ?? 1);
+  }
+  execFileSync('ip', ['link', 'set', 'lo', 'up', 'mtu', String(LINK_MTU)]);
+  const offloads = which('ethtool') !== null && spawnSync('ethtool', ['-K', 'lo', 'tso', 'off', 'gso', 'off', 'gro', 'off']).status === 0;
+  spawnSync('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=10000 65535']);
+
+  const work = mkdtempSync(join(os.tmpdir(), 'ri-lossy-'));
+  process.on('exit', killAllSync);
+  const cleanup = async () => {
+    spawnSync('nft', ['delete', 'table', 'inet', 'ri_bench_loss'], { stdio: 'ignore' });
+    await stopAll();
+    if (!o.keep) rmSync(work, { recursive: true, force: true });
+  };
+  say(`bench/lossy: loopback MTU ${LINK_MTU}, offloads ${offloads ? 'off' : 'on (no ethtool)'}, loss ${o.loss.join(' / ')} %, ${o.rounds} rounds × ${o.seconds} s, paths ${o.paths.join(', ')}`);
+  await startTargets(work);
+
+  /** path → { tunnelPort, tput, lat } */
+  const paths = new Map();
+  const modes = ['tcpTls', 'quic'].filter((m) => o.paths.includes(m));
+  if (modes.length > 0) {
+    const edges = modes.map((mode) => ({
+      id: `lossy-${mode.toLowerCase()}`,
+      transportMode: mode,
+      tcp: [
+        { port: TUNNEL_BASE[mode], targetPort: TARGET.iperf3 },
+        { port: TUNNEL_BASE[mode] + 1, targetPort: TARGET.sockperf },
+      ],
+    }));
+    const tunnel = await startTunnel({ dir: join(work, 'tunnel'), edges, performance: process.env.BENCH_PERFORMANCE_JSON || undefined });
+    for (const e of tunnel.edges) {
+      if (e.transport !== e.requestedTransport) throw new Error(`edge asked for ${e.requestedTransport} but runs ${e.transport}`);
+      paths.set(e.requestedTransport, { tunnelPort: tunnel.hubPort, tput: TUNNEL_BASE[e.requestedTransport], lat: TUNNEL_BASE[e.requestedTransport] + 1 });
+    }
+  }
+  if (o.paths.includes('ssh')) {
+    const p = await startPeer('ssh -R aes128-gcm', work);
+    paths.set('ssh -R', { tunnelPort: SSH_PORT, tput: p.ports.tput, lat: p.ports.lat });
+  }
+
+  const samples = []; // { round, loss, path, gbps, p50, p99, p999, dropped }
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const loss of o.loss) {
+      for (const [name, p] of paths) {
+        setLoss(p.tunnelPort, loss);
+        const bulk = iperf3Tcp(p.tput, 1, o.seconds + 2);
+        await sleep(BULK_HEAD_START_MS);
+        const pp = await pingPong(p.lat, o.seconds);
+        const tput = await bulk;
+        const sample = { round, loss, path: name, gbps: tput.gbps ?? null, ...pp, dropped: loss > 0 ? dropped() : 0, error: tput.error ?? pp.error };
+        samples.push(sample);
+        say(`round ${round} loss ${loss} % ${name}: bulk ${tput.gbps?.toFixed(2) ?? tput.error} Gbit/s, ping-pong p50 ${pp.p50 ?? '-'} p99 ${pp.p99 ?? '-'} p99.9 ${pp.p999 ?? '-'} µs, ${sample.dropped} packets dropped`);
+        setLoss(p.tunnelPort, 0);
+        await sleep(500);
+      }
+    }
+  }
+
+  const table = ['| loss | path | bulk Gbit/s | ping-pong p50 µs | p99 µs | p99.9 µs |', '| --- | --- | --- | --- | --- | --- |'];
+  const summary = [];
+  for (const loss of o.loss) {
+    for (const name of paths.keys()) {
+      const s = samples.filter((x) => x.loss === loss && x.path === name);
+      const row = { loss, path: name, gbps: median(s.map((x) => x.gbps)), p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), p999: median(s.map((x) => x.p999)) };
+      summary.push(row);
+      const f = (v, d = 0) => (v === null ? '-' : v.toFixed(d));
+      table.push(`| ${loss} % | ${name} | ${f(row.gbps, 2)} | ${f(row.p50, 1)} | ${f(row.p99)} | ${f(row.p999)} |`);
+    }
+  }
+  say(`\n${table.join('\n')}`);
+  const results = join(ROOT, 'bench/results');
+  mkdirSync(results, { recursive: true });
+  const file = join(results, `lossy-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, JSON.stringify({ options: o, mtu: LINK_MTU, offloadsOff: offloads, kernel: os.release(), summary, samples }, null, 2));
+  say(`\nbench/lossy: results in ${file}`);
+  await cleanup();
+}
+
+main().catch(async (error) => {
+  process.stderr.write(`bench/lossy: ${error.stack ?? error}\n`);
+  await stopAll();
+  process.exit(1);
+});
