@@ -15,8 +15,10 @@
 // no netem (no sch_netem module): nftables' numgen is how loss is made, and it adds no delay.
 //
 // Options: --seconds N (per measurement, default 5), --rounds N (default 3),
-//          --loss a,b,c (percent, default 0,0.1,1), --paths tcpTls,quic,ssh, --keep
-// Results: bench/results/lossy-<time>.json and a Markdown table on stdout.
+//          --loss a,b,c (percent, default 0,0.1,1), --paths tcpTls,quic,ssh, --keep,
+//          --no-report (implied by --loss and --paths)
+// Results: bench/results/lossy-<time>.json and a Markdown table on stdout; a full run also
+// writes bench/results/lossy-latest.json and regenerates docs/BENCHMARKS.md with it.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -45,9 +47,15 @@ function parseArgs(argv) {
     const value = () => argv[++i] ?? usage(`${a} needs a value`);
     if (a === '--seconds') o.seconds = Number(value());
     else if (a === '--rounds') o.rounds = Number(value());
-    else if (a === '--loss') o.loss = value().split(',').map(Number);
-    else if (a === '--paths') o.paths = value().split(',');
+    else if (a === '--loss') {
+      o.loss = value().split(',').map(Number);
+      o.noReport = true;
+    } else if (a === '--paths') {
+      o.paths = value().split(',');
+      o.noReport = true;
+    }
     else if (a === '--keep') o.keep = true;
+    else if (a === '--no-report') o.noReport = true;
     else usage(`unknown option ${a}`);
   }
   if (!(o.seconds > 0) || !(o.rounds >= 1) || o.loss.some((l) => !(l >= 0 && l < 100))) usage('bad --seconds, --rounds or --loss');
@@ -184,8 +192,16 @@ async function main() {
   const results = join(ROOT, 'bench/results');
   mkdirSync(results, { recursive: true });
   const file = join(results, `lossy-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(file, JSON.stringify({ options: o, mtu: LINK_MTU, offloadsOff: offloads, kernel: os.release(), summary, samples }, null, 2));
+  const gitCommit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() || null;
+  const record = { date: new Date().toISOString().slice(0, 10), gitCommit, options: o, mtu: LINK_MTU, offloadsOff: offloads, kernel: os.release(), summary, samples };
+  writeFileSync(file, JSON.stringify(record, null, 2));
   say(`\nbench/lossy: results in ${file}`);
+  if (!o.noReport) {
+    // The full run (every loss level and path) becomes docs/BENCHMARKS.md's loss section.
+    writeFileSync(join(results, 'lossy-latest.json'), JSON.stringify(record, null, 2));
+    const r = spawnSync(process.execPath, [join(ROOT, 'bench/report.mjs')], { encoding: 'utf8' });
+    say(r.status === 0 ? 'bench/lossy: docs/BENCHMARKS.md updated' : `bench/lossy: report failed: ${r.stderr}`);
+  }
   await cleanup();
 }
 

@@ -68,7 +68,42 @@ export function evaluateTargets(results) {
 
 const passText = (p) => (p === true ? '**pass**' : p === false ? '**FAIL**' : p);
 
-export function renderMarkdown(results, changes) {
+/** The last `node bench/lossy.mjs` run, if there is one. */
+export function readLossy() {
+  const file = join(ROOT, 'bench/results/lossy-latest.json');
+  return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : null;
+}
+
+/** Issue 15's loss target: quic's ping-pong p99 at 1 % loss ≤ 0.3× tcpTls' and ≤ 0.3× ssh -R's. */
+const LOSS_P99_RATIO = 0.3;
+
+function renderLossy(lossy) {
+  const o = lossy.options;
+  const L = [];
+  L.push('## Under packet loss (bench/lossy.mjs)');
+  L.push('');
+  L.push(`One iperf3 bulk stream and, at the same time over the same tunnel, a sockperf TCP ping-pong on another connection;`);
+  L.push(`nftables drops that fraction of the tunnel leg's packets at random (\`numgen random\`, the tunnel's port only, both`);
+  L.push(`directions; this kernel has no netem, so loss comes without added delay). Loopback at MTU ${lossy.mtu}${lossy.offloadsOff ? ' with segmentation offloads off' : ''},`);
+  L.push(`so a dropped packet is Ethernet-sized. Medians of ${o.rounds} interleaved rounds of ${o.seconds} s (${lossy.date ?? ''}, commit ${lossy.gitCommit ?? '?'}).`);
+  L.push('');
+  L.push('| loss | path | bulk Gbit/s | ping-pong p50 µs | p99 µs | p99.9 µs |');
+  L.push('| --- | --- | ---: | ---: | ---: | ---: |');
+  const f = (v, d = 0) => (v == null ? '-' : v.toFixed(d));
+  for (const r of lossy.summary) L.push(`| ${r.loss} % | ${r.path} | ${f(r.gbps, 2)} | ${f(r.p50, 1)} | ${f(r.p99)} | ${f(r.p999)} |`);
+  const at = (path) => lossy.summary.find((r) => r.loss === 1 && r.path === path)?.p99 ?? null;
+  const quic = at('quic');
+  L.push('');
+  for (const other of ['tcpTls', 'ssh -R']) {
+    const theirs = at(other);
+    if (quic == null || theirs == null) continue;
+    const ratio = quic / theirs;
+    L.push(`- 1 % loss, ping-pong p99: quic ${f(quic)} µs vs ${other} ${f(theirs)} µs = ${ratio.toFixed(2)}× (target ≤ ${LOSS_P99_RATIO}×): ${ratio <= LOSS_P99_RATIO ? 'met' : 'NOT met'}`);
+  }
+  return L;
+}
+
+export function renderMarkdown(results, changes, lossy = readLossy()) {
   const L = [];
   const m = results.machine;
   L.push('# Benchmarks');
@@ -146,6 +181,7 @@ export function renderMarkdown(results, changes) {
     L.push('Not measured (tcpTls path not run).');
   }
   L.push('');
+  if (lossy != null) L.push(...renderLossy(lossy), '');
   L.push('## Targets (issue 5)');
   L.push('');
   L.push('| target | needed | measured (ours vs theirs) | ratio | result |');
