@@ -55,7 +55,7 @@ const num = (v: unknown): number => (typeof v === 'number' && Number.isFinite(v)
 const arr = (v: unknown): Array<Record<string, unknown>> => (Array.isArray(v) ? (v as Array<Record<string, unknown>>) : []);
 const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
 
-/** Builds the role's metrics on `registry`; each reads the scrape's snapshot through `snap`. */
+/** Builds the role's metrics on `registry`; each reads the snapshot `take` stored for the scrape. */
 class MetricSet {
   private snapshot: TSnapshot = {};
 
@@ -67,36 +67,23 @@ class MetricSet {
   }
 
   gauge(name: string, help: string, labelNames: string[], series: (s: TSnapshot) => TSeries | number): void {
-    const read = (): TSnapshot => this.snapshot;
-    new Gauge({
-      name,
-      help,
-      labelNames,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        const values = series(read());
-        if (typeof values === 'number') this.set(values);
-        else for (const [labels, value] of values) this.set(labels, value);
-      },
-    });
+    const collect = this.collector<Gauge>(series, (metric, labels, value) => metric.set(labels, value));
+    new Gauge({ name, help, labelNames, registers: [this.registry], collect() { collect(this); } });
   }
 
   /** A counter whose value status keeps (it restarts with the tunnel that carries it, as counters restart with a process). */
   counter(name: string, help: string, labelNames: string[], series: (s: TSnapshot) => TSeries | number): void {
-    const read = (): TSnapshot => this.snapshot;
-    new Counter({
-      name,
-      help,
-      labelNames,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        const values = series(read());
-        if (typeof values === 'number') this.inc(Math.max(0, values));
-        else for (const [labels, value] of values) this.inc(labels, Math.max(0, value));
-      },
-    });
+    const collect = this.collector<Counter>(series, (metric, labels, value) => metric.inc(labels, Math.max(0, value)));
+    new Counter({ name, help, labelNames, registers: [this.registry], collect() { collect(this); } });
+  }
+
+  /** A metric's `collect`: every scrape starts it empty and puts the values of the scrape's snapshot. */
+  private collector<M extends { reset(): void }>(series: (s: TSnapshot) => TSeries | number, put: (metric: M, labels: TLabels, value: number) => void): (metric: M) => void {
+    return (metric) => {
+      metric.reset();
+      const values = series(this.snapshot);
+      for (const [labels, value] of typeof values === 'number' ? ([[{}, values]] as TSeries) : values) put(metric, labels, value);
+    };
   }
 
   /** A counter of events: `labels` picks the labels from each event of `kind`. */
