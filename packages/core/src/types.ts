@@ -214,6 +214,8 @@ export interface IPerformanceConfig {
   socketBuffer?: number;
   /** Largest UDP payload QUIC sends (default 1452 = a 1500-byte MTU path); 1200..65527. */
   quicMaxUdpPayload?: number;
+  /** Upper bound of QUIC's path MTU discovery (RFC 8899), UDP payload bytes, quicMaxUdpPayload..65527; default: no discovery beyond quicMaxUdpPayload. */
+  quicMtuDiscoveryMax?: number;
 }
 
 /** Resource bounds passed to the addon; every field optional, the addon's defaults suit production. */

@@ -70,7 +70,7 @@ const UDP_PROXY_MODES: readonly TUdpProxyMode[] = ['everyDatagram', 'firstDatagr
 const FIREWALL_KEYS = new Set(['blockedIps', 'rateLimits', 'rules']);
 const RATE_LIMIT_KEYS = new Set(['id', 'port', 'protocol', 'rate', 'burst', 'perSourceIP']);
 const RULE_KEYS = new Set(['id', 'direction', 'action', 'sourceIP', 'destPort', 'protocol']);
-const PERFORMANCE_KEYS = ['workerThreads', 'maxFramePayload', 'streamWindow', 'connectionWindow', 'socketBuffer', 'quicMaxUdpPayload'] as const;
+const PERFORMANCE_KEYS = ['workerThreads', 'maxFramePayload', 'streamWindow', 'connectionWindow', 'socketBuffer', 'quicMaxUdpPayload', 'quicMtuDiscoveryMax'] as const;
 const LIMIT_KEYS = [
   'maxStreamsPerEdge',
   'maxPendingHandshakes',

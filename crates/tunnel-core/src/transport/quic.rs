@@ -74,6 +74,11 @@ pub fn transport_config(
     t.datagram_receive_buffer_size(Some(8 * 1024 * 1024));
     t.datagram_send_buffer_size(8 * 1024 * 1024);
     t.initial_mtu(perf.quic_max_udp_payload);
+    // Path MTU discovery up to `quic_mtu_discovery_max`; without it, up to the initial size
+    // (nothing to discover).
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(perf.quic_mtu_discovery_max.unwrap_or(perf.quic_max_udp_payload));
+    t.mtu_discovery_config(Some(mtu));
     // Loss recovery in milliseconds, not tens of them: QUIC's probe timeout includes the peer's
     // max_ack_delay, 25 ms by default (RFC 9000 §18.2), so one lost ping-pong packet with no
     // packets behind it waited ≥ 25 ms. Both ends are quinn and speak the ACK frequency
