@@ -592,3 +592,26 @@ fn default_mode() -> String {
 pub fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| Error::InvalidConfig(format!("{what}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtu_discovery_bound_lies_between_the_initial_payload_and_65527() {
+        let with = |max: Option<u16>| Performance {
+            quic_mtu_discovery_max: max,
+            ..Performance::default()
+        };
+        assert!(with(None).validate().is_ok());
+        assert!(with(Some(1452)).validate().is_ok());
+        assert!(with(Some(65_527)).validate().is_ok());
+        for bad in [1451, 65_528] {
+            let e = with(Some(bad)).validate().unwrap_err().to_string();
+            assert!(
+                e.contains("quicMtuDiscoveryMax") && e.contains(&bad.to_string()),
+                "{e}"
+            );
+        }
+    }
+}
