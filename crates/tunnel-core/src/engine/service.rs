@@ -85,7 +85,12 @@ impl Service {
                 .map(|b| u32::try_from(b).unwrap_or(u32::MAX).max(MIN_BUFFER)),
             trust_proxy_from: v["trustProxyFrom"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|c| c.as_str()?.parse().ok()).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str()?.parse().ok())
+                        .map(unmapped_net)
+                        .collect()
+                })
                 .unwrap_or_default(),
             counters: Arc::new(Counters::default()),
         })
@@ -327,10 +332,46 @@ fn idle_for(sock: &socket2::Socket) -> Option<Duration> {
     Some(Duration::from_millis(u64::from(ms)))
 }
 
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it means
+/// (`10.0.0.0/8`): peers are compared unmapped (`trusts`), so a mapped entry would never match.
+fn unmapped_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn trusts_ipv4_mapped_entries_as_the_ipv4_networks_they_mean() {
+        let service = Service::from_config(
+            &json!({ "sid": 1, "id": "s", "port": 80, "trustProxyFrom": ["::ffff:10.0.0.0/104", "::ffff:192.0.2.7/128", "fd00::/8"] }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            service
+                .trust_proxy_from
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]
+        );
+        assert!(service.trusts("10.1.2.3".parse().unwrap()));
+        assert!(service.trusts("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(service.trusts("192.0.2.7".parse().unwrap()));
+        assert!(!service.trusts("192.0.2.8".parse().unwrap()));
+        assert!(service.trusts("fd00::1".parse().unwrap()));
+    }
 
     /// The kernel's idle clock: grows while nothing moves, starts again when a byte does.
     #[tokio::test]
