@@ -1,5 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
+import dgram from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -82,17 +84,58 @@ export async function eventually(condition: () => boolean, timeoutMs: number, de
 }
 
 /**
- * Binds port 0 on `host`, reads the port the kernel chose and releases it for the code under
- * test to bind. (Another process could take it in between; on a test box that is vanishingly rare.)
+ * A port the code under test can bind a moment later, for TCP and UDP, on any address.
+ *
+ * Taken below the kernel's ephemeral range (a port the kernel picked for us could be picked
+ * again, between our probe and the daemon's bind, as the source port of some parallel test's
+ * outgoing connection — that is how a CI run failed with EADDRINUSE). Below that range only an
+ * explicit bind can take it, and tests bind port 0 or a port from here. Each vitest worker
+ * draws from its own slice, and a port is handed out once per process, so two tests never get
+ * the same one.
  */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((done, reject) => {
-    const probe = net.createServer();
-    probe.once('error', reject);
-    probe.listen(0, host, () => {
-      const { port } = probe.address() as net.AddressInfo;
-      probe.close(() => done(port));
-    });
+export async function freePort(_host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
+    const port = PORT_SLICE.start + Math.floor(Math.random() * PORT_SLICE.size);
+    if (handedOut.has(port)) continue;
+    if ((await bindable(port, 'tcp')) && (await bindable(port, 'udp'))) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error(`freePort: no free port in ${PORT_SLICE.start}-${PORT_SLICE.start + PORT_SLICE.size - 1} after ${PORT_ATTEMPTS} attempts`);
+}
+
+/** Ports below this are left to the system's services. */
+const PORT_FLOOR = 20000;
+/** Ports per vitest worker: more than any test file asks for, and 8 workers fit below 32768. */
+const PORT_SLICE_SIZE = 1500;
+/** Random draws before giving up (a slice is nearly all free on a test machine). */
+const PORT_ATTEMPTS = 200;
+const handedOut = new Set<number>();
+const PORT_SLICE = (() => {
+  let ephemeralLow = 32768;
+  try {
+    ephemeralLow = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || ephemeralLow;
+  } catch {
+    // not Linux: the IANA ephemeral range starts at 49152, above ours anyway
+  }
+  const slices = Math.max(1, Math.floor((ephemeralLow - PORT_FLOOR) / PORT_SLICE_SIZE));
+  const worker = Number(process.env.VITEST_POOL_ID ?? process.pid);
+  return { start: PORT_FLOOR + (worker % slices) * PORT_SLICE_SIZE, size: PORT_SLICE_SIZE };
+})();
+
+/** Whether `port` can be bound for `protocol` on the wildcard address right now. */
+function bindable(port: number, protocol: 'tcp' | 'udp'): Promise<boolean> {
+  return new Promise((done) => {
+    if (protocol === 'tcp') {
+      const probe = net.createServer();
+      probe.once('error', () => done(false));
+      probe.listen(port, '0.0.0.0', () => probe.close(() => done(true)));
+    } else {
+      const probe = dgram.createSocket('udp4');
+      probe.once('error', () => done(false));
+      probe.bind(port, '0.0.0.0', () => probe.close(() => done(true)));
+    }
   });
 }
 

@@ -1,7 +1,5 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import dgram from 'node:dgram';
 import { readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Cleanups, delay, tempDir } from '../e2e/helpers.js';
@@ -28,26 +26,9 @@ afterEach(() => cleanups.run());
 
 /**
  * A port for dnsdist, free for UDP *and* TCP: dnsdist always binds both (in 1.7 `doTCP=false`
- * does not stop the TCP bind). It is taken below the kernel's ephemeral range (32768–60999), so
- * the outgoing connections of tests running in parallel cannot take it between this probe and
- * dnsdist's bind — only an explicit bind could, and tests bind port 0.
+ * does not stop the TCP bind). `freeUdpPort` probes both, below the kernel's ephemeral range.
  */
-async function freeDnsPort(): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((done) => {
-      const udp = dgram.createSocket('udp4');
-      udp.once('error', () => done(false));
-      udp.bind(port, '127.0.0.1', () => {
-        const tcp = net.createServer();
-        tcp.once('error', () => udp.close(() => done(false)));
-        tcp.listen(port, '127.0.0.1', () => tcp.close(() => udp.close(() => done(true))));
-      });
-    });
-  for (;;) {
-    const port = 20000 + Math.floor(Math.random() * 12000);
-    if (await free(port)) return port;
-  }
-}
+const freeDnsPort = freeUdpPort;
 
 async function startDnsdist(dir: string): Promise<{ port: number; log: string }> {
   const port = await freeDnsPort();

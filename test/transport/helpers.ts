@@ -3,7 +3,7 @@ import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { RemoteIngressEdge, type IEdgeCommonConfig, type IEdgeStatus, type TTransportMode } from 'remoteingress-edge';
 import { RemoteIngressHub, encodeConnectionToken, type IHubConfig, type IHubEdgeStatus, type IServiceConfig, type TAllowedEdge, type TListenPort } from 'remoteingress-hub';
-import { type Cleanups, EventLog, STOP_GRACE_MS, parseProxyV2, randomSecret, sha256, tempDir, withTimeout } from '../e2e/helpers.js';
+import { type Cleanups, EventLog, STOP_GRACE_MS, freePort, parseProxyV2, randomSecret, sha256, tempDir, withTimeout } from '../e2e/helpers.js';
 
 /**
  * Plumbing for the transport tests (UDP flows, QUIC, fallback): a hub and edge pair with UDP
@@ -104,16 +104,10 @@ export function edgeStatus(pair: ITransportPair): IEdgeStatusT {
   return pair.edge.getStatus() as IEdgeStatusT;
 }
 
-/** A free UDP port on 127.0.0.1 (bound, read, released). */
+/** A port free for UDP (and TCP), below the ephemeral range: see freePort. */
 export function freeUdpPort(): Promise<number> {
-  return new Promise((done, reject) => {
-    const probe = dgram.createSocket('udp4');
-    probe.once('error', reject);
-    probe.bind(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => done(port));
-    });
-  });
+  // Free for UDP and TCP alike, below the ephemeral range: see freePort.
+  return freePort();
 }
 
 // ---------------------------------------------------------------------------------------------
