@@ -5,7 +5,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type IDaemonProcess, runOnce, spawnDaemon } from './daemons.js';
-import { Cleanups, ROOT, delay, freePort, randomSecret, tempDir, withTimeout } from './helpers.js';
+import { Cleanups, ROOT, connectFrom, delay, exchange, freePort, randomSecret, tempDir, withTimeout } from './helpers.js';
 
 /**
  * The admin endpoint as an operator uses it: a hub and two edges (one over tcpTls, one over
@@ -27,26 +27,10 @@ function hasBinary(name: string): Promise<boolean> {
   return new Promise((done) => execFile('sh', ['-c', `command -v ${name}`], (error) => done(error === null)));
 }
 
-/** Sends `payload` to 127.0.0.1:`port`, reads the echo back in full, closes. */
-function echoThrough(port: number, payload: Buffer): Promise<void> {
-  return withTimeout(
-    new Promise<void>((done, reject) => {
-      const chunks: Buffer[] = [];
-      let got = 0;
-      const socket = net.connect(port, '127.0.0.1', () => socket.end(payload));
-      socket.on('data', (d: Buffer) => {
-        chunks.push(d);
-        got += d.length;
-      });
-      socket.on('error', reject);
-      socket.on('close', () => {
-        if (got === payload.length && Buffer.concat(chunks).equals(payload)) done();
-        else reject(new Error(`echo through ${port}: ${got} of ${payload.length} bytes back`));
-      });
-    }),
-    15_000,
-    `echo through port ${port}`,
-  );
+/** Sends `payload` to 127.0.0.1:`port` and checks the echo came back in full. */
+async function echoThrough(port: number, payload: Buffer): Promise<void> {
+  const { reply } = await withTimeout(exchange(await connectFrom(port), payload), 15_000, `echo through port ${port}`);
+  if (!reply.equals(payload)) throw new Error(`echo through ${port}: ${reply.length} of ${payload.length} bytes back`);
 }
 
 async function get(url: string): Promise<{ status: number; text: string }> {

@@ -16,7 +16,21 @@ export interface IDaemonProcess {
 }
 
 export function spawnDaemon(cleanups: Cleanups, bin: string, args: string[], env: NodeJS.ProcessEnv = {}): IDaemonProcess {
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...cleanEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawnProcess(cleanups, process.execPath, [bin, ...args], { env: { ...cleanEnv(), ...env } });
+}
+
+/**
+ * Any long-running command, its output collected for `waitForLine`, stopped by `cleanups` with
+ * `stopSignal` (default SIGKILL; a wrapper such as npx needs SIGTERM, which it passes on to
+ * the daemon it started, where SIGKILL would orphan it).
+ */
+export function spawnProcess(
+  cleanups: Cleanups,
+  command: string,
+  argv: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string; stopSignal?: NodeJS.Signals } = {},
+): IDaemonProcess {
+  const child = spawn(command, argv, { env: options.env ?? cleanEnv(), cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   const waiters: Array<{ pattern: RegExp; done: (match: RegExpExecArray) => void }> = [];
@@ -35,9 +49,9 @@ export function spawnDaemon(cleanups: Cleanups, bin: string, args: string[], env
   });
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => child.once('exit', (code, signal) => done({ code, signal })));
-  cleanups.add(`kill ${bin}`, async () => {
+  cleanups.add(`kill ${argv[0] ?? command}`, async () => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
+      child.kill(options.stopSignal ?? 'SIGKILL');
       await exited;
     }
   });

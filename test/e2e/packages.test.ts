@@ -1,10 +1,10 @@
-import { execFile, spawn, spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { readdir, rename, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cleanEnv } from './daemons.js';
-import { Cleanups, ROOT, freePort, randomSecret, tempDir, withTimeout } from './helpers.js';
+import { cleanEnv, spawnProcess } from './daemons.js';
+import { Cleanups, ROOT, echoRoundTrip, freePort, randomSecret, tempDir } from './helpers.js';
 
 /**
  * The packages as users get them: scripts/pack.mjs packs the five tarballs; each carries its
@@ -77,52 +77,15 @@ describe('npm packages', () => {
     const edgesFile = join(app, 'edges.json');
     await writeFile(edgesFile, JSON.stringify([{ id: 'packed', secret: randomSecret(), bindAddress: '127.0.0.1', listenPorts: [{ port: edgePort, targetPort: (echo.address() as net.AddressInfo).port, proxyProtocol: 'none' }] }]));
     const npx = (args: string[]): string[] => ['--no-install', ...args];
-    const start = (args: string[]) => {
-      const child = spawn('npx', npx(args), { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
-      let output = '';
-      child.stdout.on('data', (d: Buffer) => (output += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-      const exited = new Promise<void>((done) => child.once('exit', () => done()));
-      cleanups.add(`stop ${args[0]}`, async () => {
-        child.kill('SIGTERM');
-        await exited;
-      });
-      return { output: () => output };
-    };
+    const start = (args: string[]) => spawnProcess(cleanups, 'npx', npx(args), { env, cwd: app, stopSignal: 'SIGTERM' });
     const stateDir = join(app, 'state');
     const hubProcess = start(['remoteingress-hub', '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', '100']);
-    const hubPort = await withTimeout(
-      (async () => {
-        for (;;) {
-          const match = /hub listening on 127\.0\.0\.1:(\d+)/.exec(hubProcess.output());
-          if (match !== null) return Number(match[1]);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      })(),
-      20_000,
-      () => `hub start-up line\n${hubProcess.output()}`,
-    );
+    const hubPort = Number((await hubProcess.waitForLine(/hub listening on 127\.0\.0\.1:(\d+)/, 'hub start-up line'))[1]);
     const token = await run('npx', npx(['remoteingress-hub', 'token', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--edge-id', 'packed', '--hub-host', '127.0.0.1', '--hub-port', String(hubPort)]), app, env);
     expect(token.code, token.stderr).toBe(0);
     const edgeProcess = start(['remoteingress-edge', '--token', token.stdout.trim(), '--transport-mode', 'tcpTls', '--grace-ms', '100']);
-    const reply = await withTimeout(
-      (async () => {
-        for (;;) {
-          if (/portsAssigned/.test(edgeProcess.output())) break;
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        return new Promise<string>((done, reject) => {
-          const socket = net.connect(edgePort, '127.0.0.1', () => socket.end('packed and installed'));
-          let got = '';
-          socket.on('data', (d: Buffer) => (got += d.toString()));
-          socket.on('close', () => done(got));
-          socket.on('error', reject);
-        });
-      })(),
-      20_000,
-      () => `echo through the installed edge\n${edgeProcess.output()}\n${hubProcess.output()}`,
-    );
-    expect(reply).toBe('packed and installed');
+    await edgeProcess.waitForLine(/portsAssigned/, 'edge portsAssigned line');
+    expect((await echoRoundTrip(edgePort, 'packed and installed')).received).toBe('packed and installed');
 
     // Without the platform package: exit 1, naming the platform and the way out.
     await rename(join(app, 'node_modules/remoteingress-core-linux-x64-gnu'), join(app, 'platform-package-aside'));

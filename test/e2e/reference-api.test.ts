@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 // The one line a user of the reference product changes: the package name.
 import { RemoteIngressEdge, RemoteIngressHub, decodeConnectionToken, encodeConnectionToken, runCli } from 'remoteingress';
 import { spawnDaemon } from './daemons.js';
-import { Cleanups, ROOT, eventually, freePort, tempDir, withTimeout } from './helpers.js';
+import { Cleanups, ROOT, echoRoundTrip, eventually, freePort, tempDir } from './helpers.js';
 
 /**
  * Code written the way the reference README shows it (hub start with tunnelPort and targetHost
@@ -64,17 +64,7 @@ describe('the reference API', () => {
     await eventually(() => connected && assigned.includes(publicPort), 10_000, () => `connected ${connected}, ports ${JSON.stringify(assigned)}`);
 
     // Traffic through the public port reaches the target.
-    const reply = await withTimeout(
-      new Promise<string>((done, reject) => {
-        const socket = net.connect(publicPort, '127.0.0.1', () => socket.end('hello through the edge'));
-        let got = '';
-        socket.on('data', (d: Buffer) => (got += d.toString()));
-        socket.on('close', () => done(got));
-        socket.on('error', reject);
-      }),
-      5000,
-      'echo through the edge',
-    );
+    const reply = (await echoRoundTrip(publicPort, 'hello through the edge')).received;
     // The target speaks no PROXY protocol here but echoes it back: the header comes first.
     expect(reply).toMatch(/^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d+ \d+\r\nhello through the edge$/);
 
