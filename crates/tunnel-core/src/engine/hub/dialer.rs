@@ -143,8 +143,15 @@ async fn dial_loop(
             st.attempts += 1;
         }
         let began = Instant::now();
+        let target = Target {
+            inner: &inner,
+            edge_id: &edge_id,
+            spec: &spec,
+            trust: &trust,
+            secret: &secret,
+        };
         let outcome = tokio::select! {
-            r = connect(&inner, &edge_id, &spec, &trust, &secret) => r,
+            r = target.connect() => r,
             _ = shutdown.changed() => return,
         };
         let delay = dial::backoff(spec.reconnect.base_ms, spec.reconnect.cap_ms, attempt);
@@ -157,7 +164,7 @@ async fn dial_loop(
                     st.state = "connected";
                     st.last_error = None;
                 }
-                serve(&inner, &edge_id, &spec, &trust, &secret, first, &mut shutdown).await;
+                serve(&target, first, &mut shutdown).await;
                 if *shutdown.borrow() {
                     return;
                 }
@@ -186,15 +193,14 @@ async fn dial_loop(
 
 /// Runs the dialed tunnel's session (and, on the TLS fallback, moves to QUIC when a probe
 /// succeeds) until the tunnel in use ends.
-async fn serve(
-    inner: &Arc<Inner>,
-    edge_id: &str,
-    spec: &DialSpec,
-    trust: &Trust,
-    secret: &str,
-    first: Dialed,
-    shutdown: &mut watch::Receiver<bool>,
-) {
+async fn serve(target: &Target<'_>, first: Dialed, shutdown: &mut watch::Receiver<bool>) {
+    let Target {
+        inner,
+        edge_id,
+        spec,
+        secret,
+        ..
+    } = *target;
     let mut on_tls = matches!(first, Dialed::Tls(..));
     let mut task = start_session(inner, edge_id, secret, first);
     let mut probe = tokio::time::interval_at(
@@ -206,7 +212,7 @@ async fn serve(
         tokio::select! {
             _ = &mut task => return,
             _ = probe.tick(), if probing => {
-                if let Ok(Ok(q)) = tokio::time::timeout(QUIC_CONNECT_TIMEOUT, connect_quic(inner, edge_id, spec, trust, secret)).await {
+                if let Ok(Ok(q)) = tokio::time::timeout(QUIC_CONNECT_TIMEOUT, target.connect_quic()).await {
                     // Registering the QUIC session replaces the TLS one, which drains on its own.
                     task = start_session(inner, edge_id, secret, q);
                     on_tls = false;
@@ -236,99 +242,102 @@ fn start_session(inner: &Arc<Inner>, edge_id: &str, secret: &str, d: Dialed) -> 
     })
 }
 
-async fn connect(
-    inner: &Arc<Inner>,
-    edge_id: &str,
-    spec: &DialSpec,
-    trust: &Trust,
-    secret: &str,
-) -> Result<Dialed> {
-    match spec.transport_mode.as_str() {
-        "tcpTls" => connect_tls(inner, edge_id, spec, trust, secret).await,
-        "quic" => connect_quic(inner, edge_id, spec, trust, secret).await,
-        _ => {
-            let quic_err = match tokio::time::timeout(
-                QUIC_CONNECT_TIMEOUT,
-                connect_quic(inner, edge_id, spec, trust, secret),
-            )
-            .await
-            {
-                Ok(Ok(d)) => return Ok(d),
-                Ok(Err(e)) => e,
-                Err(_) => Error::Timeout(format!(
-                    "QUIC did not come up within {} ms",
-                    QUIC_CONNECT_TIMEOUT.as_millis()
-                )),
-            };
-            // Authentication problems are not transport problems: TLS would fail the same way.
-            if matches!(quic_err, Error::AuthFailed(_) | Error::FingerprintMismatch { .. }) {
-                return Err(quic_err);
+/// One edge to dial: everything a dial needs, borrowed from the dial task.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    inner: &'a Arc<Inner>,
+    edge_id: &'a str,
+    spec: &'a DialSpec,
+    trust: &'a Trust,
+    secret: &'a str,
+}
+
+impl Target<'_> {
+    /// A tunnel in the edge's transport mode (quicWithFallback: QUIC, else TLS).
+    async fn connect(&self) -> Result<Dialed> {
+        match self.spec.transport_mode.as_str() {
+            "tcpTls" => self.connect_tls().await,
+            "quic" => self.connect_quic().await,
+            _ => {
+                let quic_err = match tokio::time::timeout(QUIC_CONNECT_TIMEOUT, self.connect_quic()).await {
+                    Ok(Ok(d)) => return Ok(d),
+                    Ok(Err(e)) => e,
+                    Err(_) => Error::Timeout(format!(
+                        "QUIC did not come up within {} ms",
+                        QUIC_CONNECT_TIMEOUT.as_millis()
+                    )),
+                };
+                // Authentication problems are not transport problems: TLS would fail the same way.
+                if matches!(quic_err, Error::AuthFailed(_) | Error::FingerprintMismatch { .. }) {
+                    return Err(quic_err);
+                }
+                self.connect_tls().await
             }
-            connect_tls(inner, edge_id, spec, trust, secret).await
         }
     }
-}
 
-async fn connect_tls(
-    inner: &Arc<Inner>,
-    edge_id: &str,
-    spec: &DialSpec,
-    trust: &Trust,
-    secret: &str,
-) -> Result<Dialed> {
-    let what = format!("edge {edge_id:?}");
-    let hs = async {
-        let (mut tls, binding) = dial::tls(&spec.host, spec.port, trust.clone(), &what).await?;
-        prove(inner, &mut tls, &binding, edge_id, secret).await?;
-        let peer = tls.get_ref().0.peer_addr()?;
-        Ok::<_, Error>(Dialed::Tls(Box::new(tls), peer))
-    };
-    tokio::time::timeout(inner.limits.handshake_timeout(), hs)
-        .await
-        .map_err(|_| Error::Timeout(format!("{what} did not finish the handshake in time")))?
-}
+    async fn connect_tls(&self) -> Result<Dialed> {
+        let what = format!("edge {:?}", self.edge_id);
+        let hs = async {
+            let (mut tls, binding) =
+                dial::tls(&self.spec.host, self.spec.port, self.trust.clone(), &what).await?;
+            self.prove(&mut tls, &binding).await?;
+            let peer = tls.get_ref().0.peer_addr()?;
+            Ok::<_, Error>(Dialed::Tls(Box::new(tls), peer))
+        };
+        tokio::time::timeout(self.inner.limits.handshake_timeout(), hs)
+            .await
+            .map_err(|_| Error::Timeout(format!("{what} did not finish the handshake in time")))?
+    }
 
-async fn connect_quic(
-    inner: &Arc<Inner>,
-    edge_id: &str,
-    spec: &DialSpec,
-    trust: &Trust,
-    secret: &str,
-) -> Result<Dialed> {
-    let what = format!("edge {edge_id:?}");
-    // The edge opens a stream per client towards us: accept as many as an edge that dialed in.
-    let transport = quic::transport_config(
-        &inner.perf,
-        Duration::from_millis(inner.limits.heartbeat_interval_ms),
-        inner.limits.max_streams_per_edge.min(quic::HUB_MAX_QUIC_STREAMS),
-    );
-    let hs = async {
-        let mut d = dial::quic(&spec.host, spec.port, trust.clone(), transport, &what).await?;
-        prove(inner, &mut d.control, &d.binding, edge_id, secret).await?;
-        Ok::<_, Error>(Dialed::Quic(d))
-    };
-    tokio::time::timeout(inner.limits.handshake_timeout(), hs)
-        .await
-        .map_err(|_| Error::Timeout(format!("{what} did not finish the QUIC handshake in time")))?
-}
+    async fn connect_quic(&self) -> Result<Dialed> {
+        let what = format!("edge {:?}", self.edge_id);
+        let inner = self.inner;
+        // The edge opens a stream per client towards us: accept as many as an edge that dialed in.
+        let transport = quic::transport_config(
+            &inner.perf,
+            Duration::from_millis(inner.limits.heartbeat_interval_ms),
+            inner.limits.max_streams_per_edge.min(quic::HUB_MAX_QUIC_STREAMS),
+        );
+        let hs = async {
+            let mut d = dial::quic(
+                &self.spec.host,
+                self.spec.port,
+                self.trust.clone(),
+                transport,
+                &what,
+            )
+            .await?;
+            self.prove(&mut d.control, &d.binding).await?;
+            Ok::<_, Error>(Dialed::Quic(d))
+        };
+        tokio::time::timeout(inner.limits.handshake_timeout(), hs)
+            .await
+            .map_err(|_| Error::Timeout(format!("{what} did not finish the QUIC handshake in time")))?
+    }
 
-/// The hub's side of the exchange on a tunnel it dialed: it proves first, then checks the edge.
-async fn prove<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    inner: &Inner,
-    io: &mut S,
-    binding: &[u8; 32],
-    edge_id: &str,
-    secret: &str,
-) -> Result<()> {
-    let dialed = handshake::Dialed { edge_id, secret };
-    let params = session_params(&inner.perf, &inner.limits);
-    match handshake::hub(io, binding, |_| None, &inner.dummy_secret, params, Some(dialed)).await? {
-        HubVerdict::Accepted { .. } => Ok(()),
-        HubVerdict::Refused {
-            edge_id: answered,
-            reason,
-        } => Err(Error::AuthFailed(format!(
-            "edge {edge_id:?} answered as {answered:?} with a proof that does not verify ({reason})"
-        ))),
+    /// The hub's side of the exchange on a tunnel it dialed: it proves first, then checks the edge.
+    async fn prove<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        io: &mut S,
+        binding: &[u8; 32],
+    ) -> Result<()> {
+        let Target {
+            inner,
+            edge_id,
+            secret,
+            ..
+        } = *self;
+        let dialed = handshake::Dialed { edge_id, secret };
+        let params = session_params(&inner.perf, &inner.limits);
+        match handshake::hub(io, binding, |_| None, &inner.dummy_secret, params, Some(dialed)).await? {
+            HubVerdict::Accepted { .. } => Ok(()),
+            HubVerdict::Refused {
+                edge_id: answered,
+                reason,
+            } => Err(Error::AuthFailed(format!(
+                "edge {edge_id:?} answered as {answered:?} with a proof that does not verify ({reason})"
+            ))),
+        }
     }
 }
