@@ -47,6 +47,11 @@ export function parseAdminListen(text: unknown, field = 'adminListen'): IAdminAd
   return { host, port };
 }
 
+/** `http://HOST:PORT` (`[IPv6]` bracketed) of an admin endpoint, with `path` appended. */
+export function adminUrl(address: IAdminAddress, path = ''): string {
+  return `http://${address.host.includes(':') ? `[${address.host}]` : address.host}:${address.port}${path}`;
+}
+
 type TLabels = Record<string, string | number>;
 type TSnapshot = Record<string, unknown>;
 type TSeries = Array<[TLabels, number]>;

@@ -6,7 +6,8 @@
 import type { EventEmitter } from 'node:events';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TunnelError, isTunnelError } from './errors.js';
-import { parseAdminListen } from './admin.js';
+import { adminUrl, parseAdminListen, type IAdminAddress } from './admin.js';
+import { notifyServiceManager } from './systemd.js';
 import { isValidPort } from './validation.js';
 
 export type TFlagValues = Record<string, string | boolean | undefined>;
@@ -288,6 +289,17 @@ function writeRecord(level: TLogLevel, message: string, fields: Record<string, u
     return;
   }
   stream.write(`${JSON.stringify({ time: new Date().toISOString(), level, message, ...fields })}\n`);
+}
+
+/** Where a daemon's admin endpoint listens, if it has one. */
+export function printAdminEndpoint(admin: IAdminAddress | null): void {
+  if (admin !== null) printLine(`admin endpoint on ${adminUrl(admin)} (/metrics /healthz /readyz /status)`);
+}
+
+/** READY=1 to systemd; a failed notification is printed, never fatal. */
+export function notifyReady(): void {
+  const ready = notifyServiceManager('READY');
+  if (ready.error !== undefined) printError(`sd_notify READY failed: ${ready.error.message}`);
 }
 
 /** An informational line (stdout). */

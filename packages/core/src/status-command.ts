@@ -2,7 +2,7 @@
  * `remoteingress-hub status` and `remoteingress-edge status`: ask a running daemon's admin
  * endpoint for `/status` and print what a person scans first (`--json` prints the document).
  */
-import { parseAdminListen } from './admin.js';
+import { adminUrl, parseAdminListen } from './admin.js';
 import { flagOrEnv, usageError, type ICommand } from './cli.js';
 import { TunnelError } from './errors.js';
 
@@ -150,8 +150,7 @@ export function renderEdgeStatus(status: TRecord, now = Date.now()): string {
 
 /** Fetches `/status` from the admin endpoint at `listen`. */
 export async function fetchStatus(listen: string): Promise<TRecord> {
-  const { host, port } = parseAdminListen(listen, '--admin-listen');
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}/status`;
+  const url = adminUrl(parseAdminListen(listen, '--admin-listen'), '/status');
   let response: Response;
   try {
     response = await fetch(url, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS) });

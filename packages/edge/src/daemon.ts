@@ -1,4 +1,4 @@
-import { configureLogging, printDaemonEvents, printLine as out, type IDaemon } from 'remoteingress-core/cli';
+import { configureLogging, notifyReady, printAdminEndpoint, printDaemonEvents, printLine as out, type IDaemon } from 'remoteingress-core/cli';
 import { resolveConsumerXml, type IEdgeCommandOptions } from './commands/edge.js';
 import { notifyServiceManager, startWatchdog } from 'remoteingress-core';
 import { RemoteIngressEdge } from './edge.js';
@@ -27,22 +27,17 @@ export async function runEdgeDaemon(options: IEdgeCommandOptions): Promise<IDaem
   const listening = edge.listening;
   // systemd (Type=notify): a dialing edge is ready once its first tunnel is up; one that
   // listens for its hub is ready once it listens (the tunnel then comes when the hub dials).
-  const ready = (): void => {
-    const sent = notifyServiceManager('READY');
-    if (sent.error !== undefined) out(`warn sd_notify READY failed: ${sent.error.message}`);
-  };
   edge.on('tunnelConnected', (event) => notifyServiceManager(`STATUS=tunnel up to ${event.hubAddress} over ${event.transport}`));
   edge.on('tunnelDisconnected', (event) => notifyServiceManager(`STATUS=tunnel down: ${event.reason}`));
   if (listening !== null) {
     out(`edge ${edge.edgeId ?? ''} listening for its hub on ${listening.bindHost}:${listening.port} (TLS and QUIC) fingerprint ${listening.fingerprint}`);
-    ready();
+    notifyReady();
   } else {
-    if (edge.getStatus().state === 'connected') ready();
-    else edge.once('tunnelConnected', ready);
+    if (edge.getStatus().state === 'connected') notifyReady();
+    else edge.once('tunnelConnected', notifyReady);
     out(`edge ${edge.edgeId ?? ''} connecting to ${edge.hubAddress ?? ''} transport ${options.config.transportMode ?? 'quicWithFallback'}`);
   }
-  const admin = edge.adminAddress;
-  if (admin !== null) out(`admin endpoint on http://${admin.host.includes(':') ? `[${admin.host}]` : admin.host}:${admin.port} (/metrics /healthz /readyz /status)`);
+  printAdminEndpoint(edge.adminAddress);
   const stopWatchdog = startWatchdog(() => edge.getStatus());
   return {
     stop: () => {

@@ -1,6 +1,6 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { configureLogging, printDaemonEvents, printError as err, printLine as out, type IDaemon } from 'remoteingress-core/cli';
+import { configureLogging, notifyReady, printAdminEndpoint, printDaemonEvents, printError as err, printLine as out, type IDaemon } from 'remoteingress-core/cli';
 import { notifyServiceManager, startWatchdog, type TAllowedEdge } from 'remoteingress-core';
 import { readAllowedEdges } from './allowed-edges-source.js';
 import type { IHubCommandOptions } from './commands/hub.js';
@@ -38,11 +38,9 @@ export async function runHubDaemon(options: IHubCommandOptions): Promise<IDaemon
   }
   // systemd (Type=notify): ready once listening; the watchdog pings while the addon answers.
   notifyServiceManager(`STATUS=listening on ${options.bindHost}:${started.tunnelPort}`);
-  const ready = notifyServiceManager('READY');
-  if (ready.error !== undefined) err(`sd_notify READY failed: ${ready.error.message}`);
+  notifyReady();
   const stopWatchdog = startWatchdog(() => hub.getStatus());
-  const admin = hub.adminAddress;
-  if (admin !== null) out(`admin endpoint on http://${admin.host.includes(':') ? `[${admin.host}]` : admin.host}:${admin.port} (/metrics /healthz /readyz /status)`);
+  printAdminEndpoint(hub.adminAddress);
 
   let lastText = initial.text;
   let reloading = Promise.resolve();
