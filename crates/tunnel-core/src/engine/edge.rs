@@ -909,6 +909,10 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
             .unwrap_or_default()
     };
     let bind_ip: Option<IpAddr> = cfg["bindAddress"].as_str().and_then(|s| s.parse().ok());
+    let quic_credit = cfg["features"].as_array().is_some_and(|f| {
+        f.iter()
+            .any(|f| f == crate::engine::hub::FEATURE_QUIC_STREAM_CREDIT)
+    });
     // The services, by protocol and port. A hub from before named services sends only port
     // lists: each port is then a service of its own, number 0 = "route by port".
     let records: Vec<Value> = match cfg["services"].as_array() {
@@ -927,9 +931,10 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     let mut udp_services: BTreeMap<u16, Arc<Service>> = BTreeMap::new();
     let mut clashes = Vec::new();
     for v in &records {
-        let Some(s) = Service::from_config(v, bind_ip) else {
+        let Some(mut s) = Service::from_config(v, bind_ip) else {
             continue;
         };
+        s.quic_credit = quic_credit;
         if v["protocol"] == "udp" {
             udp_services.insert(s.port, Arc::new(s));
         } else if let Some(first) = tcp_services.get(&s.port) {
@@ -1240,6 +1245,9 @@ async fn accept_clients(
             client,
             local,
             buffer: service.buffer,
+            // Set for the QUIC path only (`open_and_carry` clears it for the TLS muxer, whose
+            // own WINDOW frames enforce the cap).
+            credit: service.buffer.is_some() && service.quic_credit,
         };
         if service.trusts(client.ip()) {
             // A previous hop: its PROXY header names the first client. Read in a task of its
@@ -1294,7 +1302,10 @@ fn open_and_carry(
         }
     };
     match current(cur) {
-        Some(Tunnel::Tls(mux)) => match mux.open(record) {
+        Some(Tunnel::Tls(mux)) => match mux.open(OpenRecord {
+            credit: false,
+            ..record
+        }) {
             Some(ctx) => {
                 opened(u64::from(ctx.id));
                 tokio::spawn(service::carry_with_limits(admitted, watch, ctx.run_tcp(sock)));

@@ -94,6 +94,12 @@ fn millis(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Listed in CONFIG's `features`: this hub enforces a capped QUIC stream's `bufferBytes` with
+/// WINDOW credit on the control stream when the stream's OPEN record asks for it (flag 0x02).
+/// An edge sets that flag only for a hub that lists this, so neither side of a mixed-version
+/// pair ever waits for credit the other does not send.
+pub const FEATURE_QUIC_STREAM_CREDIT: &str = "quicStreamCredit";
+
 /// The CONFIG record pushed to an edge. Targets stay on the hub: the edge learns only what it
 /// must bind and enforce.
 fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
@@ -123,6 +129,7 @@ fn config_json(spec: &EdgeSpec, generation: u64, limits: &Limits) -> Value {
         "firewall": spec.firewall,
         "stunIntervalSecs": spec.stun_interval_secs,
         "stunServers": spec.stun_servers,
+        "features": [FEATURE_QUIC_STREAM_CREDIT],
     })
 }
 
@@ -723,6 +730,7 @@ mod tests {
             client: "203.0.113.1:40000".parse().unwrap(),
             local: "198.51.100.1:443".parse().unwrap(),
             buffer: None,
+            credit: false,
         }
     }
 

@@ -43,6 +43,9 @@ pub struct Service {
     pub idle_timeout: Option<Duration>,
     /// `bufferBytes`: the cap each of this service's connections carries in its OPEN record.
     pub buffer: Option<u32>,
+    /// The hub enforces `buffer` on QUIC streams with WINDOW credit (its CONFIG lists the
+    /// `quicStreamCredit` feature), so this edge marks capped QUIC streams for it.
+    pub quic_credit: bool,
     /// Sources whose connections must begin with a PROXY header (the previous hop of a chain).
     pub trust_proxy_from: Vec<ipnet::IpNet>,
     /// Shared with the service's next settings when a CONFIG changes them, so connections
@@ -83,6 +86,7 @@ impl Service {
             buffer: v["bufferBytes"]
                 .as_u64()
                 .map(|b| u32::try_from(b).unwrap_or(u32::MAX).max(MIN_BUFFER)),
+            quic_credit: false,
             trust_proxy_from: v["trustProxyFrom"]
                 .as_array()
                 .map(|a| {
@@ -113,6 +117,7 @@ impl Service {
             self.max_connections,
             self.idle_timeout,
             self.buffer,
+            self.quic_credit,
             &self.trust_proxy_from,
         ) == (
             other.sid,
@@ -123,6 +128,7 @@ impl Service {
             other.max_connections,
             other.idle_timeout,
             other.buffer,
+            other.quic_credit,
             &other.trust_proxy_from,
         )
     }

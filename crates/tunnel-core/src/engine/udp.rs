@@ -361,6 +361,7 @@ impl EdgeUdp {
                     client: first_client,
                     local: first_local,
                     buffer: None,
+                    credit: false,
                 };
                 tunnel.flow_open(id, &record);
                 st.flows.insert(
@@ -847,6 +848,7 @@ mod tests {
                 client,
                 local,
                 buffer: None,
+                credit: false,
             };
             // The first datagram arrives before the upstream socket is ready, the others after.
             flows.open(1, record, Some(route), Arc::new(NoTunnel));

@@ -238,6 +238,8 @@ pub enum StreamIo {
         stats: Arc<MuxStats>,
         closed: mpsc::UnboundedSender<ClosedStream>,
         port: u16,
+        /// Set for a capped stream whose ends enforce the cap with credit.
+        credit: Option<crate::transport::quic::StreamCredit>,
     },
 }
 
@@ -285,6 +287,7 @@ impl StreamIo {
                 stats,
                 closed,
                 port,
+                credit,
             } => {
                 stats.open_streams.fetch_add(1, Ordering::Relaxed);
                 stats.streams_total.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +298,7 @@ impl StreamIo {
                     port,
                     totals: None,
                 };
-                done.totals = Some(crate::transport::quic::pump(sock, send, recv).await);
+                done.totals = Some(crate::transport::quic::pump(sock, send, recv, credit).await);
             }
         }
     }

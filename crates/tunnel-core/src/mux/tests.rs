@@ -65,6 +65,7 @@ fn record() -> OpenRecord {
         client: "127.0.0.2:5000".parse().unwrap(),
         local: "127.0.0.1:80".parse().unwrap(),
         buffer: None,
+        credit: false,
     }
 }
 

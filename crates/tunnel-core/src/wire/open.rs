@@ -8,7 +8,10 @@
 //! ```
 //! `service` names the service the hub routes by. Flag 0x01: the stream's service caps what
 //! one connection may hold in flight (`bufferBytes`); both ends then use at most that as the
-//! stream's window in each direction. Other flag bits are reserved and must be 0.
+//! stream's window in each direction. Flag 0x02 (only with 0x01, only on QUIC streams): both
+//! ends enforce the cap with WINDOW credit on the QUIC control stream, which the edge sets only
+//! for a hub whose CONFIG announced it (so an older hub never sees the bit). Other flag bits are
+//! reserved and must be 0.
 
 use bytes::{BufMut, BytesMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -20,6 +23,9 @@ pub const KIND_TCP: u8 = 1;
 pub const KIND_UDP: u8 = 2;
 /// Flag: a buffer cap follows the addresses.
 pub const FLAG_BUFFER: u8 = 0x01;
+/// Flag: on QUIC, the cap is enforced with WINDOW credit on the control stream (see
+/// `transport::quic::Credit`). Meaningless without [`FLAG_BUFFER`], and refused without it.
+pub const FLAG_CREDIT: u8 = 0x02;
 /// The smallest buffer cap: 1 KiB, as consumer.xml's `request_buffer` allows. Smaller windows
 /// would mean a WINDOW frame for every few hundred bytes.
 pub const MIN_BUFFER: u32 = 1024;
@@ -35,12 +41,19 @@ pub struct OpenRecord {
     pub local: SocketAddr,
     /// The most one connection of this service may hold in flight per direction (bytes).
     pub buffer: Option<u32>,
+    /// QUIC only: both ends enforce `buffer` with WINDOW credit ([`FLAG_CREDIT`]).
+    pub credit: bool,
 }
 
 impl OpenRecord {
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u8(self.kind);
-        out.put_u8(if self.buffer.is_some() { FLAG_BUFFER } else { 0 });
+        let flags = match (self.buffer, self.credit) {
+            (None, _) => 0,
+            (Some(_), false) => FLAG_BUFFER,
+            (Some(_), true) => FLAG_BUFFER | FLAG_CREDIT,
+        };
+        out.put_u8(flags);
         out.put_u32(self.service);
         out.put_u16(self.listen_port);
         put_addr(out, self.client);
@@ -60,8 +73,11 @@ impl OpenRecord {
             return Err(bad("unknown stream kind"));
         }
         let flags = p[1];
-        if flags & !FLAG_BUFFER != 0 {
+        if flags & !(FLAG_BUFFER | FLAG_CREDIT) != 0 {
             return Err(bad("unknown flags"));
+        }
+        if flags & FLAG_CREDIT != 0 && flags & FLAG_BUFFER == 0 {
+            return Err(bad("credit flag without a buffer cap"));
         }
         let service = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
         let listen_port = u16::from_be_bytes([p[6], p[7]]);
@@ -90,6 +106,7 @@ impl OpenRecord {
             client,
             local,
             buffer,
+            credit: flags & FLAG_CREDIT != 0,
         })
     }
 }
@@ -134,10 +151,10 @@ mod tests {
 
     #[test]
     fn roundtrip_v4_v6() {
-        for (c, l, buffer) in [
-            ("127.0.0.2:5555", "127.0.0.1:80", None),
-            ("[2001:db8::1]:443", "[::1]:8443", Some(16384)),
-            ("10.1.2.3:1", "[::ffff:1.2.3.4]:9", Some(MIN_BUFFER)),
+        for (c, l, buffer, credit) in [
+            ("127.0.0.2:5555", "127.0.0.1:80", None, false),
+            ("[2001:db8::1]:443", "[::1]:8443", Some(16384), false),
+            ("10.1.2.3:1", "[::ffff:1.2.3.4]:9", Some(MIN_BUFFER), true),
         ] {
             let r = OpenRecord {
                 kind: KIND_TCP,
@@ -146,6 +163,7 @@ mod tests {
                 client: c.parse().unwrap(),
                 local: l.parse().unwrap(),
                 buffer,
+                credit,
             };
             let mut b = BytesMut::new();
             r.encode(&mut b);
@@ -166,6 +184,7 @@ mod tests {
             client: "127.0.0.2:5555".parse().unwrap(),
             local: "127.0.0.1:80".parse().unwrap(),
             buffer: Some(MIN_BUFFER - 1),
+            credit: false,
         };
         let mut b = BytesMut::new();
         r.encode(&mut b);
@@ -173,7 +192,10 @@ mod tests {
         r.buffer = None;
         let mut b = BytesMut::new();
         r.encode(&mut b);
-        b[1] = 0x02;
-        assert!(OpenRecord::decode(&b).is_err());
+        // Credit without a cap, and a reserved bit.
+        for flags in [FLAG_CREDIT, 0x04, 0x80] {
+            b[1] = flags;
+            assert!(OpenRecord::decode(&b).is_err(), "flags {flags:#x}");
+        }
     }
 }
