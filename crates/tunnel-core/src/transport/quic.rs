@@ -1057,4 +1057,38 @@ mod tests {
         flooded.unwrap();
         assert!(!tunnel.is_closed());
     }
+
+    /// Without the credit flag (an edge whose hub did not announce `quicStreamCredit`, or one
+    /// from before it) a capped stream is left to QUIC's flow control: nothing waits for WINDOW
+    /// frames the peer would never send.
+    #[tokio::test]
+    async fn a_capped_stream_without_the_credit_flag_is_left_to_quic() {
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_tunnel, client, _ctrl_send, _ctrl_recv) = pair_with(Carry {
+            target: target.local_addr().unwrap(),
+        })
+        .await;
+        let (mut send, mut recv) = client.open_bi().await.unwrap();
+        let record = OpenRecord {
+            kind: crate::wire::open::KIND_TCP,
+            service: 1,
+            listen_port: 80,
+            client: "192.0.2.1:4000".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            buffer: Some(4096),
+            credit: false,
+        };
+        let mut head = BytesMut::new();
+        head.put_u8(0);
+        record.encode(&mut head);
+        head[0] = (head.len() - 1) as u8;
+        send.write_all(&head).await.unwrap();
+        let (mut sock, _) = target.accept().await.unwrap();
+        sock.write_all(&[7u8; 65536]).await.unwrap();
+        let mut got = vec![0u8; 65536];
+        tokio::time::timeout(Duration::from_secs(3), recv.read_exact(&mut got))
+            .await
+            .expect("16 times the cap arrives without any credit")
+            .unwrap();
+    }
 }
