@@ -977,6 +977,30 @@ mod tests {
         }
     }
 
+    /// Opens a stream as the edge does, with a capped record (`credit`: the flag asking for it).
+    async fn open_capped(
+        client: &quinn::Connection,
+        cap: u32,
+        credit: bool,
+    ) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, recv) = client.open_bi().await.unwrap();
+        let record = OpenRecord {
+            kind: crate::wire::open::KIND_TCP,
+            service: 1,
+            listen_port: 80,
+            client: "192.0.2.1:4000".parse().unwrap(),
+            local: "127.0.0.1:80".parse().unwrap(),
+            buffer: Some(cap),
+            credit,
+        };
+        let mut head = BytesMut::new();
+        head.put_u8(0);
+        record.encode(&mut head);
+        head[0] = (head.len() - 1) as u8;
+        send.write_all(&head).await.unwrap();
+        (send, recv)
+    }
+
     /// A capped stream that asks for credit: the hub writes no more than the cap ahead of the
     /// peer's grants, however much its target sends, and grants the peer exactly what it wrote
     /// to the target.
@@ -989,21 +1013,7 @@ mod tests {
         })
         .await;
         // The "edge": opens a capped stream with the credit flag.
-        let (mut send, mut recv) = client.open_bi().await.unwrap();
-        let record = OpenRecord {
-            kind: crate::wire::open::KIND_TCP,
-            service: 1,
-            listen_port: 80,
-            client: "192.0.2.1:4000".parse().unwrap(),
-            local: "127.0.0.1:80".parse().unwrap(),
-            buffer: Some(CAP),
-            credit: true,
-        };
-        let mut head = BytesMut::new();
-        head.put_u8(0);
-        record.encode(&mut head);
-        head[0] = (head.len() - 1) as u8;
-        send.write_all(&head).await.unwrap();
+        let (mut send, mut recv) = open_capped(&client, CAP, true).await;
         let key = send.id().index() as u32;
         // The target floods the stream (1 MiB, far beyond the cap) and reads what comes.
         let (mut sock, _) = target.accept().await.unwrap();
@@ -1068,21 +1078,7 @@ mod tests {
             target: target.local_addr().unwrap(),
         })
         .await;
-        let (mut send, mut recv) = client.open_bi().await.unwrap();
-        let record = OpenRecord {
-            kind: crate::wire::open::KIND_TCP,
-            service: 1,
-            listen_port: 80,
-            client: "192.0.2.1:4000".parse().unwrap(),
-            local: "127.0.0.1:80".parse().unwrap(),
-            buffer: Some(4096),
-            credit: false,
-        };
-        let mut head = BytesMut::new();
-        head.put_u8(0);
-        record.encode(&mut head);
-        head[0] = (head.len() - 1) as u8;
-        send.write_all(&head).await.unwrap();
+        let (_send, mut recv) = open_capped(&client, 4096, false).await;
         let (mut sock, _) = target.accept().await.unwrap();
         sock.write_all(&[7u8; 65536]).await.unwrap();
         let mut got = vec![0u8; 65536];
