@@ -246,9 +246,7 @@ pub struct QuicTunnel {
 
 impl QuicTunnel {
     pub fn control(&self, kind: FrameType, stream: u32, payload: &[u8]) {
-        let mut b = BytesMut::new();
-        frame::encode(&mut b, kind, 0, stream, payload);
-        let _ = self.ctrl.send(b.freeze());
+        send_control(&self.ctrl, kind, stream, payload);
     }
 
     /// A UDP datagram for `flow`: a QUIC datagram when it fits, else the reliable path.
@@ -320,10 +318,17 @@ impl QuicTunnel {
             stats: self.stats.clone(),
             closed: self.closed.clone(),
             port: record.listen_port,
-            credit: StreamCredit::for_record(&record, id, &self.credits, &self.ctrl),
+            credit: self.credits.for_record(&record, id),
         };
         io.run_tcp(sock).await;
     }
+}
+
+/// Queues one control frame for the control stream's writer (gone only with the connection).
+fn send_control(ctrl: &mpsc::UnboundedSender<Bytes>, kind: FrameType, stream: u32, payload: &[u8]) {
+    let mut b = BytesMut::with_capacity(frame::HEADER_LEN + payload.len());
+    frame::encode(&mut b, kind, 0, stream, payload);
+    let _ = ctrl.send(b.freeze());
 }
 
 /// Sets up the control stream writer and returns the tunnel handle plus the future that drives
@@ -347,11 +352,14 @@ pub fn start<H: Handler>(
     });
     let tunnel = QuicTunnel {
         conn: conn.clone(),
-        ctrl: tx,
+        ctrl: tx.clone(),
         stats: Arc::new(MuxStats::default()),
         going_away: Arc::new(AtomicBool::new(false)),
         closed: closed_tx,
-        credits: Credits::default(),
+        credits: Credits {
+            streams: Arc::default(),
+            ctrl: tx,
+        },
         _endpoint: endpoint,
     };
     let t2 = tunnel.clone();
@@ -435,11 +443,11 @@ async fn drive<H: Handler>(
                 let stats = t.stats.clone();
                 let closed = closed_tx.clone();
                 let opened = open_tx.clone();
-                let (credits, ctrl) = (t.credits.clone(), t.ctrl.clone());
+                let credits = t.credits.clone();
                 // The OPEN record arrives on the stream itself: read it in a side task (bounded
                 // by the handshake-scale timeout) so a slow opener never stalls this loop.
                 tokio::spawn(async move {
-                    let read = tokio::time::timeout(OPEN_RECORD_TIMEOUT, read_open(send, recv, stats, closed, credits, ctrl)).await;
+                    let read = tokio::time::timeout(OPEN_RECORD_TIMEOUT, read_open(send, recv, stats, closed, credits)).await;
                     if let Ok(Some(r)) = read {
                         let _ = opened.send(r);
                     }
@@ -491,8 +499,7 @@ fn on_control<H: Handler>(
         FrameType::Window if f.stream != 0 => {
             // Credit for a capped stream (the frame's length is checked by the decoder). One
             // whose stream has ended meanwhile is nothing to act on.
-            let n = u32::from_be_bytes(f.payload[..4].try_into().unwrap_or_default());
-            t.credits.grant(f.stream, n);
+            t.credits.grant(f.stream, frame::read_u32(&f.payload));
             Ok(())
         }
         other => Err(Error::Protocol(format!(
@@ -507,7 +514,6 @@ async fn read_open(
     stats: Arc<MuxStats>,
     closed: mpsc::UnboundedSender<ClosedStream>,
     credits: Credits,
-    ctrl: mpsc::UnboundedSender<Bytes>,
 ) -> Option<RemoteStream> {
     let mut len = [0u8; 1];
     recv.read_exact(&mut len).await.ok()?;
@@ -527,7 +533,7 @@ async fn read_open(
             stats,
             closed,
             port: record.listen_port,
-            credit: StreamCredit::for_record(&record, id, &credits, &ctrl),
+            credit: credits.for_record(&record, id),
         },
         record,
     })
@@ -636,44 +642,28 @@ impl Credit {
 
 /// The send credit of a tunnel's capped streams, by stream (the QUIC stream index's low 32 bits,
 /// the WINDOW frame's stream field: unique among open streams, as a tunnel has far fewer than
-/// 2^32 open at once). Only capped streams are in it, so the uncapped path never touches it.
-#[derive(Clone, Default)]
-struct Credits(Arc<Mutex<HashMap<u32, Arc<Credit>>>>);
+/// 2^32 open at once), and the control stream their grants to the peer go out on. Only capped
+/// streams are in it, so the uncapped path never touches it.
+#[derive(Clone)]
+struct Credits {
+    streams: Arc<Mutex<HashMap<u32, Arc<Credit>>>>,
+    ctrl: mpsc::UnboundedSender<Bytes>,
+}
 
 impl Credits {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Credit>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn grant(&self, key: u32, n: u32) {
-        let credit = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .cloned();
+        let credit = self.streams().get(&key).cloned();
         if let Some(c) = credit {
             c.grant(n);
         }
     }
-}
 
-/// Largest piece a capped stream moves at once (socket read, stream read): at most the cap, and
-/// at most 16 KiB, so a large cap does not make every capped stream hold a large buffer.
-const CAPPED_CHUNK: usize = 16 * 1024;
-
-/// One capped stream's end of the credit exchange; leaves the tunnel's registry when dropped.
-pub struct StreamCredit {
-    key: u32,
-    credit: Arc<Credit>,
-    credits: Credits,
-    ctrl: mpsc::UnboundedSender<Bytes>,
-}
-
-impl StreamCredit {
     /// Credit for the stream `id` if its record asks for it (a cap, and the credit flag).
-    fn for_record(
-        record: &OpenRecord,
-        id: u64,
-        credits: &Credits,
-        ctrl: &mpsc::UnboundedSender<Bytes>,
-    ) -> Option<StreamCredit> {
+    fn for_record(&self, record: &OpenRecord, id: u64) -> Option<StreamCredit> {
         let cap = record.buffer.filter(|_| record.credit)?;
         let key = id as u32;
         let credit = Arc::new(Credit {
@@ -681,19 +671,27 @@ impl StreamCredit {
             available: AtomicU32::new(cap),
             granted: Notify::new(),
         });
-        credits
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, credit.clone());
+        self.streams().insert(key, credit.clone());
         Some(StreamCredit {
             key,
             credit,
-            credits: credits.clone(),
-            ctrl: ctrl.clone(),
+            credits: self.clone(),
         })
     }
+}
 
+/// Largest read from a capped stream's socket: at most the cap, and at most 16 KiB, so a large
+/// cap does not make every capped stream hold a large buffer.
+const CAPPED_CHUNK: usize = 16 * 1024;
+
+/// One capped stream's end of the credit exchange; leaves the tunnel's registry when dropped.
+pub struct StreamCredit {
+    key: u32,
+    credit: Arc<Credit>,
+    credits: Credits,
+}
+
+impl StreamCredit {
     /// Socket → stream, never more than the credit ahead of the peer's socket.
     async fn copy_within_credit(
         &self,
@@ -726,7 +724,11 @@ impl StreamCredit {
     /// chunk quinn hands out is a slice of the whole receive batch it arrived in (up to 64 KiB
     /// with GRO, shared with other streams' packets), so bytes left in quinn, or held as its
     /// chunks, behind a stalled socket would pin a batch each (measured: ~100 KiB per stalled
-    /// connection). Copied, a stalled stream holds at most the cap, in its own memory.
+    /// connection). Copied, a stalled stream holds at most the cap, in its own memory — and
+    /// only what it actually holds: a copy per chunk rather than one reused buffer of the cap,
+    /// which measured ~16 KiB more per stalled 16 KiB-capped connection (a stall usually
+    /// leaves less than the cap in hand, but a reused buffer's pages all get touched). Capped
+    /// streams are not bulk streams, so the allocation per chunk is the cheaper side.
     async fn copy_granting(
         &self,
         from: &mut quinn::RecvStream,
@@ -765,9 +767,7 @@ impl StreamCredit {
                     total += n as u64;
                     unreported += n as u32;
                     if unreported >= threshold {
-                        let mut b = BytesMut::with_capacity(frame::HEADER_LEN + 4);
-                        frame::encode(&mut b, FrameType::Window, 0, self.key, &unreported.to_be_bytes());
-                        let _ = self.ctrl.send(b.freeze());
+                        send_control(&self.credits.ctrl, FrameType::Window, self.key, &unreported.to_be_bytes());
                         unreported = 0;
                     }
                 }
@@ -779,7 +779,7 @@ impl StreamCredit {
 
 impl Drop for StreamCredit {
     fn drop(&mut self) {
-        let mut map = self.credits.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.credits.streams();
         if map.get(&self.key).is_some_and(|c| Arc::ptr_eq(c, &self.credit)) {
             map.remove(&self.key);
         }
@@ -1051,7 +1051,7 @@ mod tests {
                 while let Ok(Some(Decoded::Frame(f))) = frame::decode(&mut buf) {
                     if f.kind == FrameType::Window {
                         assert_eq!(f.stream, key);
-                        let n = u32::from_be_bytes(f.payload[..4].try_into().unwrap()) as usize;
+                        let n = frame::read_u32(&f.payload) as usize;
                         assert!(n >= CAP as usize / 4, "a grant of {n}");
                         granted += n;
                     }
