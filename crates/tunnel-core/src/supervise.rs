@@ -84,6 +84,21 @@ pub fn fatal(what: &str) -> ! {
     unsafe { libc::_exit(FATAL_EXIT_CODE) }
 }
 
+/// A call into a dependency made from one of our tasks that runs the dependency's own state
+/// machine under its lock: quinn's `Incoming::accept` parses the first Initial's frames under the
+/// endpoint lock in the caller's task. A panic there would poison that lock for quinn's driver,
+/// so it is [`fatal`] at once with its cause, like a panic in [`DependencyTask`], instead of
+/// unwinding into our supervisor (which would restart the loop on a broken endpoint).
+pub fn dependency_call<T>(owner: &'static str, what: &str, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(payload) => fatal(&format!(
+            "{owner} panicked in {what} ({})",
+            panic_message(payload)
+        )),
+    }
+}
+
 /// A dependency's task, polled under `catch_unwind`: a panic in it is [`fatal`], naming `owner`
 /// (e.g. "quinn") and the panic's text.
 pub struct DependencyTask<F> {
@@ -186,6 +201,35 @@ mod tests {
             "stderr: {stderr}"
         );
     }
+
+    #[test]
+    fn a_panic_in_a_dependency_call_exits_with_the_cause() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            let v: u32 = dependency_call("quinn", "Incoming::accept", || 7);
+            assert_eq!(v, 7, "a call that returns passes its value through");
+            dependency_call("quinn", "Incoming::accept", || -> () {
+                panic!("frame type cut short")
+            });
+            unreachable!("the dependency call's panic must have ended the process");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "supervise::tests::a_panic_in_a_dependency_call_exits_with_the_cause",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(FATAL_EXIT_CODE), "stderr: {stderr}");
+        assert!(
+            stderr
+                .contains("remoteingress: fatal: quinn panicked in Incoming::accept (frame type cut short)"),
+            "stderr: {stderr}"
+        );
+    }
+
     use std::sync::{Arc, Mutex};
 
     #[tokio::test]

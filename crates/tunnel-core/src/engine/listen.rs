@@ -433,6 +433,12 @@ async fn tls_handshake<A: Authenticator>(
     }
 }
 
+/// quinn runs its endpoint state machine (the first Initial's frames included) under the
+/// endpoint lock inside these calls, in our task: a panic there is fatal, not a loop restart.
+fn quinn_call<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    supervise::dependency_call("quinn", what, f)
+}
+
 /// Accepts QUIC tunnels: handshake and authentication on the dialer's control stream, then
 /// [`Authenticator::serve_quic`].
 ///
@@ -451,27 +457,27 @@ pub async fn quic_accept_loop<A: Authenticator>(a: Arc<A>, endpoint: quinn::Endp
         let peer = incoming.remote_address();
         let ip = proxy_protocol::unmap(peer).ip();
         if !lock(&gate.limiter).allowed(&ip) {
-            incoming.ignore();
+            quinn_call("Incoming::ignore", || incoming.ignore());
             continue;
         }
         if !incoming.remote_address_validated() {
             if incoming.may_retry() {
                 // Stateless: quinn keeps nothing, the token comes back with the next Initial.
-                let _ = incoming.retry();
+                let _ = quinn_call("Incoming::retry", || incoming.retry());
             } else {
-                incoming.refuse();
+                quinn_call("Incoming::refuse", || incoming.refuse());
             }
             continue;
         }
         let admitted = match gate.admission.try_admit(ip, Via::Quic) {
             Ok(p) => p,
             Err(why) => {
-                incoming.refuse();
+                quinn_call("Incoming::refuse", || incoming.refuse());
                 gate.note_refused("QUIC", why, ip);
                 continue;
             }
         };
-        let Ok(connecting) = incoming.accept() else {
+        let Ok(connecting) = quinn_call("Incoming::accept", || incoming.accept()) else {
             continue;
         };
         let a = a.clone();
