@@ -302,17 +302,21 @@ async function idleConnectionCost(dir, port, hubPid, edgePid, count) {
   }
 }
 
-/** perf record (flat, by symbol) on hub and edge during one 8-stream iperf3 run. */
-async function profile(dir, port, pids, seconds) {
+/**
+ * perf record (flat, by symbol) on one tunnel path's hub and edge during one 8-stream iperf3 run,
+ * with the CPU seconds each process spent per GB received, so a symbol's share reads as s/GB.
+ */
+async function profile(dir, path, port, pids, seconds) {
   if (which('perf') === null) return { error: 'perf is not installed (Debian: linux-perf)' };
   const recs = Object.entries(pids).map(([name, pid]) => {
-    const data = join(dir, `perf-${name}.data`);
-    return { name, data, proc: startProcess(`perf ${name}`, 'perf', ['record', '-F', '499', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', data, '--', 'sleep', String(seconds + 1)], { logFile: join(dir, `perf-${name}.log`) }) };
+    const data = join(dir, `perf-${path}-${name}.data`);
+    return { name, data, proc: startProcess(`perf ${path} ${name}`, 'perf', ['record', '-F', '499', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', data, '--', 'sleep', String(seconds + 1)], { logFile: join(dir, `perf-${path}-${name}.log`) }) };
   });
   await sleep(300);
-  const tput = await iperf3Tcp(port, 8, seconds);
+  const { result: tput, cpu } = await withCpu(Object.fromEntries(Object.entries(pids).map(([n, pid]) => [n, [pid]])), () => iperf3Tcp(port, 8, seconds));
   await Promise.all(recs.map((r) => r.proc.exited));
-  const out = { gbps: tput.gbps ?? null };
+  const gb = (tput.bytes ?? 0) / 1e9;
+  const out = { gbps: tput.gbps ?? null, cpuSecondsPerGB: Object.fromEntries(Object.entries(cpu).map(([n, s]) => [n, gb > 0 ? s / gb : null])) };
   mkdirSync(RESULTS, { recursive: true });
   for (const r of recs) {
     // Flat (self time by symbol), then who calls the biggest ones (dwarf unwinding: the addon is
@@ -320,7 +324,9 @@ async function profile(dir, port, pids, seconds) {
     const perfReport = (args) => spawnSync('perf', ['report', '-i', r.data, '--stdio', '--no-children', ...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }).stdout.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).join('\n');
     const text = perfReport(['--sort', 'dso,symbol', '--percent-limit', '0.7', '-g', 'none']);
     const chains = perfReport(['--sort', 'symbol', '--percent-limit', '2', '-g', 'caller,0.5,callee', '--max-stack', '10']);
-    writeFileSync(join(RESULTS, `profile-${r.name}.txt`), `${text}\n\n# call chains of symbols above 2 %\n${chains}\n`);
+    const perGB = out.cpuSecondsPerGB[r.name];
+    const head = `# ${path} ${r.name}: ${tput.gbps?.toFixed(2) ?? '-'} Gbit/s (iperf3 -P 8), ${perGB?.toFixed(2) ?? '-'} CPU s per GB (user + system)`;
+    writeFileSync(join(RESULTS, `profile-${path}-${r.name}.txt`), `${head}\n${text}\n\n# call chains of symbols above 2 %\n${chains}\n`);
     out[r.name] = text.split('\n').slice(0, 25);
   }
   return out;
@@ -489,9 +495,14 @@ async function main() {
         say(`memory: ${error.message}`);
       }
     }
-    if (o.profile) {
-      say('profile: perf record on hub and edge during iperf3 -P 8…');
-      prof = await profile(work, tls.ports.tput, { hub: tunnel.hubPid, edge: tls.edge.pid }, Math.max(3, o.seconds));
+  }
+  if (o.profile) {
+    prof = {};
+    for (const [name, p] of paths) {
+      if (p.kind !== 'tunnel' || p.status !== 'ok') continue;
+      say(`profile: perf record on ${name}'s hub and edge during iperf3 -P 8…`);
+      prof[name] = await profile(work, name.replace('@', '-'), p.ports.tput, { hub: p.cpu.hub[0], edge: p.edge.pid }, Math.max(3, o.seconds));
+      say(`profile: ${name} ${prof[name].gbps?.toFixed(2) ?? '-'} Gbit/s, CPU s/GB ${JSON.stringify(prof[name].cpuSecondsPerGB ?? {})}`);
     }
   }
 

@@ -192,6 +192,10 @@ describe('admin endpoint', () => {
     expect(await value(`remoteingress_edge_service_connections_total{service="${serviceTls}"}`)).toBe(3);
     expect(await value(`remoteingress_edge_tunnel_up{instance="127.0.0.1:${adminQuic}"}`)).toBe(1);
     expect(await value(`remoteingress_edge_tunnel_transport{instance="127.0.0.1:${adminQuic}",transport="quic"}`)).toBe(1);
+    // QUIC's packet size in use: the default 1452 (no discovery configured); tcpTls has none.
+    expect(await value(`remoteingress_edge_quic_path_mtu_bytes{instance="127.0.0.1:${adminQuic}"}`)).toBe(1452);
+    expect(await value('remoteingress_hub_quic_path_mtu_bytes{edge="edge-quic"}')).toBe(1452);
+    expect(await value('remoteingress_hub_quic_path_mtu_bytes{edge="edge-tls"}')).toBeUndefined();
 
     // The status commands, from a shell.
     const hubTable = await runOnce(HUB_BIN, ['status', '--admin-listen', `127.0.0.1:${adminHub}`]);

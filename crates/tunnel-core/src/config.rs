@@ -35,9 +35,11 @@ pub struct Performance {
     /// Upper bound of QUIC's path MTU discovery (RFC 8899 PLPMTUD, quinn's): after the
     /// handshake QUIC probes for larger packets up to this UDP payload and keeps the largest
     /// that gets through (a lost probe is not congestion). `None` (the default): no discovery
-    /// beyond `quic_max_udp_payload`. Larger packets mean less per-packet work per byte, but a
-    /// quick A/B on loopback (up to 65527) moved throughput by less than the run-to-run noise
-    /// (bench/changes.md), so it is not on by default.
+    /// beyond `quic_max_udp_payload`. Larger packets mean less per-packet work per byte, but on
+    /// loopback (where discovery does grow, to lo's 65508; `quicPathMtu` in status shows it)
+    /// neither this nor a 16 KiB or 64 KiB `quic_max_udp_payload` moved throughput beyond the
+    /// run-to-run noise (bench/changes.md): per-packet work is not what limits QUIC here, so
+    /// it is not on by default.
     pub quic_mtu_discovery_max: Option<u16>,
 }
 
@@ -56,6 +58,13 @@ impl Default for Performance {
 }
 
 impl Performance {
+    /// The largest UDP payload QUIC may use on this path: the discovery bound if set, else the
+    /// initial size. Each end also announces it as the largest payload it accepts
+    /// (max_udp_payload_size, RFC 9000 §18.2), which caps the peer's packets.
+    pub fn quic_udp_payload_ceiling(&self) -> u16 {
+        self.quic_mtu_discovery_max.unwrap_or(self.quic_max_udp_payload)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let p = self.max_frame_payload as usize;
         if !(1024..=crate::wire::frame::MAX_DATA_PAYLOAD).contains(&p) {

@@ -142,6 +142,9 @@ function hubMetrics(m: MetricSet, emitter: EventEmitter): void {
   m.counter('remoteingress_hub_received_bytes_total', "Payload bytes received from the edge on its current tunnel (clients to targets).", ['edge'], perEdge('bytesIn'));
   m.counter('remoteingress_hub_sent_bytes_total', "Payload bytes sent to the edge on its current tunnel (targets to clients).", ['edge'], perEdge('bytesOut'));
   m.gauge('remoteingress_hub_tunnel_rtt_seconds', 'Last heartbeat round trip, per edge.', ['edge'], perEdge('rttMs', 1 / 1000));
+  m.gauge('remoteingress_hub_quic_path_mtu_bytes', 'UDP payload size the QUIC tunnel sends now (its discovered path MTU), per QUIC edge.', ['edge'], (s) =>
+    edges(s).flatMap((e): TSeries => (typeof e.quicPathMtu === 'number' ? [[{ edge: String(e.edgeId) }, e.quicPathMtu]] : [])),
+  );
   m.counter('remoteingress_hub_datagrams_backlog_dropped_total', 'Datagrams dropped because the tunnel was backed up, per edge.', ['edge'], perEdge('datagramsDropped'));
   udpMetrics(m, 'remoteingress_hub', (s) => edges(s).map((e) => [{ edge: String(e.edgeId) }, obj(e.udp)]), ['edge']);
   handshakeMetrics(m, 'remoteingress_hub', (s) => obj(s.handshakes));
@@ -171,6 +174,9 @@ function edgeMetrics(m: MetricSet): void {
   m.counter('remoteingress_edge_received_bytes_total', 'Payload bytes received from the hub on the current tunnel (targets to clients).', [], (s) => num(s.bytesIn));
   m.counter('remoteingress_edge_sent_bytes_total', 'Payload bytes sent to the hub on the current tunnel (clients to targets).', [], (s) => num(s.bytesOut));
   m.gauge('remoteingress_edge_tunnel_rtt_seconds', 'Last heartbeat round trip.', [], (s) => num(s.rttMs) / 1000);
+  m.gauge('remoteingress_edge_quic_path_mtu_bytes', 'UDP payload size the QUIC tunnel sends now (its discovered path MTU); absent on tcpTls.', [], (s) =>
+    typeof s.quicPathMtu === 'number' ? [[{}, s.quicPathMtu]] : [],
+  );
   m.gauge('remoteingress_edge_service_connections', 'Client connections (UDP: flows) open, per service.', svcLabels, perService('active'));
   m.counter('remoteingress_edge_service_connections_total', 'Client connections (UDP: flows) admitted, per service.', svcLabels, perService('total'));
   m.counter('remoteingress_edge_service_refused_total', 'Clients refused at maxConnections, per service.', svcLabels, perService('refused'));

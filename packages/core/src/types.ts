@@ -280,6 +280,8 @@ export interface IHubEdgeStatus {
   bytesIn: number;
   bytesOut: number;
   rttMs: number | null;
+  /** QUIC tunnels: the UDP payload size the connection sends now (its discovered path MTU); null on tcpTls. */
+  quicPathMtu: number | null;
   udp: IUdpCounters;
   /** Datagrams dropped because the tunnel was backed up. */
   datagramsDropped: number;
@@ -522,6 +524,8 @@ export interface IEdgeStatus {
   attempts: number;
   lastError: { code: string; message: string } | null;
   rttMs: number | null;
+  /** QUIC tunnels: the UDP payload size the connection sends now (its discovered path MTU); null on tcpTls or when not connected. */
+  quicPathMtu: number | null;
   ports: { tcp: number[]; udp: number[] };
   openStreams: number;
   bytesIn: number;

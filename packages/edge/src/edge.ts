@@ -147,6 +147,7 @@ export class RemoteIngressEdge extends EventEmitter<IEdgeEvents> {
         attempts: 0,
         lastError: null,
         rttMs: null,
+        quicPathMtu: null,
         ports: { tcp: [], udp: [] },
         openStreams: 0,
         bytesIn: 0,

@@ -443,6 +443,7 @@ impl Edge {
             "services": services,
             "lastError": st.last_error,
             "rttMs": rtt,
+            "quicPathMtu": tunnel.as_ref().and_then(|t| t.quic_path_mtu()),
             "ports": { "tcp": tcp, "udp": self.inner.udp.ports() },
             "failedPorts": st.failed,
             "config": st.config,
@@ -824,6 +825,7 @@ async fn dial_quic(
             inner.opts.hub_port,
             dialing(inner)?,
             transport,
+            quic::dial_endpoint_config(&inner.opts.performance),
             "the hub",
         )
         .await?;

@@ -272,6 +272,7 @@ impl Hub {
                     "bytesIn": stats.bytes_in.load(Ordering::Relaxed),
                     "bytesOut": stats.bytes_out.load(Ordering::Relaxed),
                     "rttMs": stats.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+                    "quicPathMtu": s.tunnel.quic_path_mtu(),
                 })
             })
             .collect();

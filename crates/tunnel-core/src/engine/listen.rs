@@ -278,7 +278,7 @@ pub fn quic_endpoint(
     // itself. Twice our cap: the accept loop decides faster than that fills.
     c.max_incoming(limits.max_pending_handshakes as usize * 2);
     quinn::Endpoint::new(
-        quic::hub_endpoint_config(identity.key.secret_der()),
+        quic::hub_endpoint_config(identity.key.secret_der(), perf),
         Some(c),
         socket,
         quic::runtime(),

@@ -89,12 +89,14 @@ pub struct QuicDialed {
 }
 
 /// QUIC connect with the pinned certificate, then the control stream and its preamble.
-/// `transport` carries the dialer's windows, keep-alive and how many streams it accepts.
+/// `transport` carries the dialer's windows, keep-alive and how many streams it accepts;
+/// `endpoint_config` the largest UDP payload it accepts (`quic::dial_endpoint_config`).
 pub async fn quic(
     host: &str,
     port: u16,
     trust: Trust,
     transport: quinn::TransportConfig,
+    endpoint_config: quinn::EndpointConfig,
     what: &str,
 ) -> Result<QuicDialed> {
     let addr = quic::resolve(host, port).await?;
@@ -104,7 +106,7 @@ pub async fn quic(
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let endpoint = crate::engine::udp::bound_std_socket(local)
-        .and_then(|sock| quinn::Endpoint::new(quinn::EndpointConfig::default(), None, sock, quic::runtime()))
+        .and_then(|sock| quinn::Endpoint::new(endpoint_config, None, sock, quic::runtime()))
         .map_err(|source| Error::Bind {
             addr: format!("udp {local}"),
             source,

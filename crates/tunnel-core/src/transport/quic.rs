@@ -79,10 +79,18 @@ pub fn transport_config(
     t.datagram_receive_buffer_size(Some(8 * 1024 * 1024));
     t.datagram_send_buffer_size(8 * 1024 * 1024);
     t.initial_mtu(perf.quic_max_udp_payload);
+    // RFC 9002 §7.2's initial window, min(10 × size, max(14,720, 2 × size)), for the packet size
+    // we start with: quinn's default is fixed at 14,720 bytes, which is less than two packets
+    // once the initial size passes ~7 KB, and the handshake stalled (no room for the next
+    // flight while the first was unacknowledged).
+    let size = u64::from(perf.quic_max_udp_payload);
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window((10 * size).min(14_720.max(2 * size)));
+    t.congestion_controller_factory(Arc::new(cubic));
     // Path MTU discovery up to `quic_mtu_discovery_max`; without it, up to the initial size
     // (nothing to discover).
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(perf.quic_mtu_discovery_max.unwrap_or(perf.quic_max_udp_payload));
+    mtu.upper_bound(perf.quic_udp_payload_ceiling());
     t.mtu_discovery_config(Some(mtu));
     // Loss recovery in milliseconds, not tens of them: QUIC's probe timeout includes the peer's
     // max_ack_delay, 25 ms by default (RFC 9000 §18.2), so one lost ping-pong packet with no
@@ -133,7 +141,7 @@ impl quinn::Runtime for Runtime {
 /// a stateless reset the edge accepts (RFC 9000 §10.3): the edge redials at once instead of
 /// waiting out its idle timeout. Derived with HMAC-SHA256 under the key's own hash, one label
 /// per use, so neither key reveals anything about the private key or the other.
-pub fn hub_endpoint_config(identity_key_der: &[u8]) -> quinn::EndpointConfig {
+pub fn hub_endpoint_config(identity_key_der: &[u8], perf: &Performance) -> quinn::EndpointConfig {
     let root = ring::digest::digest(&ring::digest::SHA256, identity_key_der);
     let derive = |label: &[u8]| {
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, root.as_ref());
@@ -147,7 +155,26 @@ pub fn hub_endpoint_config(identity_key_der: &[u8]) -> quinn::EndpointConfig {
     let cid_key = u64::from_be_bytes(cid_key);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    accept_payload(&mut config, perf);
     config
+}
+
+/// A dialer's QUIC endpoint settings: quinn's, accepting the payloads `perf` allows.
+pub fn dial_endpoint_config(perf: &Performance) -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    accept_payload(&mut config, perf);
+    config
+}
+
+/// The largest UDP payload an endpoint accepts, announced to the peer (max_udp_payload_size):
+/// the path's ceiling from `perf`. Left at quinn's default (1472), it capped every peer's
+/// packets at 1472 bytes whatever the initial MTU or discovery bound said — a larger initial
+/// MTU failed the handshake (the peer dropped the padded Initials) and discovery never grew.
+/// quinn sizes its receive buffers by it, but the kernel fills at most 64 KiB per GRO batch,
+/// so the memory actually touched does not grow with it.
+fn accept_payload(config: &mut quinn::EndpointConfig, perf: &Performance) {
+    // Validated to 1200..=65527 (config.rs), the range quinn accepts.
+    let _ = config.max_udp_payload_size(perf.quic_udp_payload_ceiling().max(1472));
 }
 
 /// quinn's view of the hub's TLS configuration (TLS 1.3 with AES-128-GCM, which QUIC's Initial
@@ -470,6 +497,7 @@ async fn drive<H: Handler>(
             Some(c) = closed_rx.recv() => handler.on_closed(c),
             _ = drain_tick.tick() => {
                 t.stats.rtt_us.store(t.conn.rtt().as_micros().max(1) as u64, Ordering::Relaxed);
+                t.stats.path_mtu.store(u64::from(t.conn.stats().path.current_mtu), Ordering::Relaxed);
             }
         }
     }
@@ -881,6 +909,71 @@ mod tests {
         // Keep the client's endpoint for the test's lifetime.
         std::mem::forget(client);
         (t, client_conn, cs, cr)
+    }
+
+    /// Two endpoints built as the hub's listener and a dialer build theirs, with `perf`; returns
+    /// the client and server connections after the handshake.
+    async fn endpoints_with(perf: &Performance) -> (quinn::Connection, quinn::Connection) {
+        let id = Identity::from_pem(CERT, KEY).unwrap();
+        let mut server_cfg = server_crypto(Arc::new(id.server_config().unwrap())).unwrap();
+        server_cfg.transport_config(Arc::new(transport_config(perf, Duration::from_secs(5), 100)));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = quinn::Endpoint::new(
+            hub_endpoint_config(b"key", perf),
+            Some(server_cfg),
+            sock,
+            runtime(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = quinn::Endpoint::new(dial_endpoint_config(perf), None, sock, runtime()).unwrap();
+        let mut cc = client_crypto(crate::transport::tls::client_config(Trust::Pinned(
+            id.fingerprint.clone(),
+        )))
+        .unwrap();
+        cc.transport_config(Arc::new(transport_config(perf, Duration::from_secs(5), 100)));
+        let (c, s) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(
+                async { client.connect_with(cc, addr, "x").unwrap().await.unwrap() },
+                async { server.accept().await.unwrap().await.unwrap() }
+            )
+        })
+        .await
+        .expect("the QUIC handshake finished");
+        std::mem::forget((client, server));
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn packets_grow_to_the_configured_payload_size_on_loopback() {
+        // A larger initial size: both ends accept it, so the handshake finishes and data moves
+        // in packets of that size (quinn's default endpoint accepted 1472 and dropped them).
+        let perf = Performance {
+            quic_max_udp_payload: 16_384,
+            ..Performance::default()
+        };
+        let (c, s) = endpoints_with(&perf).await;
+        assert_eq!(c.stats().path.current_mtu, 16_384);
+        assert_eq!(s.stats().path.current_mtu, 16_384);
+        // Path MTU discovery from the default initial size up to 65527 grows on loopback.
+        let perf = Performance {
+            quic_mtu_discovery_max: Some(65_527),
+            ..Performance::default()
+        };
+        let (c, s) = endpoints_with(&perf).await;
+        let (mut send, _recv) = c.open_bi().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while c.stats().path.current_mtu < 60_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "discovery stayed at {} bytes",
+                c.stats().path.current_mtu
+            );
+            send.write_all(&[0u8; 64 * 1024]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(s);
     }
 
     #[tokio::test]

@@ -68,6 +68,11 @@ impl Tunnel {
     pub fn rtt_ms(&self) -> f64 {
         self.stats().rtt_us.load(Ordering::Relaxed) as f64 / 1000.0
     }
+
+    /// QUIC's current UDP payload size (path MTU); `None` on TLS or before it is known.
+    pub fn quic_path_mtu(&self) -> Option<u64> {
+        Some(self.stats().path_mtu.load(Ordering::Relaxed)).filter(|&m| m > 0)
+    }
 }
 
 impl FlowTunnel for Tunnel {

@@ -305,6 +305,7 @@ impl Target<'_> {
                 self.spec.port,
                 self.trust.clone(),
                 transport,
+                quic::dial_endpoint_config(&inner.perf),
                 &what,
             )
             .await?;
