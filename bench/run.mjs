@@ -22,7 +22,8 @@
 //   --quick         --seconds 1 --rounds 1 --idle-count 1000 (a look, not a result)
 //   --paths a,b     only these paths (names as in the table, e.g. "direct,tcpTls")
 //   --idle-count N  idle connections for the memory measurement (default 10000; 0 skips it)
-//   --profile       also `perf record` the hub and edge during an 8-stream iperf3 run
+//   --profile       also `perf record` each tunnel path's hub and edge during an 8-stream iperf3 run
+//   --udp-rate R    UDP offered rate (iperf3 -b syntax; default 1G, issue 15's target)
 //   --workloads w,… only these of tput,lat,conn,udp (for quick A/B runs while optimising;
 //                   implies --no-report)
 //   --no-report     do not rewrite docs/BENCHMARKS.md
@@ -49,8 +50,9 @@ import { renderMarkdown } from './report.mjs';
 const RESULTS = join(ROOT, 'bench/results');
 const DOC = join(ROOT, 'docs/BENCHMARKS.md');
 
-/** UDP workload of issue 5's target: 1,200-byte datagrams offered at 500 Mbit/s. */
-const UDP_RATE = '500M';
+/** UDP workload of issue 15's target: 1,200-byte datagrams offered at 1 Gbit/s (issue 5's was
+ * 500 Mbit/s). `--udp-rate` sets another rate (iperf3's -b syntax). */
+const UDP_RATE = '1G';
 const UDP_LENGTH = 1200;
 /** Port of the idle-connection target (bench/idle-conns.mjs serve). */
 const IDLE_TARGET_PORT = 7990;
@@ -79,7 +81,7 @@ function benchEdge(id, transportMode, b) {
 // Options
 
 function parseArgs(argv) {
-  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'free' };
+  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'free', udpRate: UDP_RATE };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -97,7 +99,10 @@ function parseArgs(argv) {
       o.report = false;
     } else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
     else if (a === '--profile') o.profile = true;
-    else if (a === '--no-report') o.report = false;
+    else if (a === '--udp-rate') {
+      o.udpRate = value();
+      if (!/^\d+(\.\d+)?[KMG]?$/.test(o.udpRate)) usage(`--udp-rate: expected a rate like 500M or 1G, got ${o.udpRate}`);
+    } else if (a === '--no-report') o.report = false;
     else if (a === '--keep') o.keep = true;
     else if (a === '--glibc-defaults') o.glibcDefaults = true;
     else if (a === '--compare') {
@@ -470,7 +475,7 @@ async function main() {
       say(`round ${round} ${name.padEnd(18)} tput1 ${f(s.tput1.at(-1))} tput8 ${f(s.tput8.at(-1))} Gbit/s  p50/p99 ${f(s.p50.at(-1), 1)}/${f(s.p99.at(-1), 1)} µs  conn/s ${f(s.conn.at(-1), 0)}`);
     }
     for (const u of measure('udp') ? udpPaths : []) {
-      const r = await iperf3Udp(u.port, UDP_RATE, UDP_LENGTH, o.seconds);
+      const r = await iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds);
       if (r.error) say(`  ${u.name} udp: ${r.error}`);
       samples.get(u.name).udp.push(r);
       say(`round ${round} ${`${u.name} udp`.padEnd(18)} ${r.mbps?.toFixed(0) ?? '-'} Mbit/s received, ${r.lossPercent?.toFixed(3) ?? '-'} % lost`);
@@ -546,7 +551,7 @@ async function main() {
     date: startedAt.toISOString(),
     durationSec: Math.round((Date.now() - startedAt.getTime()) / 1000),
     machine: { ...machine, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
-    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${UDP_RATE}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, glibcTunables: process.env.GLIBC_TUNABLES ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
+    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${o.udpRate}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, glibcTunables: process.env.GLIBC_TUNABLES ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
     paths: rows,
     udp,
     memory,

@@ -12,7 +12,7 @@ const REPLY_SIZE = 1024 * 1024;
 const cleanups = new Cleanups();
 afterEach(() => cleanups.run());
 
-describe('half-close', () => {
+describe.each(['tcpTls', 'quic'] as const)('half-close (%s)', (transportMode) => {
   it.each([
     ['a short request', 200],
     ['a request larger than the stream window', 3 * 1024 * 1024],
@@ -30,7 +30,7 @@ describe('half-close', () => {
       });
     });
     const edgePort = await freePort();
-    const pair = await startPair(cleanups, { listenPorts: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'none' }] });
+    const pair = await startPair(cleanups, { transportMode, listenPorts: [{ port: edgePort, targetPort: target.port, proxyProtocol: 'none' }] });
 
     const request = randomBytes(requestSize);
     const client = await connectFrom(edgePort);

@@ -567,6 +567,80 @@ async fn read_open(
     })
 }
 
+/// Largest socket read handed to quinn as one chunk: 64 KiB is what a busy TCP socket returns
+/// per read here, so bulk data goes socket → quinn in few calls (each takes the connection lock
+/// and wakes its driver).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Chunks taken from quinn per socket write: a vectored write of up to this many (quinn's chunks
+/// are one STREAM frame each, ~1.4 KB at the default packet size).
+const WRITE_CHUNKS: usize = 32;
+
+/// Socket → QUIC stream, uncapped: each read lands in a buffer quinn then owns (`write_chunk`),
+/// instead of being copied once more into quinn's send buffer. A read that filled less than
+/// half the buffer is copied into one of its own size, so a trickle of small reads does not
+/// keep a 64 KiB allocation per read alive in quinn until it is acknowledged. No buffer is held
+/// while the socket is idle.
+async fn copy_to_quic(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    send: &mut quinn::SendStream,
+) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        r.readable().await?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let n = match r.try_read_buf(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        total += n as u64;
+        let chunk = if n < READ_CHUNK / 2 {
+            Bytes::copy_from_slice(&buf)
+        } else {
+            buf.freeze()
+        };
+        send.write_chunk(chunk).await?;
+    }
+}
+
+/// QUIC stream → socket, uncapped: quinn's chunks go to the socket as they are, up to
+/// [`WRITE_CHUNKS`] per vectored write, instead of being copied into an intermediate buffer.
+async fn copy_from_quic(
+    recv: &mut quinn::RecvStream,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<u64> {
+    let mut chunks: [Bytes; WRITE_CHUNKS] = Default::default();
+    let mut total = 0u64;
+    while let Some(n) = recv.read_chunks(&mut chunks).await? {
+        let mut pending = &mut chunks[..n];
+        while !pending.is_empty() {
+            let slices: [std::io::IoSlice<'_>; WRITE_CHUNKS] =
+                std::array::from_fn(|i| std::io::IoSlice::new(pending.get(i).map_or(&[][..], |c| &c[..])));
+            let mut written = w.write_vectored(&slices[..pending.len()]).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            total += written as u64;
+            while written > 0 {
+                let first = &mut pending[0];
+                if written >= first.len() {
+                    written -= first.len();
+                    pending = &mut pending[1..];
+                } else {
+                    first.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        // Let go of the written chunks (and quinn's receive buffers they are slices of) before
+        // waiting for the next ones.
+        chunks.iter_mut().take(n).for_each(|c| *c = Bytes::new());
+    }
+    Ok(total)
+}
+
 /// Pumps a TCP socket and a QUIC stream until both directions end or either side fails.
 /// Returns (bytes QUIC→socket, bytes socket→QUIC, reset reason if it did not end cleanly).
 /// A capped stream (`credit`) writes only within the credit its peer granted, and grants
@@ -581,7 +655,7 @@ pub async fn pump(
     let (mut r, mut w) = sock.into_split();
     let up = async {
         let res = match &credit {
-            None => tokio::io::copy(&mut r, &mut send).await,
+            None => copy_to_quic(&mut r, &mut send).await,
             Some(c) => c.copy_within_credit(&mut r, &mut send).await,
         };
         match res {
@@ -597,7 +671,7 @@ pub async fn pump(
     };
     let down = async {
         let res = match &credit {
-            None => tokio::io::copy(&mut recv, &mut w).await,
+            None => copy_from_quic(&mut recv, &mut w).await,
             Some(c) => c.copy_granting(&mut recv, &mut w).await,
         };
         match res {
