@@ -308,3 +308,88 @@ async fn a_tls_crowd_from_one_address_does_not_keep_another_edge_out() {
     drop(held);
     edge.stop(Duration::from_millis(100)).await;
 }
+
+/// Abandoned TLS attempts (a connection that says nothing until the deadline) count against
+/// their source: once its budget is spent, the next connection from it is closed at accept,
+/// before any TLS, while another address still gets its full deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_tls_attempts_spend_the_source_budget() {
+    let _serial = SERIAL.lock().await;
+    const BUDGET: u64 = 3;
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let (mut hub, info) = Daemon::spawn(
+        "hub",
+        json!({ "edgePort": free_port(), "limits": {
+            "handshakeTimeoutMs": DEADLINE.as_millis() as u64,
+            "authFailureBurst": BUDGET, "authFailuresPerMinute": 1 } }),
+    );
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
+    // How long the hub keeps a silent connection from `ip` open (it closes; we see EOF).
+    let held_for = |ip: &'static str| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+        let mut tcp = sock.connect(hub_addr).await.unwrap();
+        let t0 = Instant::now();
+        let mut b = [0u8; 1];
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut tcp, &mut b),
+        )
+        .await;
+        t0.elapsed()
+    };
+    for i in 0..BUDGET {
+        let held = held_for("127.0.0.3").await;
+        assert!(
+            held >= DEADLINE - Duration::from_millis(50),
+            "attempt {i} was closed after {held:?}, before the deadline"
+        );
+    }
+    // Let the hub record the last one.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(hub.status()["handshakes"]["failed"]["abandoned"], BUDGET);
+    let refused = held_for("127.0.0.3").await;
+    assert!(
+        refused < DEADLINE / 2,
+        "the source over its budget was held {refused:?}"
+    );
+    let other = held_for("127.0.0.4").await;
+    assert!(
+        other >= DEADLINE - Duration::from_millis(50),
+        "another address was refused too ({other:?})"
+    );
+    assert!(hub.alive());
+}
+
+/// Before it authenticates, a QUIC peer may open the control stream and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_quic_peer_gets_one_stream() {
+    let _serial = SERIAL.lock().await;
+    let (mut hub, info) = Daemon::spawn("hub", hub_arg(free_port()));
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.5:0".parse().unwrap()).unwrap();
+    let cfg = quic::client_crypto(tls::client_config(tls::Trust::Pinned(
+        info["fingerprint"].as_str().unwrap().to_string(),
+    )))
+    .unwrap();
+    let conn = endpoint
+        .connect_with(cfg, hub_addr, "hub.remoteingress.invalid")
+        .unwrap()
+        .await
+        .expect("the QUIC handshake (authentication comes after it)");
+    let (mut control, _control_recv) = conn.open_bi().await.expect("the control stream");
+    control.write_all(quic::PREAMBLE).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await;
+    match second {
+        Err(_) => {}
+        Ok(Ok(_)) => panic!("an unauthenticated peer opened a second stream"),
+        Ok(Err(e)) => panic!("the connection failed instead: {e}"),
+    }
+    // The hub ends it at the deadline; it was never more than the control stream.
+    let closed = tokio::time::timeout(AUTH_DEADLINE + Duration::from_secs(2), conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "the unauthenticated connection outlived the deadline"
+    );
+    assert!(hub.alive());
+}
