@@ -475,10 +475,15 @@ async function main() {
       say(`round ${round} ${name.padEnd(18)} tput1 ${f(s.tput1.at(-1))} tput8 ${f(s.tput8.at(-1))} Gbit/s  p50/p99 ${f(s.p50.at(-1), 1)}/${f(s.p99.at(-1), 1)} µs  conn/s ${f(s.conn.at(-1), 0)}`);
     }
     for (const u of measure('udp') ? udpPaths : []) {
-      const r = await iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds);
+      // Our tunnels' CPU per datagram (hub + edge), for work on the datagram path.
+      const groups = paths.get(u.name)?.cpu ?? {};
+      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds));
+      const cpuSeconds = Object.values(cpu).reduce((a, b) => a + b, 0);
+      if (Object.keys(groups).length > 0 && r.packets > 0) r.cpuUsPerDatagram = (cpuSeconds * 1e6) / r.packets;
       if (r.error) say(`  ${u.name} udp: ${r.error}`);
       samples.get(u.name).udp.push(r);
-      say(`round ${round} ${`${u.name} udp`.padEnd(18)} ${r.mbps?.toFixed(0) ?? '-'} Mbit/s received, ${r.lossPercent?.toFixed(3) ?? '-'} % lost`);
+      const perDatagram = r.cpuUsPerDatagram === undefined ? '' : `, ${r.cpuUsPerDatagram.toFixed(2)} CPU µs per datagram (hub + edge)`;
+      say(`round ${round} ${`${u.name} udp`.padEnd(18)} ${r.mbps?.toFixed(0) ?? '-'} Mbit/s received, ${r.lossPercent?.toFixed(3) ?? '-'} % lost${perDatagram}`);
     }
   }
 

@@ -3,7 +3,7 @@
 //! (FLOW_OPEN, in order with the tunnel's control messages) and its datagrams then travel on
 //! the transport's fastest path: QUIC datagrams, or DATAGRAM frames on the TLS tunnel.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
 use crate::supervise::AbortOnDrop;
+use crate::transport::quic::DATAGRAM_HEADER;
 use crate::wire::open::{OpenRecord, KIND_UDP};
 use crate::wire::proxy_protocol::{self, ProxyVersion, Transport, UdpProxyMode};
 
@@ -85,7 +86,9 @@ pub trait FlowTunnel: Send + Sync {
     /// Announces a flow, reliably and in order.
     fn flow_open(&self, flow: u32, record: &OpenRecord);
     /// Sends a datagram for a flow (fast path; falls back to the reliable path when too large).
-    fn datagram(&self, flow: u32, payload: Bytes);
+    /// `framed` holds [`DATAGRAM_HEADER`] bytes of headroom, then the payload
+    /// ([`crate::transport::quic::with_headroom`]), so QUIC sends it without copying it again.
+    fn datagram(&self, flow: u32, framed: BytesMut);
     /// Ends a flow, reliably.
     fn flow_close(&self, flow: u32);
 }
@@ -291,20 +294,25 @@ impl EdgeUdp {
     }
 
     async fn serve_port(self: Arc<Self>, port: u16, sock: Arc<UdpSocket>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Received after the tunnel's headroom, so the datagram is copied once, headroom and
+        // all, into the buffer the tunnel sends.
+        let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
         loop {
-            let (n, client) = match sock.recv_from(&mut buf).await {
+            let (n, client) = match sock.recv_from(&mut buf[DATAGRAM_HEADER..]).await {
                 Ok(x) => x,
                 // ICMP errors surface here on some kernels; the socket itself is fine.
                 Err(_) => continue,
             };
             self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-            let payload = Bytes::copy_from_slice(&buf[..n]);
-            self.client_datagram(port, client, &sock, payload);
+            self.client_datagram(port, client, &sock, &buf[..DATAGRAM_HEADER + n]);
         }
     }
 
-    fn client_datagram(&self, port: u16, client: SocketAddr, sock: &Arc<UdpSocket>, mut payload: Bytes) {
+    /// One client datagram: `data` is [`DATAGRAM_HEADER`] bytes of headroom, then the datagram.
+    fn client_datagram(&self, port: u16, client: SocketAddr, sock: &Arc<UdpSocket>, data: &[u8]) {
+        let payload = &data[DATAGRAM_HEADER..];
+        // Where the payload starts in `payload` (after a trusted hop's PROXY header).
+        let mut start = 0;
         let mut st = lock(&self.state);
         let Some(tunnel) = st.tunnel.clone() else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -318,9 +326,9 @@ impl EdgeUdp {
         let sid = service.map_or(0, |s| s.sid);
         let trusted = service.is_some_and(|s| s.trusts(client.ip()));
         if trusted {
-            if let Ok(Some(h)) = proxy_protocol::parse_received(&payload) {
+            if let Ok(Some(h)) = proxy_protocol::parse_received(payload) {
                 named = h.addresses;
-                payload = payload.slice(h.len..);
+                start = h.len;
             }
         }
         let flow = match st.by_client.get(&(port, client)) {
@@ -382,8 +390,10 @@ impl EdgeUdp {
         };
         drop(st);
         // A header sent alone (a hop in separateDatagram mode) only opened the flow.
-        if !payload.is_empty() || named.is_none() {
-            tunnel.datagram(flow, payload);
+        if start < payload.len() || named.is_none() {
+            // The bytes in front of the payload (headroom or the end of the PROXY header) are
+            // the tunnel's headroom.
+            tunnel.datagram(flow, BytesMut::from(&data[start..]));
         }
     }
 
@@ -664,12 +674,13 @@ impl HubFlows {
                     me.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let mut buf = vec![0u8; MAX_DATAGRAM];
+            // Received after the tunnel's headroom (see EdgeUdp::serve_port).
+            let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
             loop {
-                match sock.recv(&mut buf).await {
+                match sock.recv(&mut buf[DATAGRAM_HEADER..]).await {
                     Ok(n) => {
                         me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                        tunnel.datagram(flow, Bytes::copy_from_slice(&buf[..n]));
+                        tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
                     }
                     // ICMP port unreachable from a target that is not (yet) listening: keep
                     // the flow; the client may retry, as with plain UDP.
@@ -806,7 +817,7 @@ mod tests {
 
     impl FlowTunnel for NoTunnel {
         fn flow_open(&self, _flow: u32, _record: &OpenRecord) {}
-        fn datagram(&self, _flow: u32, _payload: Bytes) {}
+        fn datagram(&self, _flow: u32, _framed: BytesMut) {}
         fn flow_close(&self, _flow: u32) {}
     }
 

@@ -42,6 +42,16 @@ pub const PREAMBLE: &[u8; 4] = b"RIQ1";
 /// The QUIC datagram header: flow id.
 pub const DATAGRAM_HEADER: usize = 4;
 
+/// `payload` in a buffer with [`DATAGRAM_HEADER`] bytes of headroom in front, as
+/// [`QuicTunnel::datagram`] and the UDP layer's tunnels take datagrams (one allocation and one
+/// copy per datagram, whichever transport carries it).
+pub fn with_headroom(payload: &[u8]) -> BytesMut {
+    let mut b = BytesMut::with_capacity(DATAGRAM_HEADER + payload.len());
+    b.put_bytes(0, DATAGRAM_HEADER);
+    b.extend_from_slice(payload);
+    b
+}
+
 /// Concurrent streams an authenticated QUIC tunnel accepts from its peer. quinn creates an entry
 /// for every allowed stream when the limit is raised, so this is memory paid up front per QUIC
 /// edge (much less than the TLS muxer's 65,536 would cost). Beyond it, new clients wait for a
@@ -168,8 +178,8 @@ pub fn dial_endpoint_config(perf: &Performance) -> quinn::EndpointConfig {
 
 /// The largest UDP payload an endpoint accepts, announced to the peer (max_udp_payload_size):
 /// the path's ceiling from `perf`. Left at quinn's default (1472), it capped every peer's
-/// packets at 1472 bytes whatever the initial MTU or discovery bound said — a larger initial
-/// MTU failed the handshake (the peer dropped the padded Initials) and discovery never grew.
+/// packets at 1472 bytes whatever the initial size or discovery bound said: discovery never
+/// grew past it.
 /// quinn sizes its receive buffers by it, but the kernel fills at most 64 KiB per GRO batch,
 /// so the memory actually touched does not grow with it.
 fn accept_payload(config: &mut quinn::EndpointConfig, perf: &Performance) {
@@ -276,26 +286,25 @@ impl QuicTunnel {
         send_control(&self.ctrl, kind, stream, payload);
     }
 
-    /// A UDP datagram for `flow`: a QUIC datagram when it fits, else the reliable path.
-    pub fn datagram(&self, flow: u32, payload: Bytes) {
+    /// A UDP datagram for `flow`, in a buffer with [`DATAGRAM_HEADER`] bytes of headroom
+    /// before the payload (see [`with_headroom`]): the flow id goes into the headroom and the
+    /// buffer is the QUIC datagram, with no copy of the payload. One too large for a QUIC
+    /// datagram takes the reliable path.
+    pub fn datagram(&self, flow: u32, mut framed: BytesMut) {
         let fits = self
             .conn
             .max_datagram_size()
-            .is_some_and(|max| payload.len() + DATAGRAM_HEADER <= max);
-        if fits {
-            let mut b = BytesMut::with_capacity(DATAGRAM_HEADER + payload.len());
-            b.put_u32(flow);
-            b.extend_from_slice(&payload);
-            match self.conn.send_datagram(b.freeze()) {
-                Ok(()) => return,
-                Err(quinn::SendDatagramError::TooLarge) => {}
-                Err(_) => {
-                    self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
+            .is_some_and(|max| framed.len() <= max);
+        if !fits {
+            self.control(FrameType::Datagram, flow, &framed[DATAGRAM_HEADER..]);
+            return;
         }
-        self.control(FrameType::Datagram, flow, &payload);
+        framed[..DATAGRAM_HEADER].copy_from_slice(&flow.to_be_bytes());
+        // TooLarge here means the path's datagram size shrank since the check above (a lost
+        // MTU probe): dropped like any datagram the path cannot carry, and counted.
+        if self.conn.send_datagram(framed.freeze()).is_err() {
+            self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn go_away(&self, code: u16, reason: &str) {
@@ -1082,8 +1091,8 @@ mod tests {
     async fn oversized_datagram_takes_the_reliable_path() {
         let (tunnel, client, _seen, mut control) = pair().await;
         let max = tunnel.conn.max_datagram_size().unwrap();
-        tunnel.datagram(3, Bytes::from(vec![9u8; max + 100]));
-        tunnel.datagram(4, Bytes::from(vec![8u8; 10]));
+        tunnel.datagram(3, with_headroom(&vec![9u8; max + 100]));
+        tunnel.datagram(4, with_headroom(&[8u8; 10]));
         // The small one arrives as a real QUIC datagram.
         let d = tokio::time::timeout(Duration::from_secs(3), client.read_datagram())
             .await

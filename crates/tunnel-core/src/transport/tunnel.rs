@@ -1,13 +1,13 @@
 //! One type for "the tunnel", whichever transport carries it, so the hub and edge logic above
 //! is written once.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::engine::udp::FlowTunnel;
 use crate::mux::{MuxHandle, MuxStats};
-use crate::transport::quic::QuicTunnel;
+use crate::transport::quic::{self, QuicTunnel};
 use crate::wire::frame::{self, FrameType};
 use crate::wire::open::OpenRecord;
 
@@ -82,10 +82,14 @@ impl FlowTunnel for Tunnel {
         self.control(FrameType::FlowOpen, flow, p.freeze());
     }
 
-    fn datagram(&self, flow: u32, payload: Bytes) {
+    fn datagram(&self, flow: u32, mut framed: BytesMut) {
         match self {
-            Tunnel::Tls(m) => m.datagram(flow, payload),
-            Tunnel::Quic(q) => q.datagram(flow, payload),
+            Tunnel::Tls(m) => {
+                // The muxer frames the payload itself; dropping the headroom moves a pointer.
+                framed.advance(quic::DATAGRAM_HEADER);
+                m.datagram(flow, framed.freeze())
+            }
+            Tunnel::Quic(q) => q.datagram(flow, framed),
         }
     }
 
