@@ -14,7 +14,11 @@
 import type { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+// Types only here: prom-client is loaded when an admin endpoint starts (AdminServer.start).
+// Loading it costs a daemon ~10 MiB of RSS, which a daemon without --admin-listen does not pay.
+import type { Counter, Gauge, Registry } from 'prom-client';
+
+type TPromClient = typeof import('prom-client');
 import { TunnelError } from './errors.js';
 import { isValidHost, isValidPort } from './validation.js';
 
@@ -64,7 +68,10 @@ const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v
 class MetricSet {
   private snapshot: TSnapshot = {};
 
-  constructor(private readonly registry: Registry) {}
+  constructor(
+    private readonly prom: TPromClient,
+    private readonly registry: Registry,
+  ) {}
 
   /** Takes the status every metric of this scrape reads. */
   take(status: TSnapshot): void {
@@ -73,13 +80,13 @@ class MetricSet {
 
   gauge(name: string, help: string, labelNames: string[], series: (s: TSnapshot) => TSeries | number): void {
     const collect = this.collector<Gauge>(series, (metric, labels, value) => metric.set(labels, value));
-    new Gauge({ name, help, labelNames, registers: [this.registry], collect() { collect(this); } });
+    new this.prom.Gauge({ name, help, labelNames, registers: [this.registry], collect() { collect(this); } });
   }
 
   /** A counter whose value status keeps (it restarts with the tunnel that carries it, as counters restart with a process). */
   counter(name: string, help: string, labelNames: string[], series: (s: TSnapshot) => TSeries | number): void {
     const collect = this.collector<Counter>(series, (metric, labels, value) => metric.inc(labels, Math.max(0, value)));
-    new Counter({ name, help, labelNames, registers: [this.registry], collect() { collect(this); } });
+    new this.prom.Counter({ name, help, labelNames, registers: [this.registry], collect() { collect(this); } });
   }
 
   /** A metric's `collect`: every scrape starts it empty and puts the values of the scrape's snapshot. */
@@ -93,7 +100,7 @@ class MetricSet {
 
   /** A counter of events: `labels` picks the labels from each event of `kind`. */
   eventCounter(emitter: EventEmitter, kind: string, name: string, help: string, labelNames: string[], labels: (event: Record<string, unknown>) => TLabels): void {
-    const counter = new Counter({ name, help, labelNames, registers: [this.registry] });
+    const counter = new this.prom.Counter({ name, help, labelNames, registers: [this.registry] });
     emitter.on(kind, (event: Record<string, unknown>) => counter.inc(labels(event)));
   }
 }
@@ -212,12 +219,13 @@ export class AdminServer {
 
   /** Binds `listen` and serves `source`. Fails (ERR_BIND) if the address cannot be bound. */
   static async start(listen: IAdminAddress, source: IAdminSource): Promise<AdminServer> {
-    const registry = new Registry();
-    collectDefaultMetrics({ register: registry });
+    const prom = await import('prom-client');
+    const registry = new prom.Registry();
+    prom.collectDefaultMetrics({ register: registry });
     // prom-client names three gauges `…_total`, which Prometheus reserves for counters
     // (`promtool check metrics` fails on them); their per-type gauges without the suffix stay.
     for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name);
-    const metricSet = new MetricSet(registry);
+    const metricSet = new MetricSet(prom, registry);
     if (source.role === 'hub') hubMetrics(metricSet, source.emitter);
     else edgeMetrics(metricSet);
     let admin: AdminServer | undefined;

@@ -45,7 +45,8 @@
  * once; `issues` lists each, and `field`/`value` name the first one.
  */
 import { readFile } from 'node:fs/promises';
-import { XMLParser, XMLValidator } from 'fast-xml-parser';
+import { createRequire } from 'node:module';
+import type { XMLParser as TXMLParser } from 'fast-xml-parser';
 import { TunnelError, describeValue, type IConfigIssue } from 'remoteingress-core';
 
 /** One service the edge serves (one `<service>`). */
@@ -161,7 +162,21 @@ const CDATA_KEY = '#cdata';
 const ATTRIBUTES_KEY = ':@';
 const ATTRIBUTE_PREFIX = '@_';
 
-const PARSER = new XMLParser({
+/**
+ * fast-xml-parser, loaded the first time a document is parsed: loading it costs an edge ~9 MiB
+ * of RSS, which an edge without consumer.xml does not pay. Its CommonJS build, so that the
+ * (synchronous) parse functions can load it.
+ */
+let fxp: { parser: TXMLParser; metadata: symbol; validate: typeof import('fast-xml-parser').XMLValidator.validate } | undefined;
+function xml(): NonNullable<typeof fxp> {
+  if (fxp === undefined) {
+    const { XMLParser, XMLValidator } = createRequire(import.meta.url)('fast-xml-parser') as typeof import('fast-xml-parser');
+    fxp = { parser: new XMLParser(PARSER_OPTIONS), metadata: XMLParser.getMetaDataSymbol() as unknown as symbol, validate: XMLValidator.validate };
+  }
+  return fxp;
+}
+
+const PARSER_OPTIONS: ConstructorParameters<typeof TXMLParser>[0] = {
   // Keeps repeated elements, text and CDATA in document order. Every child list is an array
   // this way, so `<service>` (or a wrongly repeated `<port>`) needs no `isArray`.
   preserveOrder: true,
@@ -177,8 +192,7 @@ const PARSER = new XMLParser({
   ignoreDeclaration: true,
   ignorePiTags: true,
   transformTagName: (name) => (name.startsWith(NAME_PREFIX) ? name : NAME_PREFIX + name),
-});
-const METADATA = XMLParser.getMetaDataSymbol() as unknown as symbol;
+};
 
 interface IElement {
   name: string;
@@ -295,9 +309,9 @@ function parseDocument(text: string, file: string): IElement {
     throw fatal(file, line, col, `not well-formed XML: character ${shown} is not allowed in XML`, ROOT, shown);
   }
 
-  let validation: ReturnType<typeof XMLValidator.validate>;
+  let validation: ReturnType<NonNullable<typeof fxp>['validate']>;
   try {
-    validation = XMLValidator.validate(text);
+    validation = xml().validate(text);
   } catch (error) {
     throw fatal(file, undefined, undefined, `not well-formed XML: ${(error as Error).message}`, ROOT, undefined, error);
   }
@@ -323,7 +337,7 @@ function parseDocument(text: string, file: string): IElement {
 
   let parsed: unknown;
   try {
-    parsed = PARSER.parse(text);
+    parsed = xml().parser.parse(text);
   } catch (error) {
     throw fatal(file, undefined, undefined, `cannot parse XML: ${(error as Error).message}`, ROOT, undefined, error);
   }
@@ -363,7 +377,7 @@ function toElements(nodes: unknown, lines: LineIndex, file: string): TContent[] 
     }
     const key = Object.keys(entry).find((name) => name !== ATTRIBUTES_KEY);
     if (key === undefined) throw unexpected();
-    const meta = entry[METADATA] as { startIndex?: unknown } | undefined;
+    const meta = entry[xml().metadata] as { startIndex?: unknown } | undefined;
     const start = meta?.startIndex;
     const attributes = entry[ATTRIBUTES_KEY];
     out.push({
