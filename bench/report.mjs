@@ -42,7 +42,7 @@ export function evaluateTargets(results) {
   if (quic?.status === 'ok') ratio('quic 1 stream vs kcptun', '≥ 4×', quic.tput1Gbps, kcp?.tput1Gbps, (r) => r >= 4, gb);
   else out.push({ target: 'quic 1 stream vs kcptun', need: '≥ 4×', measured: quic?.note ?? 'quic not measured', ratio: null, pass: 'not yet' });
   const udpQuic = results.udp?.find((u) => u.path === 'quic');
-  const udpTarget = `UDP over QUIC datagrams, ${(results.settings.udpOffered ?? '').replace(/^(\d+)Gbit/, '$1 Gbit').replace(/^(\d+)Mbit/, '$1 Mbit').replace(' B', ' B offered').replace('1200', '1,200')}`;
+  const udpTarget = `UDP over QUIC datagrams, ${results.settings.udpOffered ?? '?'} offered`;
   if (udpQuic?.status === 'ok') {
     out.push({ target: udpTarget, need: '< 0.1 % lost', measured: `${num(udpQuic.mbps, 0)} Mbit/s, ${num(udpQuic.lossPercent, 3)} % lost`, ratio: null, pass: udpQuic.lossPercent != null && udpQuic.lossPercent < 0.1 });
   } else if (udpQuic?.status === 'failed') {

@@ -86,8 +86,8 @@ pub trait FlowTunnel: Send + Sync {
     /// Announces a flow, reliably and in order.
     fn flow_open(&self, flow: u32, record: &OpenRecord);
     /// Sends a datagram for a flow (fast path; falls back to the reliable path when too large).
-    /// `framed` holds [`DATAGRAM_HEADER`] bytes of headroom, then the payload
-    /// ([`crate::transport::quic::with_headroom`]), so QUIC sends it without copying it again.
+    /// `framed` holds [`DATAGRAM_HEADER`] bytes of headroom, then the payload (both ends
+    /// receive after the headroom), so QUIC sends it without copying it again.
     fn datagram(&self, flow: u32, framed: BytesMut);
     /// Ends a flow, reliably.
     fn flow_close(&self, flow: u32);

@@ -216,9 +216,6 @@ pub struct MuxStats {
     pub bytes_out: AtomicU64,
     /// Last heartbeat round trip in microseconds (0 = none yet).
     pub rtt_us: AtomicU64,
-    /// QUIC only: the UDP payload size the connection currently sends (its path MTU, as
-    /// discovered); 0 on TLS.
-    pub path_mtu: AtomicU64,
     /// Datagrams dropped because the tunnel was backed up.
     pub datagrams_dropped: AtomicU64,
 }

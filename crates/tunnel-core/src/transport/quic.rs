@@ -42,16 +42,6 @@ pub const PREAMBLE: &[u8; 4] = b"RIQ1";
 /// The QUIC datagram header: flow id.
 pub const DATAGRAM_HEADER: usize = 4;
 
-/// `payload` in a buffer with [`DATAGRAM_HEADER`] bytes of headroom in front, as
-/// [`QuicTunnel::datagram`] and the UDP layer's tunnels take datagrams (one allocation and one
-/// copy per datagram, whichever transport carries it).
-pub fn with_headroom(payload: &[u8]) -> BytesMut {
-    let mut b = BytesMut::with_capacity(DATAGRAM_HEADER + payload.len());
-    b.put_bytes(0, DATAGRAM_HEADER);
-    b.extend_from_slice(payload);
-    b
-}
-
 /// Concurrent streams an authenticated QUIC tunnel accepts from its peer. quinn creates an entry
 /// for every allowed stream when the limit is raised, so this is memory paid up front per QUIC
 /// edge (much less than the TLS muxer's 65,536 would cost). Beyond it, new clients wait for a
@@ -183,8 +173,9 @@ pub fn dial_endpoint_config(perf: &Performance) -> quinn::EndpointConfig {
 /// quinn sizes its receive buffers by it, but the kernel fills at most 64 KiB per GRO batch,
 /// so the memory actually touched does not grow with it.
 fn accept_payload(config: &mut quinn::EndpointConfig, perf: &Performance) {
-    // Validated to 1200..=65527 (config.rs), the range quinn accepts.
-    let _ = config.max_udp_payload_size(perf.quic_udp_payload_ceiling().max(1472));
+    // Never below quinn's default; validated to 1200..=65527 (config.rs), the range quinn accepts.
+    let floor = u16::try_from(config.get_max_udp_payload_size()).unwrap_or(u16::MAX);
+    let _ = config.max_udp_payload_size(perf.quic_udp_payload_ceiling().max(floor));
 }
 
 /// quinn's view of the hub's TLS configuration (TLS 1.3 with AES-128-GCM, which QUIC's Initial
@@ -287,7 +278,7 @@ impl QuicTunnel {
     }
 
     /// A UDP datagram for `flow`, in a buffer with [`DATAGRAM_HEADER`] bytes of headroom
-    /// before the payload (see [`with_headroom`]): the flow id goes into the headroom and the
+    /// before the payload (the UDP layer receives after it): the flow id goes into the headroom and the
     /// buffer is the QUIC datagram, with no copy of the payload. One too large for a QUIC
     /// datagram takes the reliable path.
     pub fn datagram(&self, flow: u32, mut framed: BytesMut) {
@@ -506,7 +497,6 @@ async fn drive<H: Handler>(
             Some(c) = closed_rx.recv() => handler.on_closed(c),
             _ = drain_tick.tick() => {
                 t.stats.rtt_us.store(t.conn.rtt().as_micros().max(1) as u64, Ordering::Relaxed);
-                t.stats.path_mtu.store(u64::from(t.conn.stats().path.current_mtu), Ordering::Relaxed);
             }
         }
     }
@@ -1089,6 +1079,11 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_datagram_takes_the_reliable_path() {
+        let with_headroom = |payload: &[u8]| {
+            let mut b = BytesMut::zeroed(DATAGRAM_HEADER);
+            b.extend_from_slice(payload);
+            b
+        };
         let (tunnel, client, _seen, mut control) = pair().await;
         let max = tunnel.conn.max_datagram_size().unwrap();
         tunnel.datagram(3, with_headroom(&vec![9u8; max + 100]));

@@ -69,9 +69,12 @@ impl Tunnel {
         self.stats().rtt_us.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    /// QUIC's current UDP payload size (path MTU); `None` on TLS or before it is known.
-    pub fn quic_path_mtu(&self) -> Option<u64> {
-        Some(self.stats().path_mtu.load(Ordering::Relaxed)).filter(|&m| m > 0)
+    /// QUIC's current UDP payload size (path MTU, as discovered); `None` on TLS.
+    pub fn quic_path_mtu(&self) -> Option<u16> {
+        match self {
+            Tunnel::Tls(_) => None,
+            Tunnel::Quic(q) => Some(q.conn.stats().path.current_mtu),
+        }
     }
 }
 
