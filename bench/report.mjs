@@ -169,10 +169,13 @@ export function renderMarkdown(results, changes, lossy = readLossy()) {
     if (mem.hubEdges > 1) L.push(`| hub with all ${mem.hubEdges} bench edges (tcpTls + quic) connected, idle | ${mib(mem.freshIdleKiB.hubAllEdges)} | |`);
     L.push(`| idle, after the traffic above${mem.hubEdges > 1 ? ' (hub: all edges)' : ''} | ${mib(mem.idleAfterTrafficKiB.hub)} | ${mib(mem.idleAfterTrafficKiB.edge)} |`);
     if (ic && !ic.error) {
-      L.push(`| with ${ic.atTarget.toLocaleString('en-US')} idle connections open | ${mib(ic.rssKiB.withConns.hub)} | ${mib(ic.rssKiB.withConns.edge)} |`);
-      L.push(`| after those closed | ${mib(ic.rssKiB.afterClose.hub)} | ${mib(ic.rssKiB.afterClose.edge)} |`);
+      const where = ic.freshTunnel ? ' (fresh hub and edge)' : '';
+      if (ic.freshTunnel) L.push(`| fresh hub and edge, idle, before the connections | ${mib(ic.rssKiB.idle.hub)} | ${mib(ic.rssKiB.idle.edge)} |`);
+      L.push(`| with ${ic.atTarget.toLocaleString('en-US')} idle connections open${where} | ${mib(ic.rssKiB.withConns.hub)} | ${mib(ic.rssKiB.withConns.edge)} |`);
+      L.push(`| after those closed${where} | ${mib(ic.rssKiB.afterClose.hub)} | ${mib(ic.rssKiB.afterClose.edge)} |`);
       L.push('');
       L.push(`Per connection, hub + edge together: **${num(ic.perConnKiB, 2)} KiB** ((RSS with − RSS just before) / connections).`);
+      if (ic.freshTunnel) L.push('The idle connections go through a hub and edge started for them alone, before any traffic: on the daemons that carried the traffic above, part of their memory lands in heap the traffic grew and freed, which hid up to half of it.');
       L.push(`${ic.opened.toLocaleString('en-US')} connections opened in ${(ic.openMs / 1000).toFixed(1)} s (${ic.failed} failed), each held open end to end at the target.`);
     } else if (ic?.error) {
       L.push('');

@@ -6,7 +6,7 @@
 //   latency       sockperf TCP ping-pong                        → full round trip p50/p99, µs
 //   connections   wrk, one request per connection to nginx      → new connections per second
 // plus UDP at a fixed offered rate (loss), and for our tunnel the hub's and edge's memory idle and
-// with 10,000 idle connections open. Paths: direct, socat relay, stunnel TLS pair, ssh -R
+// with 10,000 idle connections open (through a hub and edge of their own, started fresh). Paths: direct, socat relay, stunnel TLS pair, ssh -R
 // (aes128-gcm), kcptun, and ours in tcpTls and quic mode (quic/UDP are reported "not yet" when the
 // edge says it is not using them; nothing is ever faked).
 //
@@ -60,6 +60,13 @@ const IDLE_TARGET_PORT = 7990;
 const WORKLOADS = ['tput', 'lat', 'conn', 'udp'];
 /** Entry ports of our tunnel; +0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 (TCP control + UDP). */
 const TUNNEL_BASE = { tcpTls: 7201, quic: 7301, 'tcpTls@base': 7401, 'quic@base': 7501 };
+/**
+ * Entry ports of the tunnel that only holds idle connections: a hub and a tcpTls edge of their
+ * own, started fresh for that measurement. On daemons that carried the bench's traffic, the
+ * connections' memory partly lands in heap the traffic grew and freed, and the RSS growth
+ * understated the cost by up to half (bench/changes.md, session 9).
+ */
+const MEMORY_TUNNEL_BASE = 7601;
 
 /** One bench edge: its entry ports from `b` (+0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 TCP + UDP). */
 function benchEdge(id, transportMode, b) {
@@ -374,6 +381,7 @@ async function main() {
   const machine = machineInfo();
   cpuLayout.pinned = o.cpuLayout === 'pinned' && machine.nproc >= 2 && which('taskset') !== null;
   say(`bench: ${machine.nproc} × ${machine.cpuModel}, kernel ${machine.kernel}, ${o.rounds} rounds × ${o.seconds} s per measurement, work dir ${work}`);
+  if (process.env.REMOTEINGRESS_ADDON) say(`bench: the daemons load the addon ${process.env.REMOTEINGRESS_ADDON} (REMOTEINGRESS_ADDON)`);
   const loadBefore = loadavg();
   const want = (name) => o.paths === null || o.paths.includes(name);
   const measure = (w) => o.workloads === null || o.workloads.includes(w);
@@ -495,14 +503,20 @@ async function main() {
     await sleep(1000);
     memory = { hubEdges: tunnel.edges.length, freshIdleKiB: { hub: freshIdle.hub, edge: freshIdle.edge.tcpTls, hubAllEdges: freshIdle.hubAllEdges }, idleAfterTrafficKiB: { hub: rssKiB(tunnel.hubPid), edge: rssKiB(tls.edge.pid) } };
     if (o.idleCount > 0) {
-      say(`memory: opening ${o.idleCount} idle connections through the tcpTls tunnel…`);
+      say(`memory: opening ${o.idleCount} idle connections through a fresh tcpTls tunnel (its own hub and edge)…`);
+      let fresh = null;
       try {
-        memory.idleConnections = await idleConnectionCost(work, tls.ports.idle, tunnel.hubPid, tls.edge.pid, o.idleCount);
+        fresh = await startTunnel({ dir: join(work, 'memory-tunnel'), edges: [benchEdge('bench-memory', 'tcpTls', MEMORY_TUNNEL_BASE)], performance });
+        await sleep(1000);
+        memory.idleConnections = await idleConnectionCost(work, MEMORY_TUNNEL_BASE + 3, fresh.hubPid, fresh.edges[0].pid, o.idleCount);
+        memory.idleConnections.freshTunnel = true;
         const m = memory.idleConnections;
         say(`memory: ${m.atTarget}/${m.count} open in ${m.openMs} ms${m.failed > 0 ? ` (${m.failed} failed: ${JSON.stringify(m.failures)})` : ''}; hub ${m.rssKiB.idle.hub}→${m.rssKiB.withConns.hub} KiB, edge ${m.rssKiB.idle.edge}→${m.rssKiB.withConns.edge} KiB; ${m.perConnKiB.toFixed(2)} KiB per connection`);
       } catch (error) {
         memory.idleConnections = { error: error.message };
         say(`memory: ${error.message}`);
+      } finally {
+        await fresh?.stop();
       }
     }
   }

@@ -23,9 +23,12 @@ export function tunnelMissing() {
   return null;
 }
 
-/** The environment without REMOTEINGRESS_* variables, which would change what the CLIs do. */
+/** The environment without REMOTEINGRESS_* variables (but the addon path), which would change what the CLIs do. */
 function cleanEnv() {
-  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('REMOTEINGRESS_')));
+  // REMOTEINGRESS_ADDON is kept: it is how an A/B run gives the daemons another build of the
+  // addon (it was stripped with the rest until session 9, so such runs compared one build
+  // with itself; bench/changes.md says which).
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('REMOTEINGRESS_') || key === 'REMOTEINGRESS_ADDON'));
 }
 
 /**

@@ -1310,14 +1310,16 @@ fn open_and_carry(
         }) {
             Some(ctx) => {
                 opened(u64::from(ctx.id));
-                tokio::spawn(service::carry_with_limits(admitted, watch, ctx.run_tcp(sock)));
+                service::spawn_carry(admitted, watch, ctx.run_tcp(sock));
             }
             None => refuse(sock),
         },
         Some(Tunnel::Quic(q)) if !q.is_going_away() => {
-            tokio::spawn(service::carry_with_limits(admitted, watch, async move {
-                q.carry(record, sock, opened).await
-            }));
+            service::spawn_carry(
+                admitted,
+                watch,
+                async move { q.carry(record, sock, opened).await },
+            );
         }
         _ => refuse(sock),
     }

@@ -601,6 +601,42 @@ fn find_route(e: &EdgeSpec, udp: bool, record: &OpenRecord) -> std::result::Resu
     })
 }
 
+/// Connects to a stream's target and writes its PROXY header: the socket, or the reset code and
+/// reason the stream ends with.
+async fn connect_target(
+    route: PortSpec,
+    record: OpenRecord,
+    timeout: Duration,
+) -> std::result::Result<TcpStream, (u16, String)> {
+    let target = (route.target_host.as_str(), route.target_port);
+    let mut sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err((
+                mux::reset::TARGET_UNREACHABLE,
+                format!("target {}:{} refused: {e}", route.target_host, route.target_port),
+            ))
+        }
+        Err(_) => {
+            return Err((
+                mux::reset::TARGET_UNREACHABLE,
+                format!(
+                    "target {}:{} did not answer within {timeout:?}",
+                    route.target_host, route.target_port
+                ),
+            ))
+        }
+    };
+    let _ = sock.set_nodelay(true);
+    if let Some(header) = proxy_protocol::stream_header(route.proxy_protocol, record.client, record.local) {
+        // One write before any payload: the target must see the header whole and first.
+        if let Err(e) = sock.write_all(&header).await {
+            return Err((mux::reset::IO, format!("writing the PROXY header failed: {e}")));
+        }
+    }
+    Ok(sock)
+}
+
 impl Handler for HubHandler {
     fn on_open(&mut self, stream: RemoteStream) {
         let RemoteStream { record, io } = stream;
@@ -618,41 +654,17 @@ impl Handler for HubHandler {
             "clientAddress": client.ip().to_string(), "clientPort": client.port(),
             "targetHost": route.target_host, "targetPort": route.target_port
         }));
-        let timeout = self.connect_timeout;
+        // The connect phase runs boxed: its future (name lookup, connect, timer, PROXY header,
+        // the route) is freed once the target answers instead of sizing the task that carries
+        // the stream for as long as it lives. Made before the task so that the task captures
+        // only the box, not the route and record as well.
+        let connect = Box::pin(connect_target(route, record, self.connect_timeout));
         tokio::spawn(async move {
             supervise::check(FaultPoint::HubStream);
-            let target = (route.target_host.as_str(), route.target_port);
-            let mut sock = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    io.reset(
-                        mux::reset::TARGET_UNREACHABLE,
-                        format!("target {}:{} refused: {e}", route.target_host, route.target_port),
-                    );
-                    return;
-                }
-                Err(_) => {
-                    io.reset(
-                        mux::reset::TARGET_UNREACHABLE,
-                        format!(
-                            "target {}:{} did not answer within {timeout:?}",
-                            route.target_host, route.target_port
-                        ),
-                    );
-                    return;
-                }
-            };
-            let _ = sock.set_nodelay(true);
-            if let Some(header) =
-                proxy_protocol::stream_header(route.proxy_protocol, record.client, record.local)
-            {
-                // One write before any payload: the target must see the header whole and first.
-                if let Err(e) = sock.write_all(&header).await {
-                    io.reset(mux::reset::IO, format!("writing the PROXY header failed: {e}"));
-                    return;
-                }
+            match connect.await {
+                Ok(sock) => io.run_tcp(sock).await,
+                Err((code, why)) => io.reset(code, why),
             }
-            io.run_tcp(sock).await;
         });
     }
 

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) struct StreamState {
-    tx: Option<mpsc::UnboundedSender<Inbound>>,
+    tx: Option<inbound::InboundTx>,
     shared: Arc<StreamShared>,
     listen_port: u16,
     /// Bytes the peer may still send us on this stream.
@@ -324,7 +324,7 @@ impl<H: Handler> Mux<H> {
         id: u32,
         listen_port: u16,
         cap: Option<u32>,
-        tx: mpsc::UnboundedSender<Inbound>,
+        tx: inbound::InboundTx,
         shared: Arc<StreamShared>,
     ) {
         let window = flow::capped(self.cfg.stream_window, cap);
@@ -778,7 +778,7 @@ impl<H: Handler> Mux<H> {
             frame::encode(&mut self.control, FrameType::Reset, 0, f.stream, &p);
             return Ok(());
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbound::channel();
         let shared = StreamShared::new(flow::capped(self.cfg.stream_window, record.buffer));
         self.new_stream(f.stream, record.listen_port, record.buffer, tx, shared.clone());
         let ctx = StreamCtx::new(f.stream, rx, shared, self.cmd_tx.clone(), self.cfg.max_frame);

@@ -44,6 +44,7 @@ use crate::wire::open::OpenRecord;
 mod batch;
 mod conn;
 mod flow;
+mod inbound;
 mod io;
 mod stream;
 
@@ -159,7 +160,7 @@ pub(crate) enum Cmd {
     Open {
         id: u32,
         record: OpenRecord,
-        tx: mpsc::UnboundedSender<Inbound>,
+        tx: inbound::InboundTx,
         shared: Arc<StreamShared>,
     },
     Data {
@@ -298,7 +299,10 @@ impl StreamIo {
                     port,
                     totals: None,
                 };
-                done.totals = Some(crate::transport::quic::pump(sock, send, recv, credit).await);
+                // Boxed: the QUIC pump's future is several times the muxer stream's, and a
+                // task sized for it would make every TLS stream's task that large too.
+                let pump = Box::pin(crate::transport::quic::pump(sock, send, recv, credit));
+                done.totals = Some(pump.await);
             }
         }
     }
@@ -376,7 +380,7 @@ impl MuxHandle {
             return None;
         }
         let id = self.next_id.fetch_add(2, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbound::channel();
         let shared = StreamShared::new(flow::capped(self.config.stream_window, record.buffer));
         self.cmd
             .send(Cmd::Open {

@@ -31,7 +31,7 @@ impl StreamShared {
 /// One stream's endpoint: what a socket pump (or a test) uses to move bytes.
 pub struct StreamCtx {
     pub id: u32,
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: inbound::InboundRx,
     shared: Arc<StreamShared>,
     cmd: mpsc::UnboundedSender<Cmd>,
     max_frame: usize,
@@ -61,7 +61,7 @@ impl Drop for ResetOnDrop {
 impl StreamCtx {
     pub(super) fn new(
         id: u32,
-        rx: mpsc::UnboundedReceiver<Inbound>,
+        rx: inbound::InboundRx,
         shared: Arc<StreamShared>,
         cmd: mpsc::UnboundedSender<Cmd>,
         max_frame: usize,
@@ -291,7 +291,7 @@ async fn write_all_shared(sock: &TcpStream, mut b: &[u8]) -> std::io::Result<()>
 /// Returns true when the socket must be aborted (RST) rather than closed.
 pub(super) async fn pump_mux_to_socket(
     sock: &TcpStream,
-    mut rx: mpsc::UnboundedReceiver<Inbound>,
+    mut rx: inbound::InboundRx,
     id: u32,
     shared: &StreamShared,
     cmd: &mpsc::UnboundedSender<Cmd>,

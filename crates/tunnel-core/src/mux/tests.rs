@@ -410,3 +410,18 @@ async fn a_buffer_cap_bounds_what_a_stream_holds_each_way_and_still_moves_everyt
     assert_eq!(capped_then_all(&mut local, CAP).await, down);
     sending.await.unwrap();
 }
+
+/// An idle connection costs mostly the tasks of its stream, and a task is as large as the
+/// largest state of its future. The TLS stream's carrying future must stay small: when it
+/// still held the QUIC pump inline, every hub stream task was 3.2 KiB (heaptrack, 10,000 idle
+/// connections; bench/changes.md) against ~1 KiB now.
+#[tokio::test]
+async fn a_tls_streams_carrying_future_stays_small() {
+    let (ha, _ca, _hb, _cb) = pair();
+    let ctx = ha.open(record()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sock = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let carry = StreamIo::Mux(ctx).run_tcp(sock);
+    let size = std::mem::size_of_val(&carry);
+    assert!(size <= 1024, "StreamIo::run_tcp's future is {size} bytes");
+}
