@@ -6,8 +6,11 @@
 // (`numgen random mod 100000 < N drop`, matching only the tunnel's port, both directions) at
 // 0 %, 0.1 % and 1 %. Reported per path and loss: ping-pong p50/p99/p99.9 (µs, full round trip)
 // and bulk Gbit/s. Paths: tcpTls and quic (ours, one hub, one edge each) and `ssh -R`
-// (aes128-gcm), whose tunnel is one TCP connection like tcpTls. Rounds are interleaved (round 1:
-// every loss level and path, round 2: …) and numbers are medians over rounds.
+// (aes128-gcm), whose tunnel is one TCP connection like tcpTls; and `direct`, the same two
+// workloads straight to their servers with no relay, at 0 % only (there is no tunnel leg to
+// drop from): the floor this machine puts under every path's ping-pong while a bulk stream
+// runs. Rounds are interleaved (round 1: every loss level and path, round 2: …) and numbers are
+// medians over rounds.
 //
 // The run re-executes itself in a private network namespace (`unshare -n`) whose loopback is set
 // to a 1500-byte MTU with segmentation offloads off (where ethtool exists), so a dropped packet
@@ -15,7 +18,7 @@
 // no netem (no sch_netem module): nftables' numgen is how loss is made, and it adds no delay.
 //
 // Options: --seconds N (per measurement, default 5), --rounds N (default 3),
-//          --loss a,b,c (percent, default 0,0.1,1), --paths tcpTls,quic,ssh, --keep,
+//          --loss a,b,c (percent, default 0,0.1,1), --paths direct,tcpTls,quic,ssh, --keep,
 //          --no-report (implied by --loss and --paths)
 // Results: bench/results/lossy-<time>.json and a Markdown table on stdout; a full run also
 // writes bench/results/lossy-latest.json and regenerates docs/BENCHMARKS.md with it.
@@ -41,7 +44,7 @@ const BULK_HEAD_START_MS = 1000;
 const LINK_MTU = 1500;
 
 function parseArgs(argv) {
-  const o = { seconds: 5, rounds: 3, loss: [0, 0.1, 1], paths: ['tcpTls', 'quic', 'ssh'], keep: false };
+  const o = { seconds: 5, rounds: 3, loss: [0, 0.1, 1], paths: ['direct', 'tcpTls', 'quic', 'ssh'], keep: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => argv[++i] ?? usage(`${a} needs a value`);
@@ -140,8 +143,9 @@ async function main() {
   say(`bench/lossy: loopback MTU ${LINK_MTU}, offloads ${offloads ? 'off' : 'on (no ethtool)'}, loss ${o.loss.join(' / ')} %, ${o.rounds} rounds × ${o.seconds} s, paths ${o.paths.join(', ')}`);
   await startTargets(work);
 
-  /** path → { tunnelPort, tput, lat } */
+  /** path → { tunnelPort, tput, lat }; `direct` has no tunnel port. */
   const paths = new Map();
+  if (o.paths.includes('direct')) paths.set('direct', { tunnelPort: null, tput: TARGET.iperf3, lat: TARGET.sockperf });
   const modes = ['tcpTls', 'quic'].filter((m) => o.paths.includes(m));
   if (modes.length > 0) {
     const edges = modes.map((mode) => ({
@@ -167,7 +171,8 @@ async function main() {
   for (let round = 1; round <= o.rounds; round++) {
     for (const loss of o.loss) {
       for (const [name, p] of paths) {
-        setLoss(p.tunnelPort, loss);
+        if (p.tunnelPort === null && loss > 0) continue;
+        if (p.tunnelPort !== null) setLoss(p.tunnelPort, loss);
         const bulk = iperf3Tcp(p.tput, 1, o.seconds + 2);
         await sleep(BULK_HEAD_START_MS);
         const pp = await pingPong(p.lat, o.seconds);
@@ -175,7 +180,7 @@ async function main() {
         const sample = { round, loss, path: name, gbps: tput.gbps ?? null, ...pp, dropped: loss > 0 ? dropped() : 0, error: tput.error ?? pp.error };
         samples.push(sample);
         say(`round ${round} loss ${loss} % ${name}: bulk ${tput.gbps?.toFixed(2) ?? tput.error} Gbit/s, ping-pong p50 ${pp.p50 ?? '-'} p99 ${pp.p99 ?? '-'} p99.9 ${pp.p999 ?? '-'} µs, ${sample.dropped} packets dropped`);
-        setLoss(p.tunnelPort, 0);
+        if (p.tunnelPort !== null) setLoss(p.tunnelPort, 0);
         await sleep(500);
       }
     }
@@ -186,6 +191,7 @@ async function main() {
   for (const loss of o.loss) {
     for (const name of paths.keys()) {
       const s = samples.filter((x) => x.loss === loss && x.path === name);
+      if (s.length === 0) continue;
       const row = { loss, path: name, gbps: median(s.map((x) => x.gbps)), p50: median(s.map((x) => x.p50)), p99: median(s.map((x) => x.p99)), p999: median(s.map((x) => x.p999)) };
       summary.push(row);
       const f = (v, d = 0) => (v === null ? '-' : v.toFixed(d));
