@@ -44,7 +44,13 @@ export function evaluateTargets(results) {
   const udpQuic = results.udp?.find((u) => u.path === 'quic');
   const udpTarget = `UDP over QUIC datagrams, ${results.settings.udpOffered ?? '?'} offered`;
   if (udpQuic?.status === 'ok') {
-    out.push({ target: udpTarget, need: '< 0.1 % lost', measured: `${num(udpQuic.mbps, 0)} Mbit/s, ${num(udpQuic.lossPercent, 3)} % lost`, ratio: null, pass: udpQuic.lossPercent != null && udpQuic.lossPercent < 0.1 });
+    // "Offered" is what iperf3 was asked to send. When the relays take the CPU it needs, it
+    // sends less and loses nothing, which is not the target: what arrives must be the offered
+    // rate (99 %, iperf3's rate control is not exact) with under 0.1 % lost.
+    const offeredMbps = offeredRateMbps(results.settings.udpOffered);
+    const carried = offeredMbps === null || udpQuic.mbps >= 0.99 * offeredMbps;
+    const short = carried ? '' : ` (under the ${num(offeredMbps, 0)} Mbit/s offered: the sender could not send it)`;
+    out.push({ target: udpTarget, need: '< 0.1 % lost, offered rate carried', measured: `${num(udpQuic.mbps, 0)} Mbit/s, ${num(udpQuic.lossPercent, 3)} % lost${short}`, ratio: null, pass: udpQuic.lossPercent != null && udpQuic.lossPercent < 0.1 && carried });
   } else if (udpQuic?.status === 'failed') {
     out.push({ target: udpTarget, need: '< 0.1 % lost', measured: udpQuic.samples?.[0]?.error ?? 'failed', ratio: null, pass: false });
   } else {
@@ -78,6 +84,13 @@ export function readLossy() {
 /** Issue 15's loss target: quic's ping-pong p99 at 1 % loss ≤ 0.3× tcpTls' and ≤ 0.3× ssh -R's. */
 const LOSS_P99_RATIO = 0.3;
 
+/** Mbit/s from the recorded offer ("1Gbit/s × 1200 B", "500Mbit/s × …"), or null if unreadable. */
+function offeredRateMbps(text) {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)bit\/s/.exec(text ?? '');
+  if (m === null) return null;
+  return Number(m[1]) * { '': 1e-6, K: 1e-3, M: 1, G: 1e3 }[m[2]];
+}
+
 function renderLossy(lossy) {
   const o = lossy.options;
   const L = [];
@@ -108,7 +121,7 @@ function renderLossy(lossy) {
   const direct = floor('direct');
   const relayed = ['tcpTls', 'quic', 'ssh -R'].map((p) => [p, floor(p)]).filter(([, v]) => v != null);
   if (direct != null && relayed.length > 0) {
-    L.push(`- 0 % loss, ping-pong p99 with the bulk stream running: direct ${f(direct)} µs; ${relayed.map(([p, v]) => `${p} ${f(v)} µs`).join(', ')} (each relay pair busy with the bulk stream; see bench/changes.md)`);
+    L.push(`- 0 % loss, ping-pong p99 with the bulk stream running: direct ${f(direct)} µs; ${relayed.map(([p, v]) => `${p} ${f(v)} µs`).join(', ')} (the relayed paths queue the bulk stream's window ahead of the ping-pong; bench/changes.md, session 9)`);
   }
   return L;
 }

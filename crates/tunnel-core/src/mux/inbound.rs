@@ -63,10 +63,15 @@ pub fn channel() -> (InboundTx, InboundRx) {
 impl InboundTx {
     /// Queues `m`; gives it back when the consumer is gone (nobody will ever take it).
     pub fn send(&self, m: Inbound) -> Result<(), Inbound> {
-        if self.0.consumer_gone.load(Ordering::Acquire) {
-            return Err(m);
+        {
+            let mut items = self.0.items();
+            // Checked under the lock the consumer's drop takes too, so an item is either
+            // refused or queued before that drop frees the queue, never left behind in it.
+            if self.0.consumer_gone.load(Ordering::Acquire) {
+                return Err(m);
+            }
+            items.push_back(m);
         }
-        self.0.items().push_back(m);
         self.0.notify.notify_one();
         Ok(())
     }
@@ -108,9 +113,12 @@ impl InboundRx {
 
 impl Drop for InboundRx {
     fn drop(&mut self) {
-        self.0.consumer_gone.store(true, Ordering::Release);
         // What is queued will never be written: free it now, not when the mux lets go.
-        let left = std::mem::take(&mut *self.0.items());
+        let left = {
+            let mut items = self.0.items();
+            self.0.consumer_gone.store(true, Ordering::Release);
+            std::mem::take(&mut *items)
+        };
         drop(left);
     }
 }
