@@ -48,7 +48,7 @@ mod inbound;
 mod io;
 mod stream;
 
-pub(crate) use stream::abortive_close;
+pub(crate) use stream::{abortive_close, read_marking_drained};
 pub use stream::{StreamCtx, StreamShared};
 
 use batch::OutBatch;

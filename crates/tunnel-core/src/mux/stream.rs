@@ -251,7 +251,11 @@ pub(super) async fn pump_socket_to_mux(
 /// that would run before the mux sends these bytes, on the latency path of every request and
 /// response. The readiness cleared is the one seen before the read (inside `try_io`), so data
 /// arriving after it still wakes the reader.
-fn read_marking_drained(sock: &TcpStream, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+pub(crate) fn read_marking_drained(
+    sock: &TcpStream,
+    buf: &mut BytesMut,
+    want: usize,
+) -> std::io::Result<usize> {
     let mut short = None;
     let res = sock.try_io(Interest::READABLE, || {
         let chunk = buf.chunk_mut();

@@ -588,7 +588,9 @@ async fn copy_to_quic(
     loop {
         r.readable().await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let n = match r.try_read_buf(&mut buf) {
+        // A short read marks the socket drained, so the next wait is for a fresh event rather
+        // than a `recv` that can only return EAGAIN (see `read_marking_drained`).
+        let n = match crate::mux::read_marking_drained(r.as_ref(), &mut buf, READ_CHUNK) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
