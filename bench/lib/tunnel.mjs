@@ -24,11 +24,12 @@ export function tunnelMissing() {
 }
 
 /** The environment without REMOTEINGRESS_* variables (but the addon path), which would change what the CLIs do. */
-function cleanEnv() {
-  // REMOTEINGRESS_ADDON is kept: it is how an A/B run gives the daemons another build of the
-  // addon (it was stripped with the rest until session 9, so such runs compared one build
-  // with itself; bench/changes.md says which).
-  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('REMOTEINGRESS_') || key === 'REMOTEINGRESS_ADDON'));
+function cleanEnv({ keepAddon }) {
+  // REMOTEINGRESS_ADDON is kept for this checkout's daemons: it is how an A/B run gives them
+  // another build of the addon (it was stripped with the rest until session 9, so such runs
+  // compared one build with itself; bench/changes.md says which). A `--compare` checkout runs
+  // its own build: the addon path would override that and make the comparison JavaScript-only.
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('REMOTEINGRESS_') || (keepAddon && key === 'REMOTEINGRESS_ADDON')));
 }
 
 /**
@@ -58,44 +59,54 @@ export async function startTunnel({ dir, edges, performance, root = ROOT }) {
   }));
   writeFileSync(edgesFile, JSON.stringify(allowed, null, 2));
   const perf = performance ? ['--performance', performance] : [];
-  const env = cleanEnv();
+  const env = cleanEnv({ keepAddon: root === ROOT });
 
   const hub = startProcess('hub', process.execPath, [hubBin, '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--target-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', String(GRACE_MS), '--no-watch', ...perf], {
     logFile: join(dir, 'hub.log'),
     env,
     cpu: 'exit',
   });
-  const listening = await hub.waitFor(/hub listening on .*:(\d+) fingerprint ([0-9a-f]{64})/);
-  const hubPort = Number(listening[1]);
-
+  // A start that fails partway (a port taken, an edge that never connects) stops what it
+  // started, so no daemon outlives the run that could not use it.
+  const launched = [hub];
+  let hubPort;
   const started = [];
-  for (const e of edges) {
-    const token = execFileSync(process.execPath, [hubBin, 'token', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--edge-id', e.id, '--hub-host', '127.0.0.1', '--hub-port', String(hubPort)], {
-      encoding: 'utf8',
-      env,
-    }).trim();
-    const proc = startProcess(`edge ${e.id}`, process.execPath, [edgeBin, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf], {
-      logFile: join(dir, `edge-${e.id}.log`),
-      env,
-      cpu: 'entry',
-    });
-    const connected = await proc.waitFor(/^tunnelConnected .*\btransport=(\S+)/m);
-    const assigned = await proc.waitFor(/^portsAssigned .*\btcp=(\S*).*\budp=(\S*)/m);
-    const tcpBound = assigned[1].split(',').filter(Boolean).map(Number);
-    const udpBound = assigned[2].split(',').filter(Boolean).map(Number);
-    const missing = e.tcp.filter((p) => !tcpBound.includes(p.port));
-    if (missing.length > 0) throw new Error(`edge ${e.id} did not bind TCP ports ${missing.map((p) => p.port).join(',')}:\n${proc.log()}`);
-    // Settle, then the hub's memory with the edges up so far (idle RSS per edge count).
-    await sleep(500);
-    started.push({
-      hubRssKiB: rssKiB(hub.pid),
-      id: e.id,
-      proc,
-      pid: proc.pid,
-      requestedTransport: e.transportMode,
-      transport: connected[1],
-      udpBound: (e.udp ?? []).every((p) => udpBound.includes(p.port)) && (e.udp ?? []).length > 0,
-    });
+  try {
+    const listening = await hub.waitFor(/hub listening on .*:(\d+) fingerprint ([0-9a-f]{64})/);
+    hubPort = Number(listening[1]);
+
+    for (const e of edges) {
+      const token = execFileSync(process.execPath, [hubBin, 'token', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--edge-id', e.id, '--hub-host', '127.0.0.1', '--hub-port', String(hubPort)], {
+        encoding: 'utf8',
+        env,
+      }).trim();
+      const proc = startProcess(`edge ${e.id}`, process.execPath, [edgeBin, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf], {
+        logFile: join(dir, `edge-${e.id}.log`),
+        env,
+        cpu: 'entry',
+      });
+      launched.push(proc);
+      const connected = await proc.waitFor(/^tunnelConnected .*\btransport=(\S+)/m);
+      const assigned = await proc.waitFor(/^portsAssigned .*\btcp=(\S*).*\budp=(\S*)/m);
+      const tcpBound = assigned[1].split(',').filter(Boolean).map(Number);
+      const udpBound = assigned[2].split(',').filter(Boolean).map(Number);
+      const missing = e.tcp.filter((p) => !tcpBound.includes(p.port));
+      if (missing.length > 0) throw new Error(`edge ${e.id} did not bind TCP ports ${missing.map((p) => p.port).join(',')}:\n${proc.log()}`);
+      // Settle, then the hub's memory with the edges up so far (idle RSS per edge count).
+      await sleep(500);
+      started.push({
+        hubRssKiB: rssKiB(hub.pid),
+        id: e.id,
+        proc,
+        pid: proc.pid,
+        requestedTransport: e.transportMode,
+        transport: connected[1],
+        udpBound: (e.udp ?? []).every((p) => udpBound.includes(p.port)) && (e.udp ?? []).length > 0,
+      });
+    }
+  } catch (error) {
+    for (const p of launched.reverse()) await p.stop().catch(() => {});
+    throw error;
   }
   return {
     hub,
