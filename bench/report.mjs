@@ -47,8 +47,8 @@ export function evaluateTargets(results) {
     // "Offered" is what iperf3 was asked to send. When the relays take the CPU it needs, it
     // sends less and loses nothing, which is not the target: what arrives must be the offered
     // rate (99 %, iperf3's rate control is not exact) with under 0.1 % lost.
-    const offeredMbps = offeredRateMbps(results.settings.udpOffered);
-    const carried = offeredMbps === null || udpQuic.mbps >= 0.99 * offeredMbps;
+    const offeredMbps = results.settings.udpOfferedMbps;
+    const carried = udpQuic.mbps >= 0.99 * offeredMbps;
     const short = carried ? '' : ` (under the ${num(offeredMbps, 0)} Mbit/s offered)`;
     out.push({ target: udpTarget, need: '< 0.1 % lost, offered rate carried', measured: `${num(udpQuic.mbps, 0)} Mbit/s, ${num(udpQuic.lossPercent, 3)} % lost${short}`, ratio: null, pass: udpQuic.lossPercent != null && udpQuic.lossPercent < 0.1 && carried });
   } else if (udpQuic?.status === 'failed') {
@@ -83,13 +83,6 @@ export function readLossy() {
 
 /** Issue 15's loss target: quic's ping-pong p99 at 1 % loss ≤ 0.3× tcpTls' and ≤ 0.3× ssh -R's. */
 const LOSS_P99_RATIO = 0.3;
-
-/** Mbit/s from the recorded offer ("1Gbit/s × 1200 B", "500Mbit/s × …"), or null if unreadable. */
-function offeredRateMbps(text) {
-  const m = /^(\d+(?:\.\d+)?)([KMG]?)bit\/s/.exec(text ?? '');
-  if (m === null) return null;
-  return Number(m[1]) * { '': 1e-6, K: 1e-3, M: 1, G: 1e3 }[m[2]];
-}
 
 function renderLossy(lossy) {
   const o = lossy.options;

@@ -69,6 +69,12 @@ const TUNNEL_BASE = { tcpTls: 7201, quic: 7301, 'tcpTls@base': 7401, 'quic@base'
 const MEMORY_TUNNEL_BASE = 7601;
 
 /** One bench edge: its entry ports from `b` (+0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 TCP + UDP). */
+/** Mbit/s of an iperf3 rate (`500M`, `1G`, `800K`, `1000000`), or null if it is not one. */
+function rateMbps(rate) {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)$/.exec(rate);
+  return m === null ? null : Number(m[1]) * { '': 1e-6, K: 1e-3, M: 1, G: 1e3 }[m[2]];
+}
+
 function benchEdge(id, transportMode, b) {
   return {
     id,
@@ -108,7 +114,7 @@ function parseArgs(argv) {
     else if (a === '--profile') o.profile = true;
     else if (a === '--udp-rate') {
       o.udpRate = value();
-      if (!/^\d+(\.\d+)?[KMG]?$/.test(o.udpRate)) usage(`--udp-rate: expected a rate like 500M or 1G, got ${o.udpRate}`);
+      if (rateMbps(o.udpRate) === null) usage(`--udp-rate: expected a rate like 500M or 1G, got ${o.udpRate}`);
     } else if (a === '--no-report') o.report = false;
     else if (a === '--keep') o.keep = true;
     else if (a === '--glibc-defaults') o.glibcDefaults = true;
@@ -570,7 +576,7 @@ async function main() {
     date: startedAt.toISOString(),
     durationSec: Math.round((Date.now() - startedAt.getTime()) / 1000),
     machine: { ...machine, loadavgBefore: loadBefore, loadavgAfter: loadavg() },
-    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${o.udpRate}bit/s × ${UDP_LENGTH} B`, performance: performance ?? null, glibcTunables: process.env.GLIBC_TUNABLES ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
+    settings: { seconds: o.seconds, rounds: o.rounds, idleCount: o.idleCount, udpOffered: `${o.udpRate}bit/s × ${UDP_LENGTH} B`, udpOfferedMbps: rateMbps(o.udpRate), performance: performance ?? null, glibcTunables: process.env.GLIBC_TUNABLES ?? null, netns: process.env.BENCH_NETNS === '1', cpuLayout: cpuLayout.pinned ? 'pinned' : 'free' },
     paths: rows,
     udp,
     memory,
