@@ -240,15 +240,54 @@ pub async fn echo_server() -> SocketAddr {
     addr
 }
 
-/// A port free for binding now (TCP and UDP) on 127.0.0.1.
+/// A port the code under test can bind a moment later, for TCP and UDP, on 127.0.0.1.
+///
+/// Taken below the kernel's ephemeral range, as `test/e2e/helpers.ts`' `freePort` does: a port
+/// the kernel picked for us could be picked again, between our probe and the daemon's bind, as
+/// the ephemeral port of a parallel test's socket (a CI run failed so: a dialing hub's QUIC
+/// endpoint, bound to port 0, got the UDP port a listening edge was about to bind). Below that
+/// range only an explicit bind can take a port. Each process draws from its own slice (by pid)
+/// and hands a port out once, so two tests of one binary never get the same one.
 pub fn free_port() -> u16 {
-    loop {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = t.local_addr().expect("addr").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (start, size) = port_slice();
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed = handed.get_or_insert_with(HashSet::new);
+    // Walk the slice from a pseudo-random point; a slice is nearly all free on a test machine.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for i in 0..u32::from(size) {
+        let port = start + ((seed.wrapping_add(i.wrapping_mul(7919))) % u32::from(size)) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            handed.insert(port);
             return port;
         }
     }
+    panic!("free_port: no free port in {start}..{}", start + size);
+}
+
+/// Ports below this are left to the system's services.
+const PORT_FLOOR: u16 = 20000;
+/// Ports per process: more than any test binary asks for, and several slices fit below 32768.
+const PORT_SLICE_SIZE: u16 = 1500;
+
+/// This process's slice of the ports between [`PORT_FLOOR`] and the ephemeral range.
+fn port_slice() -> (u16, u16) {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let slices = (ephemeral_low.saturating_sub(PORT_FLOOR) / PORT_SLICE_SIZE).max(1);
+    let slice = (std::process::id() % u32::from(slices)) as u16;
+    (PORT_FLOOR + slice * PORT_SLICE_SIZE, PORT_SLICE_SIZE)
 }
 
 /// One byte-exact echo through `port` on 127.0.0.1; how long it took.
