@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 
 use crate::config::PortSpec;
 use crate::engine::service::{Admitted, Service, REBIND_ATTEMPTS, REBIND_PAUSE};
+use crate::engine::udp_gso;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
@@ -26,9 +27,15 @@ use crate::wire::proxy_protocol::{self, ProxyVersion, Transport, UdpProxyMode};
 /// so nothing is ever clipped.
 pub const MAX_DATAGRAM: usize = 65_535;
 
-/// Datagrams queued at the hub for a flow whose upstream socket is still being set up (DNS,
-/// bind). A burst beyond this at flow start is dropped and counted, as a congested router would.
-const PENDING_PER_FLOW: usize = 64;
+/// Datagrams queued at the hub for one flow: while its upstream socket is being set up (DNS,
+/// bind), and between the flow task's turns, where a burst from the tunnel gathers to be sent
+/// in GSO runs. 256 holds a burst of the largest quinn receive batch (64 packets) several times
+/// over; beyond it (or [`QUEUE_BYTES_PER_FLOW`]) a datagram is dropped and counted, as a
+/// congested router would.
+const QUEUE_PER_FLOW: usize = 256;
+/// Bytes queued at the hub for one flow: the flow socket's own send buffer ([`FLOW_BUFFER`]),
+/// so a flow of 64 KiB datagrams cannot hold 256 × 64 KiB while its upstream is set up.
+const QUEUE_BYTES_PER_FLOW: usize = FLOW_BUFFER;
 
 /// How often idle flows are looked for. A quarter of the idle timeout is precise enough and
 /// cheap (one pass over the table).
@@ -101,6 +108,8 @@ pub struct UdpStats {
     pub datagrams_out: AtomicU64,
     /// Malformed datagrams, unknown flow ids, full queues, flow cap reached.
     pub dropped: AtomicU64,
+    /// Runs of datagrams sent with one GSO call each (not in status; tests read it).
+    pub gso_sends: AtomicU64,
 }
 
 // ---- edge ------------------------------------------------------------------------------------
@@ -501,29 +510,92 @@ fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
 
 // ---- hub -------------------------------------------------------------------------------------
 
-enum HubFlowState {
-    /// Upstream socket being set up; datagrams wait here.
-    Connecting(VecDeque<Bytes>),
-    Ready(Arc<UdpSocket>),
-}
-
 struct HubFlow {
-    state: HubFlowState,
-    /// The PROXY v2 header still to go with this flow's datagrams, per the port's mode: kept
-    /// for `EveryDatagram`, taken after the first for `FirstDatagram`, `None` otherwise.
-    header: Option<Bytes>,
-    keep_header: bool,
+    /// Datagrams from the client side not sent yet, oldest first. The flow's task takes them
+    /// all at once and sends them in GSO runs (and holds them until its upstream is ready).
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// Wakes the flow's task when `queue` stops being empty.
+    wake: Arc<tokio::sync::Notify>,
     _task: Option<AbortOnDrop<()>>,
 }
 
-impl HubFlow {
-    /// The header to put before the next datagram, if any (and forgets it when only the first
-    /// datagram carries one).
-    fn next_header(&mut self) -> Option<Bytes> {
-        if self.keep_header {
-            self.header.clone()
-        } else {
-            self.header.take()
+/// A flow's upstream side, owned by its task: the socket, and the PROXY v2 header still to go
+/// with its datagrams per the port's mode (kept for `EveryDatagram`, taken after the first
+/// for `FirstDatagram`, `None` otherwise).
+struct Upstream {
+    sock: Arc<UdpSocket>,
+    header: Option<Bytes>,
+    keep_header: bool,
+    /// Whether this socket still sends runs with GSO (off for good after the kernel refuses).
+    gso: bool,
+}
+
+impl Upstream {
+    /// Length of the header in front of the `i`-th datagram of the next send.
+    fn header_len(&self, i: usize) -> usize {
+        match &self.header {
+            Some(h) if self.keep_header || i == 0 => h.len(),
+            _ => 0,
+        }
+    }
+
+    /// Sends `batch` (emptying it), as runs of equal-size datagrams in one GSO call each where
+    /// there are runs, else one by one. Never waits: a full socket buffer drops what did not
+    /// fit, counted, as a plain UDP relay would.
+    fn send_all(&mut self, batch: &mut VecDeque<Bytes>, stats: &UdpStats) {
+        while !batch.is_empty() {
+            let run = if self.gso {
+                udp_gso::run_len(
+                    batch
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| self.header_len(i) + d.len()),
+                )
+            } else {
+                1
+            };
+            let sent = if run >= 2 {
+                let segment = self.header_len(0) + batch[0].len();
+                let mut parts = [std::io::IoSlice::new(&[]); 2 * udp_gso::MAX_SEGMENTS];
+                let mut k = 0;
+                for (i, d) in batch.iter().take(run).enumerate() {
+                    if self.header_len(i) > 0 {
+                        parts[k] = std::io::IoSlice::new(self.header.as_deref().unwrap_or_default());
+                        k += 1;
+                    }
+                    parts[k] = std::io::IoSlice::new(d);
+                    k += 1;
+                }
+                // A run of two or more fits MAX_BYTES, so a segment is at most half of it.
+                let segment = u16::try_from(segment).expect("a segment of a run fits u16");
+                match self.sock.try_io(tokio::io::Interest::WRITABLE, || {
+                    udp_gso::send(socket2::SockRef::from(&*self.sock), &parts[..k], segment)
+                }) {
+                    Err(e) if udp_gso::cannot_segment(&e) => {
+                        // Send this run (and the rest of the flow) one datagram at a time.
+                        self.gso = false;
+                        continue;
+                    }
+                    r => r.is_ok(),
+                }
+            } else {
+                let h = (self.header_len(0) > 0).then_some(self.header.as_deref()).flatten();
+                try_send_with(&self.sock, h, &batch[0]).is_ok()
+            };
+            batch.drain(..run);
+            if sent {
+                stats.datagrams_out.fetch_add(run as u64, Ordering::Relaxed);
+                if run >= 2 {
+                    stats.gso_sends.fetch_add(1, Ordering::Relaxed);
+                }
+                // A first-datagram header goes with the first datagram that went out only.
+                if !self.keep_header {
+                    self.header = None;
+                }
+            } else {
+                stats.dropped.fetch_add(run as u64, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -586,6 +658,7 @@ impl HubFlows {
             tunnel.flow_close(flow);
             return;
         };
+        let wake = Arc::new(tokio::sync::Notify::new());
         {
             let mut flows = lock(&self.flows);
             if flows.len() >= self.max_flows || flows.contains_key(&flow) {
@@ -602,30 +675,30 @@ impl HubFlows {
                 *o = rest;
                 mine.into_iter().map(|(_, _, d)| d).collect()
             };
-            let header = (route.proxy_protocol != ProxyVersion::None).then(|| {
-                Bytes::from(proxy_protocol::v2(
-                    record.client,
-                    record.local,
-                    Transport::Datagram,
-                ))
-            });
-            let (header, keep_header) = match route.proxy_protocol_udp {
-                UdpProxyMode::EveryDatagram => (header, true),
-                UdpProxyMode::FirstDatagram => (header, false),
-                // Sent once, on its own, when the upstream socket is ready.
-                UdpProxyMode::SeparateDatagram => (None, false),
-            };
             flows.insert(
                 flow,
                 HubFlow {
-                    state: HubFlowState::Connecting(early),
-                    header,
-                    keep_header,
+                    queued_bytes: early.iter().map(Bytes::len).sum(),
+                    queue: early,
+                    wake: wake.clone(),
                     _task: None,
                 },
             );
             self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
         }
+        let header = (route.proxy_protocol != ProxyVersion::None).then(|| {
+            Bytes::from(proxy_protocol::v2(
+                record.client,
+                record.local,
+                Transport::Datagram,
+            ))
+        });
+        let (header, keep_header) = match route.proxy_protocol_udp {
+            UdpProxyMode::EveryDatagram => (header, true),
+            UdpProxyMode::FirstDatagram => (header, false),
+            // Sent once, on its own, when the upstream socket is ready.
+            UdpProxyMode::SeparateDatagram => (None, false),
+        };
         let me = self.clone();
         let task = tokio::spawn(async move {
             let sock = match connect_upstream(&route).await {
@@ -647,45 +720,46 @@ impl HubFlows {
                 let header = proxy_protocol::v2(record.client, record.local, Transport::Datagram);
                 let _ = sock.send(&header).await;
             }
-            // The datagrams that waited, each with its header as the mode wants; the flow is
-            // Ready only after them, so none of the later ones can overtake them.
-            loop {
-                let next = {
-                    let mut flows = lock(&me.flows);
-                    let Some(f) = flows.get_mut(&flow) else { return }; // closed meanwhile
-                    let next = match &mut f.state {
-                        HubFlowState::Connecting(q) => q.pop_front(),
-                        HubFlowState::Ready(_) => None,
-                    };
-                    match next {
-                        Some(d) => Some((f.next_header(), d)),
-                        None => {
-                            f.state = HubFlowState::Ready(sock.clone());
-                            None
-                        }
-                    }
-                };
-                let Some((header, d)) = next else { break };
-                let sent = match header {
-                    Some(h) => sock.send(&[&h[..], &d[..]].concat()).await,
-                    None => sock.send(&d).await,
-                };
-                if sent.is_ok() {
-                    me.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            // The reactor learns that a new socket is writable only from its first event; the
+            // sends below never wait, so wait for that once here.
+            let _ = sock.writable().await;
+            let mut up = Upstream {
+                sock: sock.clone(),
+                header,
+                keep_header,
+                gso: true,
+            };
+            // The queue is swapped with this one, so neither side allocates per burst.
+            let mut batch = VecDeque::new();
             // Received after the tunnel's headroom (see EdgeUdp::serve_port).
             let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
+            // The datagrams that waited for the socket go first.
+            let mut queued = true;
             loop {
-                match sock.recv(&mut buf[DATAGRAM_HEADER..]).await {
-                    Ok(n) => {
-                        me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                        tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
+                if queued {
+                    {
+                        let mut flows = lock(&me.flows);
+                        let Some(f) = flows.get_mut(&flow) else { return }; // closed meanwhile
+                        std::mem::swap(&mut f.queue, &mut batch);
+                        f.queued_bytes = 0;
                     }
-                    // ICMP port unreachable from a target that is not (yet) listening: keep
-                    // the flow; the client may retry, as with plain UDP.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    up.send_all(&mut batch, &me.stats);
                 }
+                queued = tokio::select! {
+                    _ = wake.notified() => true,
+                    r = sock.recv(&mut buf[DATAGRAM_HEADER..]) => {
+                        match r {
+                            Ok(n) => {
+                                me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                                tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
+                            }
+                            // ICMP port unreachable from a target that is not (yet) listening:
+                            // keep the flow; the client may retry, as with plain UDP.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                        false
+                    }
+                };
             }
         });
         if let Some(f) = lock(&self.flows).get_mut(&flow) {
@@ -693,32 +767,22 @@ impl HubFlows {
         }
     }
 
-    /// A datagram from the client side for `flow`.
+    /// A datagram from the client side for `flow`: queued for the flow's task, which sends
+    /// what gathered while it waited for its turn in one go (GSO runs where it can).
     pub fn datagram(&self, flow: u32, payload: Bytes) {
         let mut flows = lock(&self.flows);
         match flows.get_mut(&flow) {
-            Some(f) => match &mut f.state {
-                HubFlowState::Ready(_) => {
-                    let header = f.next_header();
-                    let HubFlowState::Ready(sock) = &f.state else {
-                        unreachable!("matched Ready above")
-                    };
-                    // Never block the tunnel on one upstream socket: a full buffer drops.
-                    if try_send_with(sock, header.as_deref(), &payload).is_ok() {
-                        self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        // A first-datagram header that did not go out goes with the next one.
-                        if !f.keep_header && f.header.is_none() {
-                            f.header = header;
-                        }
-                    }
-                }
-                HubFlowState::Connecting(q) if q.len() < PENDING_PER_FLOW => q.push_back(payload),
-                HubFlowState::Connecting(_) => {
+            Some(f) => {
+                if f.queue.len() >= QUEUE_PER_FLOW || f.queued_bytes + payload.len() > QUEUE_BYTES_PER_FLOW {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
-            },
+                f.queued_bytes += payload.len();
+                f.queue.push_back(payload);
+                if f.queue.len() == 1 {
+                    f.wake.notify_one();
+                }
+            }
             None if flow <= self.highest_opened.load(Ordering::Relaxed) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -761,13 +825,12 @@ impl HubFlows {
 
     fn remove(&self, flow: u32) {
         let mut flows = lock(&self.flows);
-        if let Some(HubFlow {
-            state: HubFlowState::Connecting(q),
-            ..
-        }) = flows.remove(&flow)
-        {
-            // Datagrams that waited for an upstream that never came are lost: count them.
-            self.stats.dropped.fetch_add(q.len() as u64, Ordering::Relaxed);
+        if let Some(f) = flows.remove(&flow) {
+            // Datagrams that waited for an upstream that never came (or for a turn that never
+            // came) are lost: count them.
+            self.stats
+                .dropped
+                .fetch_add(f.queue.len() as u64, Ordering::Relaxed);
         }
         self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
     }
@@ -819,6 +882,73 @@ mod tests {
         fn flow_open(&self, _flow: u32, _record: &OpenRecord) {}
         fn datagram(&self, _flow: u32, _framed: BytesMut) {}
         fn flow_close(&self, _flow: u32) {}
+    }
+
+    /// A burst queued for a flow reaches the target as the same datagrams, in order, with the
+    /// header the mode wants on each, and goes out in GSO runs (fewer sends than datagrams).
+    #[tokio::test]
+    async fn a_burst_goes_out_in_gso_runs_datagram_for_datagram() {
+        use rand::{RngExt, SeedableRng};
+        let client: SocketAddr = "203.0.113.7:5353".parse().unwrap();
+        let local: SocketAddr = "198.51.100.1:53".parse().unwrap();
+        let header = proxy_protocol::v2(client, local, Transport::Datagram);
+        for (proxy, with_header) in [("none", false), ("v2", true)] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+            // Runs of equal sizes, with a shorter one now and then and an empty one.
+            let mut sent: Vec<Vec<u8>> = Vec::new();
+            while sent.len() < 200 {
+                let size = [0, 1, 100, 1200, 1200, 1472, 9000][rng.random_range(0..7)];
+                for _ in 0..rng.random_range(1..20) {
+                    let i = sent.len();
+                    sent.push((0..size).map(|b| (b + i) as u8).collect());
+                }
+            }
+            sent.truncate(200);
+            let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            tune_buffers(&target, BURST_BUFFER);
+            let route: PortSpec = serde_json::from_value(serde_json::json!({
+                "port": 53, "targetHost": "127.0.0.1", "targetPort": target.local_addr().unwrap().port(),
+                "proxyProtocol": proxy, "proxyProtocolUdp": "everyDatagram",
+            }))
+            .unwrap();
+            let flows = HubFlows::new("e", 16, crate::events::null_sink());
+            let record = OpenRecord {
+                kind: crate::wire::open::KIND_UDP,
+                service: 0,
+                listen_port: 53,
+                client,
+                local,
+                buffer: None,
+                credit: false,
+            };
+            flows.open(1, record, Some(route), Arc::new(NoTunnel));
+            // All queued before the flow's task first runs (this runtime has one thread).
+            for d in &sent {
+                flows.datagram(1, Bytes::from(d.clone()));
+            }
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            for (i, want) in sent.iter().enumerate() {
+                let n = tokio::time::timeout(Duration::from_secs(5), target.recv(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("{proxy}: datagram {i} never came"))
+                    .unwrap();
+                let got = if with_header {
+                    assert_eq!(&buf[..header.len()], &header[..], "{proxy} datagram {i}");
+                    &buf[header.len()..n]
+                } else {
+                    &buf[..n]
+                };
+                assert_eq!(got, &want[..], "{proxy} datagram {i}");
+            }
+            let st = &flows.stats;
+            assert_eq!(st.datagrams_out.load(Ordering::Relaxed), 200, "{proxy}");
+            assert_eq!(st.dropped.load(Ordering::Relaxed), 0, "{proxy}");
+            let runs = st.gso_sends.load(Ordering::Relaxed);
+            assert!(
+                runs > 0 && runs < 100,
+                "{proxy}: {runs} GSO runs for 200 datagrams"
+            );
+        }
     }
 
     /// The three places a UDP port's PROXY v2 header can go, as the target receives them.
