@@ -493,10 +493,14 @@ async function main() {
       const groups = paths.get(u.name)?.cpu ?? {};
       const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds));
       const cpuSeconds = Object.values(cpu).reduce((a, b) => a + b, 0);
-      if (Object.keys(groups).length > 0 && r.packets > 0) r.cpuUsPerDatagram = (cpuSeconds * 1e6) / r.packets;
+      if (Object.keys(groups).length > 0 && r.packets > 0) {
+        r.cpuUsPerDatagram = (cpuSeconds * 1e6) / r.packets;
+        r.cpuUsPerDatagramBy = Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, (v * 1e6) / r.packets]));
+      }
       if (r.error) say(`  ${u.name} udp: ${r.error}`);
       samples.get(u.name).udp.push(r);
-      const perDatagram = r.cpuUsPerDatagram === undefined ? '' : `, ${r.cpuUsPerDatagram.toFixed(2)} CPU µs per datagram (hub + edge)`;
+      const by = Object.entries(r.cpuUsPerDatagramBy ?? {}).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(' + ');
+      const perDatagram = r.cpuUsPerDatagram === undefined ? '' : `, ${r.cpuUsPerDatagram.toFixed(2)} CPU µs per datagram (${by})`;
       say(`round ${round} ${`${u.name} udp`.padEnd(18)} ${r.mbps?.toFixed(0) ?? '-'} Mbit/s received, ${r.lossPercent?.toFixed(3) ?? '-'} % lost${perDatagram}`);
     }
   }

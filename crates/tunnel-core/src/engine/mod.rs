@@ -9,4 +9,4 @@ pub mod listen;
 pub mod service;
 pub mod stun;
 pub mod udp;
-pub mod udp_gso;
+pub mod udp_io;

@@ -3,7 +3,7 @@
 //! (FLOW_OPEN, in order with the tunnel's control messages) and its datagrams then travel on
 //! the transport's fastest path: QUIC datagrams, or DATAGRAM frames on the TLS tunnel.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 
 use crate::config::PortSpec;
 use crate::engine::service::{Admitted, Service, REBIND_ATTEMPTS, REBIND_PAUSE};
-use crate::engine::udp_gso;
+use crate::engine::udp_io;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
@@ -36,6 +36,9 @@ const QUEUE_PER_FLOW: usize = 256;
 /// Bytes queued at the hub for one flow: the flow socket's own send buffer ([`FLOW_BUFFER`]),
 /// so a flow of 64 KiB datagrams cannot hold 256 × 64 KiB while its upstream is set up.
 const QUEUE_BYTES_PER_FLOW: usize = FLOW_BUFFER;
+/// Queued datagrams at which the tunnel's receive loop sends them itself instead of leaving
+/// them to the flow's task: one full GSO run.
+const FLUSH_AT: usize = udp_io::MAX_SEGMENTS;
 
 /// How often idle flows are looked for. A quarter of the idle timeout is precise enough and
 /// cheap (one pass over the table).
@@ -303,30 +306,91 @@ impl EdgeUdp {
     }
 
     async fn serve_port(self: Arc<Self>, port: u16, sock: Arc<UdpSocket>) {
-        // Received after the tunnel's headroom, so the datagram is copied once, headroom and
-        // all, into the buffer the tunnel sends.
-        let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
+        // Up to RECV_SLOTS datagrams per system call, from any clients.
+        let mut batch = udp_io::RecvBatch::new(MAX_DATAGRAM);
+        // Per datagram of the batch: its flow and where its payload starts (after a trusted
+        // hop's PROXY header), or None for one that goes nowhere.
+        let mut routed: Vec<Option<(u32, usize)>> = Vec::with_capacity(udp_io::RECV_SLOTS);
         loop {
-            let (n, client) = match sock.recv_from(&mut buf[DATAGRAM_HEADER..]).await {
-                Ok(x) => x,
+            let n = match recv_marking_drained(&sock, &mut batch).await {
+                Ok(n) => n,
                 // ICMP errors surface here on some kernels; the socket itself is fine.
                 Err(_) => continue,
             };
-            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-            self.client_datagram(port, client, &sock, &buf[..DATAGRAM_HEADER + n]);
+            self.stats.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
+            let Some(tunnel) = self.client_datagrams(port, &sock, &batch, &mut routed) else {
+                continue;
+            };
+            // The batch's datagrams are copied, each behind the tunnel's headroom, into one
+            // buffer that is split into one BytesMut per datagram: one allocation per batch.
+            let total: usize = batch
+                .datagrams()
+                .zip(&routed)
+                .map(|(d, r)| match (d, r) {
+                    (Some((_, bytes)), Some((_, start))) => DATAGRAM_HEADER + bytes.len() - start,
+                    _ => 0,
+                })
+                .sum();
+            let mut block = BytesMut::with_capacity(total);
+            for (d, r) in batch.datagrams().zip(&routed) {
+                if let (Some((_, bytes)), Some((flow, start))) = (d, r) {
+                    block.put_bytes(0, DATAGRAM_HEADER);
+                    block.extend_from_slice(&bytes[*start..]);
+                    tunnel.datagram(*flow, block.split());
+                }
+            }
         }
     }
 
-    /// One client datagram: `data` is [`DATAGRAM_HEADER`] bytes of headroom, then the datagram.
-    fn client_datagram(&self, port: u16, client: SocketAddr, sock: &Arc<UdpSocket>, data: &[u8]) {
-        let payload = &data[DATAGRAM_HEADER..];
+    /// A batch of client datagrams on `port`, routed under one lock: fills `routed` (one entry
+    /// per datagram) and returns the tunnel to send them on (None: no tunnel, all dropped).
+    fn client_datagrams(
+        &self,
+        port: u16,
+        sock: &Arc<UdpSocket>,
+        batch: &udp_io::RecvBatch,
+        routed: &mut Vec<Option<(u32, usize)>>,
+    ) -> Option<Arc<dyn FlowTunnel>> {
+        routed.clear();
+        let mut guard = lock(&self.state);
+        let st: &mut EdgeState = &mut guard;
+        let Some(tunnel) = st.tunnel.clone() else {
+            self.stats
+                .dropped
+                .fetch_add(batch.datagrams().count() as u64, Ordering::Relaxed);
+            return None;
+        };
+        let now = Instant::now();
+        for d in batch.datagrams() {
+            let r = match d {
+                Some((client, payload)) => {
+                    self.client_datagram(st, &tunnel, now, port, client, sock, payload)
+                }
+                None => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+            routed.push(r);
+        }
+        Some(tunnel)
+    }
+
+    /// One client datagram: its flow (opened here if new) and where its payload starts, or
+    /// None if it goes nowhere (dropped and counted, or a PROXY header that only opened a flow).
+    #[allow(clippy::too_many_arguments)]
+    fn client_datagram(
+        &self,
+        st: &mut EdgeState,
+        tunnel: &Arc<dyn FlowTunnel>,
+        now: Instant,
+        port: u16,
+        client: SocketAddr,
+        sock: &Arc<UdpSocket>,
+        payload: &[u8],
+    ) -> Option<(u32, usize)> {
         // Where the payload starts in `payload` (after a trusted hop's PROXY header).
         let mut start = 0;
-        let mut st = lock(&self.state);
-        let Some(tunnel) = st.tunnel.clone() else {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
         // From a trusted previous hop: a PROXY v2 header (in front of the payload, or alone)
         // names the first client; it is stripped here. Without one, only a flow that already
         // has its client may go on (a hop that sends the header on the first datagram only).
@@ -343,7 +407,7 @@ impl EdgeUdp {
         let flow = match st.by_client.get(&(port, client)) {
             Some(&id) => {
                 if let Some(f) = st.flows.get_mut(&id) {
-                    f.last = Instant::now();
+                    f.last = now;
                 }
                 id
             }
@@ -351,7 +415,7 @@ impl EdgeUdp {
                 if st.flows.len() >= *lock(&self.max_flows) || (trusted && named.is_none()) {
                     // Over the flow cap, or a trusted hop's new flow without its header.
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return None;
                 }
                 // The service's maxConnections counts its flows (refused ones are counted and
                 // reported by the service).
@@ -360,7 +424,7 @@ impl EdgeUdp {
                         Some(a) => (Some(a), s.idle_timeout.unwrap_or(*lock(&self.idle))),
                         None => {
                             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                            return;
+                            return None;
                         }
                     },
                     None => (None, *lock(&self.idle)),
@@ -387,7 +451,7 @@ impl EdgeUdp {
                         port,
                         client,
                         sock: sock.clone(),
-                        last: Instant::now(),
+                        last: now,
                         admitted,
                         idle,
                     },
@@ -397,13 +461,8 @@ impl EdgeUdp {
                 id
             }
         };
-        drop(st);
         // A header sent alone (a hop in separateDatagram mode) only opened the flow.
-        if start < payload.len() || named.is_none() {
-            // The bytes in front of the payload (headroom or the end of the PROXY header) are
-            // the tunnel's headroom.
-            tunnel.datagram(flow, BytesMut::from(&data[start..]));
-        }
+        (start < payload.len() || named.is_none()).then_some((flow, start))
     }
 
     /// A reply from the hub for `flow`: send it to the client from the port it wrote to.
@@ -465,6 +524,30 @@ impl EdgeUdp {
     }
 }
 
+/// Waits for `sock` to be readable and receives a batch of datagrams. A batch short of
+/// [`udp_io::RECV_SLOTS`] emptied the socket: tokio's readiness is cleared then (as the muxer's
+/// `read_marking_drained` does for streams), so the next wait is for a fresh epoll event
+/// instead of a `recvmmsg` that can only return EAGAIN.
+async fn recv_marking_drained(sock: &UdpSocket, batch: &mut udp_io::RecvBatch) -> std::io::Result<usize> {
+    loop {
+        sock.readable().await?;
+        let mut short = None;
+        let res = sock.try_io(tokio::io::Interest::READABLE, || {
+            let n = batch.recv(sock)?;
+            if n < udp_io::RECV_SLOTS {
+                short = Some(n);
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (short, res) {
+            (Some(n), _) => return Ok(n),
+            (None, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            (None, r) => return r,
+        }
+    }
+}
+
 /// Where a public port binds: the configured address, or dual-stack `[::]` first and `0.0.0.0`
 /// where IPv6 is disabled.
 pub fn bind_candidates(ip: Option<IpAddr>, port: u16) -> Vec<SocketAddr> {
@@ -511,16 +594,19 @@ fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
 // ---- hub -------------------------------------------------------------------------------------
 
 struct HubFlow {
-    /// Datagrams from the client side not sent yet, oldest first. The flow's task takes them
-    /// all at once and sends them in GSO runs (and holds them until its upstream is ready).
+    /// Datagrams from the client side not sent yet, oldest first: held until the upstream is
+    /// ready, then sent in GSO runs by the flow's task when it runs, or by the tunnel's receive
+    /// loop itself once [`FLUSH_AT`] have gathered (it may deliver far more before it yields).
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
+    /// The upstream, once set up.
+    up: Option<Upstream>,
     /// Wakes the flow's task when `queue` stops being empty.
     wake: Arc<tokio::sync::Notify>,
     _task: Option<AbortOnDrop<()>>,
 }
 
-/// A flow's upstream side, owned by its task: the socket, and the PROXY v2 header still to go
+/// A flow's upstream side: the socket, and the PROXY v2 header still to go
 /// with its datagrams per the port's mode (kept for `EveryDatagram`, taken after the first
 /// for `FirstDatagram`, `None` otherwise).
 struct Upstream {
@@ -529,6 +615,17 @@ struct Upstream {
     keep_header: bool,
     /// Whether this socket still sends runs with GSO (off for good after the kernel refuses).
     gso: bool,
+}
+
+impl HubFlow {
+    /// Sends the queue, once the upstream is ready (under the flow table's lock, as the tunnel's
+    /// receive loop always sent datagrams; sends never wait).
+    fn flush(&mut self, stats: &UdpStats) {
+        if let Some(up) = &mut self.up {
+            up.send_all(&mut self.queue, stats);
+            self.queued_bytes = 0;
+        }
+    }
 }
 
 impl Upstream {
@@ -546,7 +643,7 @@ impl Upstream {
     fn send_all(&mut self, batch: &mut VecDeque<Bytes>, stats: &UdpStats) {
         while !batch.is_empty() {
             let run = if self.gso {
-                udp_gso::run_len(
+                udp_io::gso_run_len(
                     batch
                         .iter()
                         .enumerate()
@@ -557,7 +654,7 @@ impl Upstream {
             };
             let sent = if run >= 2 {
                 let segment = self.header_len(0) + batch[0].len();
-                let mut parts = [std::io::IoSlice::new(&[]); 2 * udp_gso::MAX_SEGMENTS];
+                let mut parts = [std::io::IoSlice::new(&[]); 2 * udp_io::MAX_SEGMENTS];
                 let mut k = 0;
                 for (i, d) in batch.iter().take(run).enumerate() {
                     if self.header_len(i) > 0 {
@@ -570,9 +667,9 @@ impl Upstream {
                 // A run of two or more fits MAX_BYTES, so a segment is at most half of it.
                 let segment = u16::try_from(segment).expect("a segment of a run fits u16");
                 match self.sock.try_io(tokio::io::Interest::WRITABLE, || {
-                    udp_gso::send(socket2::SockRef::from(&*self.sock), &parts[..k], segment)
+                    udp_io::send_segments(socket2::SockRef::from(&*self.sock), &parts[..k], segment)
                 }) {
-                    Err(e) if udp_gso::cannot_segment(&e) => {
+                    Err(e) if udp_io::cannot_segment(&e) => {
                         // Send this run (and the rest of the flow) one datagram at a time.
                         self.gso = false;
                         continue;
@@ -580,7 +677,9 @@ impl Upstream {
                     r => r.is_ok(),
                 }
             } else {
-                let h = (self.header_len(0) > 0).then_some(self.header.as_deref()).flatten();
+                let h = (self.header_len(0) > 0)
+                    .then_some(self.header.as_deref())
+                    .flatten();
                 try_send_with(&self.sock, h, &batch[0]).is_ok()
             };
             batch.drain(..run);
@@ -680,6 +779,7 @@ impl HubFlows {
                 HubFlow {
                     queued_bytes: early.iter().map(Bytes::len).sum(),
                     queue: early,
+                    up: None,
                     wake: wake.clone(),
                     _task: None,
                 },
@@ -723,27 +823,23 @@ impl HubFlows {
             // The reactor learns that a new socket is writable only from its first event; the
             // sends below never wait, so wait for that once here.
             let _ = sock.writable().await;
-            let mut up = Upstream {
-                sock: sock.clone(),
-                header,
-                keep_header,
-                gso: true,
-            };
-            // The queue is swapped with this one, so neither side allocates per burst.
-            let mut batch = VecDeque::new();
+            {
+                let mut flows = lock(&me.flows);
+                let Some(f) = flows.get_mut(&flow) else { return }; // closed meanwhile
+                f.up = Some(Upstream {
+                    sock: sock.clone(),
+                    header,
+                    keep_header,
+                    gso: true,
+                });
+            }
             // Received after the tunnel's headroom (see EdgeUdp::serve_port).
             let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
             // The datagrams that waited for the socket go first.
             let mut queued = true;
             loop {
-                if queued {
-                    {
-                        let mut flows = lock(&me.flows);
-                        let Some(f) = flows.get_mut(&flow) else { return }; // closed meanwhile
-                        std::mem::swap(&mut f.queue, &mut batch);
-                        f.queued_bytes = 0;
-                    }
-                    up.send_all(&mut batch, &me.stats);
+                if queued && !me.flush(flow) {
+                    return; // closed meanwhile
                 }
                 queued = tokio::select! {
                     _ = wake.notified() => true,
@@ -768,7 +864,8 @@ impl HubFlows {
     }
 
     /// A datagram from the client side for `flow`: queued for the flow's task, which sends
-    /// what gathered while it waited for its turn in one go (GSO runs where it can).
+    /// what gathered while it waited for its turn in one go (GSO runs where it can); a queue
+    /// that reaches [`FLUSH_AT`] is sent from here.
     pub fn datagram(&self, flow: u32, payload: Bytes) {
         let mut flows = lock(&self.flows);
         match flows.get_mut(&flow) {
@@ -781,6 +878,8 @@ impl HubFlows {
                 f.queue.push_back(payload);
                 if f.queue.len() == 1 {
                     f.wake.notify_one();
+                } else if f.queue.len() >= FLUSH_AT {
+                    f.flush(&self.stats);
                 }
             }
             None if flow <= self.highest_opened.load(Ordering::Relaxed) => {
@@ -790,6 +889,17 @@ impl HubFlows {
                 drop(flows);
                 self.park(flow, payload);
             }
+        }
+    }
+
+    /// Sends what is queued for `flow` (if its upstream is ready); false if the flow is gone.
+    fn flush(&self, flow: u32) -> bool {
+        match lock(&self.flows).get_mut(&flow) {
+            Some(f) => {
+                f.flush(&self.stats);
+                true
+            }
+            None => false,
         }
     }
 
