@@ -358,6 +358,8 @@ async function profile(dir, path, port, pids, seconds) {
  * process of the run inherits it, peers included, so the comparison stays like for like.
  * `--glibc-defaults` runs without it.
  */
+/** How often the daemons return freed memory to the OS (TRIM_EVERY in crates/tunnel-core/src/runtime.rs). */
+const TRIM_EVERY_MS = 10_000;
 const GLIBC_TUNABLES = 'glibc.cpu.x86_rep_movsb_threshold=100000000';
 
 async function main() {
@@ -510,7 +512,11 @@ async function main() {
   let prof = null;
   const tls = paths.get('tcpTls');
   if (tls?.status === 'ok') {
-    await sleep(1000);
+    // Idle means idle: the daemons hand freed heap back to the OS every 10 s (TRIM_EVERY in
+    // crates/tunnel-core/src/runtime.rs), so an RSS read a moment after the traffic measured
+    // whatever the last burst left, by luck of where the 10 s tick fell (58.8–66.4 MiB for
+    // one build in session 10). Waiting one tick and a second makes it the idle RSS.
+    await sleep(TRIM_EVERY_MS + 1000);
     memory = { hubEdges: tunnel.edges.length, freshIdleKiB: { hub: freshIdle.hub, edge: freshIdle.edge.tcpTls, hubAllEdges: freshIdle.hubAllEdges }, idleAfterTrafficKiB: { hub: rssKiB(tunnel.hubPid), edge: rssKiB(tls.edge.pid) } };
     if (o.idleCount > 0) {
       say(`memory: opening ${o.idleCount} idle connections through a fresh tcpTls tunnel (its own hub and edge)…`);

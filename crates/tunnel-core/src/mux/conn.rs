@@ -461,6 +461,10 @@ impl<H: Handler> Mux<H> {
                 take += frame::HEADER_LEN + len;
             }
             self.wbuf.push(self.dgrams.split_to(take).freeze());
+            if self.dgrams.is_empty() && self.dgrams.capacity() > DGRAMS_KEEP {
+                // Let go of a burst's buffer once what it holds has been written.
+                self.dgrams = BytesMut::new();
+            }
         }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(id) = self.ready.pop_front() else { break };
