@@ -24,6 +24,9 @@
 //   --idle-count N  idle connections for the memory measurement (default 10000; 0 skips it)
 //   --profile       also `perf record` each tunnel path's hub and edge during an 8-stream iperf3 run
 //   --udp-rate R    UDP offered rate (iperf3 -b syntax; default 1G, issue 15's target)
+//   --udp-reverse   the UDP workload sends from the target to the client (iperf3 -R): the
+//                   direction of replies, through hub then edge (implies --no-report; the
+//                   recorded target is the client-to-target direction)
 //   --workloads w,… only these of tput,lat,conn,udp (for quick A/B runs while optimising;
 //                   implies --no-report)
 //   --no-report     do not rewrite docs/BENCHMARKS.md
@@ -94,7 +97,7 @@ function benchEdge(id, transportMode, b) {
 // Options
 
 function parseArgs(argv) {
-  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'free', udpRate: UDP_RATE };
+  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'free', udpRate: UDP_RATE, udpReverse: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -112,7 +115,10 @@ function parseArgs(argv) {
       o.report = false;
     } else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
     else if (a === '--profile') o.profile = true;
-    else if (a === '--udp-rate') {
+    else if (a === '--udp-reverse') {
+      o.udpReverse = true;
+      o.report = false;
+    } else if (a === '--udp-rate') {
       o.udpRate = value();
       if (rateMbps(o.udpRate) === null) usage(`--udp-rate: expected a rate like 500M or 1G, got ${o.udpRate}`);
     } else if (a === '--no-report') o.report = false;
@@ -493,7 +499,7 @@ async function main() {
     for (const u of measure('udp') ? udpPaths : []) {
       // Our tunnels' CPU per datagram (hub + edge), for work on the datagram path.
       const groups = paths.get(u.name)?.cpu ?? {};
-      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds));
+      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds, o.udpReverse));
       const cpuSeconds = Object.values(cpu).reduce((a, b) => a + b, 0);
       if (Object.keys(groups).length > 0 && r.packets > 0) {
         r.cpuUsPerDatagram = (cpuSeconds * 1e6) / r.packets;

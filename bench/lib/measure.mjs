@@ -40,11 +40,11 @@ export async function iperf3Tcp(port, streams, seconds) {
 /** Socket buffer for iperf3's UDP sockets (see iperf3Udp). */
 const UDP_SOCKET_BUFFER = '4M';
 
-export async function iperf3Udp(port, rate, length, seconds) {
+export async function iperf3Udp(port, rate, length, seconds, reverse = false) {
   // -w: iperf3's own sockets get 4 MiB buffers. With Linux's default 208 KiB (~4 ms of this
   // rate) the load generator itself drops datagrams whenever it is descheduled — the direct
   // path lost up to 0.16 % that way — and the loss measured would be iperf3's, not the path's.
-  const r = await run('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-u', '-b', rate, '-l', String(length), '-w', UDP_SOCKET_BUFFER, '-t', String(seconds), '-J'], (seconds + 6) * 1000);
+  const r = await run('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-u', '-b', rate, '-l', String(length), '-w', UDP_SOCKET_BUFFER, '-t', String(seconds), '-J', ...(reverse ? ['-R'] : [])], (seconds + 6) * 1000);
   if (r.error?.killed) return { error: `iperf3 -u: no result within ${seconds + 6} s (datagrams not getting through?)` };
   try {
     const d = JSON.parse(r.stdout);

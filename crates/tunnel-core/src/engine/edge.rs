@@ -1361,7 +1361,7 @@ impl Handler for EdgeHandler {
                 Ok(())
             }
             FrameType::Datagram => {
-                self.udp.to_client(frame.stream, &frame.payload);
+                self.udp.to_client(frame.stream, frame.payload);
                 Ok(())
             }
             FrameType::FlowClose => {

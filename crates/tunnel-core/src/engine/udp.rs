@@ -28,10 +28,10 @@ use crate::wire::proxy_protocol::{self, ProxyVersion, Transport, UdpProxyMode};
 pub const MAX_DATAGRAM: usize = 65_535;
 
 /// Datagrams queued at the hub for one flow: while its upstream socket is being set up (DNS,
-/// bind), and between the flow task's turns, where a burst from the tunnel gathers to be sent
-/// in GSO runs. 256 holds a burst of the largest quinn receive batch (64 packets) several times
-/// over; beyond it (or [`QUEUE_BYTES_PER_FLOW`]) a datagram is dropped and counted, as a
-/// congested router would.
+/// bind), and while the flow's task sends what it took (the tunnel's receive loop otherwise
+/// sends a queue itself at [`FLUSH_AT`]). 256 holds a burst of the largest quinn receive batch
+/// (64 packets) several times over; beyond it (or [`QUEUE_BYTES_PER_FLOW`]) a datagram is
+/// dropped and counted, as a congested router would.
 const QUEUE_PER_FLOW: usize = 256;
 /// Bytes queued at the hub for one flow: the flow socket's own send buffer ([`FLOW_BUFFER`]),
 /// so a flow of 64 KiB datagrams cannot hold 256 × 64 KiB while its upstream is set up.
@@ -120,7 +120,6 @@ pub struct UdpStats {
 struct EdgeFlow {
     port: u16,
     client: SocketAddr,
-    sock: Arc<UdpSocket>,
     last: Instant,
     /// The flow's place in its service's `maxConnections` (dropped with the flow).
     admitted: Option<Admitted>,
@@ -128,9 +127,61 @@ struct EdgeFlow {
     idle: Duration,
 }
 
-/// A bound public port: socket, its receive task, and the address asked for (a service whose
-/// bind address changes is bound anew).
-type BoundPort = (Arc<UdpSocket>, AbortOnDrop<()>, Option<IpAddr>);
+/// A bound public port: socket, its task, the address asked for (a service whose bind address
+/// changes is bound anew), and the replies waiting to leave it.
+struct BoundPort {
+    sock: Arc<UdpSocket>,
+    _task: AbortOnDrop<()>,
+    at: Option<IpAddr>,
+    out: PortOut,
+}
+
+/// Replies from the hub waiting to leave one public port, oldest first: sent by the port's task
+/// when it runs (what gathered meanwhile goes out as GSO runs per client), or by the tunnel's
+/// receive loop itself once [`FLUSH_AT`] have gathered and the task is not sending.
+struct PortOut {
+    items: VecDeque<(SocketAddr, Bytes)>,
+    bytes: usize,
+    /// Wakes the port's task when `items` stops being empty.
+    wake: Arc<tokio::sync::Notify>,
+    /// Which runs this socket sends with GSO.
+    gso: udp_io::Gso,
+    /// The port's task is sending what it took (outside the lock): nobody else sends then, so
+    /// replies never overtake each other.
+    busy: bool,
+}
+
+/// Replies queued at one public port: a burst between the tunnel's receive loop and the port's
+/// task, for every client of the port. Beyond this (or [`BURST_BUFFER`] bytes, the socket's own
+/// buffer) a reply is dropped and counted.
+const OUT_PER_PORT: usize = 1024;
+
+/// Sends `items` (emptying it) from `sock`, per client in GSO runs where there are runs. Never
+/// waits: a full socket buffer drops, counted, as a plain UDP socket's sender would see.
+fn send_replies(
+    items: &mut VecDeque<(SocketAddr, Bytes)>,
+    sock: &UdpSocket,
+    gso: &mut udp_io::Gso,
+    stats: &UdpStats,
+) {
+    while let Some(&(client, _)) = items.front() {
+        let mut next = [udp_io::Outgoing::default(); udp_io::MAX_SEGMENTS];
+        let mut n = 0;
+        for ((to, d), slot) in items.iter().zip(next.iter_mut()) {
+            if *to != client {
+                break;
+            }
+            *slot = udp_io::Outgoing {
+                prefix: &[],
+                payload: d,
+            };
+            n += 1;
+        }
+        let sent = udp_io::send_front(sock, Some(client), &next[..n], gso);
+        items.drain(..sent.count);
+        count_sent(stats, &sent);
+    }
+}
 
 #[derive(Default)]
 struct EdgeState {
@@ -240,11 +291,11 @@ impl EdgeUdp {
             let stale: Vec<u16> = st
                 .ports
                 .iter()
-                .filter(|(p, (_, _, at))| wanted.get(p) != Some(at))
+                .filter(|(p, b)| wanted.get(p) != Some(&b.at))
                 .map(|(p, _)| *p)
                 .collect();
             for p in stale {
-                if let Some((_, _, at)) = st.ports.remove(&p) {
+                if let Some(BoundPort { at, .. }) = st.ports.remove(&p) {
                     if wanted.contains_key(&p) && wanted.get(&p) != Some(&at) {
                         moved.insert(p);
                     }
@@ -284,10 +335,26 @@ impl EdgeUdp {
             match bound {
                 Ok(sock) => {
                     let sock = Arc::new(sock);
+                    let wake = Arc::new(tokio::sync::Notify::new());
                     let me = self.clone();
-                    let s2 = sock.clone();
-                    let task = AbortOnDrop(tokio::spawn(async move { me.serve_port(port, s2).await }));
-                    lock(&self.state).ports.insert(port, (sock, task, at));
+                    let (s2, w2) = (sock.clone(), wake.clone());
+                    let task = AbortOnDrop(tokio::spawn(async move { me.serve_port(port, s2, w2).await }));
+                    let out = PortOut {
+                        items: VecDeque::new(),
+                        bytes: 0,
+                        wake,
+                        gso: udp_io::Gso::new(),
+                        busy: false,
+                    };
+                    lock(&self.state).ports.insert(
+                        port,
+                        BoundPort {
+                            sock,
+                            _task: task,
+                            at,
+                            out,
+                        },
+                    );
                 }
                 Err(e) => failed.push((port, e)),
             }
@@ -305,39 +372,84 @@ impl EdgeUdp {
         *lock(&self.sweeper) = None;
     }
 
-    async fn serve_port(self: Arc<Self>, port: u16, sock: Arc<UdpSocket>) {
+    /// A public port's task: client datagrams into the tunnel, and the replies queued for the
+    /// port out to their clients.
+    async fn serve_port(self: Arc<Self>, port: u16, sock: Arc<UdpSocket>, wake: Arc<tokio::sync::Notify>) {
         // Up to RECV_SLOTS datagrams per system call, from any clients.
         let mut batch = udp_io::RecvBatch::new(MAX_DATAGRAM);
         // Per datagram of the batch: its flow and where its payload starts (after a trusted
         // hop's PROXY header), or None for one that goes nowhere.
         let mut routed: Vec<Option<(u32, usize)>> = Vec::with_capacity(udp_io::RECV_SLOTS);
         loop {
-            let n = match recv_marking_drained(&sock, &mut batch).await {
-                Ok(n) => n,
-                // ICMP errors surface here on some kernels; the socket itself is fine.
-                Err(_) => continue,
-            };
-            self.stats.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
-            let Some(tunnel) = self.client_datagrams(port, &sock, &batch, &mut routed) else {
-                continue;
-            };
-            // The batch's datagrams are copied, each behind the tunnel's headroom, into one
-            // buffer that is split into one BytesMut per datagram: one allocation per batch.
-            let total: usize = batch
-                .datagrams()
-                .zip(&routed)
-                .map(|(d, r)| match (d, r) {
-                    (Some((_, bytes)), Some((_, start))) => DATAGRAM_HEADER + bytes.len() - start,
-                    _ => 0,
-                })
-                .sum();
-            let mut block = BytesMut::with_capacity(total);
-            for (d, r) in batch.datagrams().zip(&routed) {
-                if let (Some((_, bytes)), Some((flow, start))) = (d, r) {
-                    block.put_bytes(0, DATAGRAM_HEADER);
-                    block.extend_from_slice(&bytes[*start..]);
-                    tunnel.datagram(*flow, block.split());
+            tokio::select! {
+                r = recv_marking_drained(&sock, &mut batch) => {
+                    // An error here is an ICMP error some kernels report; the socket is fine.
+                    if let Ok(n) = r {
+                        self.forward(port, &sock, &batch, n, &mut routed);
+                        batch.shed_if_large();
+                    }
                 }
+                _ = wake.notified() => self.send_port_replies(port, &sock),
+            }
+        }
+    }
+
+    /// The port task's turn at the replies: takes what is queued, sends it without holding the
+    /// state lock (the tunnel keeps delivering meanwhile), and again until nothing is left.
+    fn send_port_replies(&self, port: u16, sock: &UdpSocket) {
+        let mut batch = VecDeque::new();
+        let mut gso = None;
+        loop {
+            {
+                let mut st = lock(&self.state);
+                let Some(p) = st.ports.get_mut(&port) else { return };
+                let out = &mut p.out;
+                let g = *gso.get_or_insert(out.gso);
+                if out.items.is_empty() {
+                    out.items = batch; // empty; keeps its allocation for the next burst
+                    out.gso = g;
+                    out.busy = false;
+                    return;
+                }
+                out.busy = true;
+                std::mem::swap(&mut out.items, &mut batch);
+                out.bytes = 0;
+            }
+            if let Some(g) = &mut gso {
+                send_replies(&mut batch, sock, g, &self.stats);
+            }
+        }
+    }
+
+    /// The `n` client datagrams `batch` received, into the tunnel.
+    fn forward(
+        &self,
+        port: u16,
+        sock: &Arc<UdpSocket>,
+        batch: &udp_io::RecvBatch,
+        n: usize,
+        routed: &mut Vec<Option<(u32, usize)>>,
+    ) {
+        self.stats.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
+        let Some(tunnel) = self.client_datagrams(port, sock, batch, routed) else {
+            return;
+        };
+        // The batch's datagrams are copied, each behind the tunnel's headroom, into one buffer
+        // that is split into one BytesMut per datagram: one allocation per batch.
+        let total: usize = batch
+            .datagrams()
+            .zip(routed.iter())
+            .map(|(d, r)| match (d, r) {
+                (Some((_, bytes)), Some((_, start))) => DATAGRAM_HEADER + bytes.len() - start,
+                _ => 0,
+            })
+            .sum();
+        let mut block = BytesMut::with_capacity(total);
+        for (d, r) in batch.datagrams().zip(routed.iter()) {
+            if let (Some((_, bytes)), Some((flow, start))) = (d, r) {
+                block.put_bytes(0, DATAGRAM_HEADER);
+                block.extend_from_slice(&bytes[*start..]);
+                tunnel.datagram(*flow, block.split());
             }
         }
     }
@@ -450,7 +562,6 @@ impl EdgeUdp {
                     EdgeFlow {
                         port,
                         client,
-                        sock: sock.clone(),
                         last: now,
                         admitted,
                         idle,
@@ -465,26 +576,33 @@ impl EdgeUdp {
         (start < payload.len() || named.is_none()).then_some((flow, start))
     }
 
-    /// A reply from the hub for `flow`: send it to the client from the port it wrote to.
-    pub fn to_client(&self, flow: u32, payload: &[u8]) {
-        let target = {
-            let mut st = lock(&self.state);
-            match st.flows.get_mut(&flow) {
-                Some(f) => {
-                    f.last = Instant::now();
-                    Some((f.sock.clone(), f.client))
-                }
-                None => None,
-            }
+    /// A reply from the hub for `flow`: queued to go to the client from the port it wrote to
+    /// (see [`PortOut`]).
+    pub fn to_client(&self, flow: u32, payload: Bytes) {
+        let mut guard = lock(&self.state);
+        let st: &mut EdgeState = &mut guard;
+        let Some(f) = st.flows.get_mut(&flow) else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         };
-        match target {
-            // A full socket buffer drops the datagram, as UDP would.
-            Some((sock, client)) if sock.try_send_to(payload, client).is_ok() => {
-                self.stats.datagrams_out.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        f.last = Instant::now();
+        let client = f.client;
+        let Some(p) = st.ports.get_mut(&f.port) else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let out = &mut p.out;
+        if out.items.len() >= OUT_PER_PORT || out.bytes + payload.len() > BURST_BUFFER {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        out.bytes += payload.len();
+        out.items.push_back((client, payload));
+        if out.items.len() == 1 {
+            out.wake.notify_one();
+        } else if out.items.len() >= FLUSH_AT && !out.busy {
+            send_replies(&mut out.items, &p.sock, &mut out.gso, &self.stats);
+            out.bytes = 0;
         }
     }
 
@@ -606,20 +724,22 @@ struct HubFlow {
     _task: Option<AbortOnDrop<()>>,
 }
 
-/// A flow's upstream side: the socket, and the PROXY v2 header still to go
-/// with its datagrams per the port's mode (kept for `EveryDatagram`, taken after the first
-/// for `FirstDatagram`, `None` otherwise).
+/// A flow's upstream side: the socket, and the PROXY v2 header still to go with its
+/// datagrams per the port's mode (kept for `EveryDatagram`, taken after the first for
+/// `FirstDatagram`, `None` otherwise). Whoever holds it sends the flow's datagrams: it sits in
+/// the flow while nobody does, so sends never overtake each other.
 struct Upstream {
     sock: Arc<UdpSocket>,
     header: Option<Bytes>,
     keep_header: bool,
-    /// Whether this socket still sends runs with GSO (off for good after the kernel refuses).
-    gso: bool,
+    /// Which runs this socket sends with GSO.
+    gso: udp_io::Gso,
 }
 
 impl HubFlow {
-    /// Sends the queue, once the upstream is ready (under the flow table's lock, as the tunnel's
-    /// receive loop always sent datagrams; sends never wait).
+    /// Sends the queue here and now (the tunnel's receive loop, under the flow table's lock,
+    /// as it always sent datagrams; sends never wait), if the upstream is ready and not in
+    /// the flow task's hands.
     fn flush(&mut self, stats: &UdpStats) {
         if let Some(up) = &mut self.up {
             up.send_all(&mut self.queue, stats);
@@ -629,85 +749,42 @@ impl HubFlow {
 }
 
 impl Upstream {
-    /// Length of the header in front of the `i`-th datagram of the next send.
-    fn header_len(&self, i: usize) -> usize {
-        match &self.header {
-            Some(h) if self.keep_header || i == 0 => h.len(),
-            _ => 0,
-        }
-    }
-
     /// Sends `batch` (emptying it), as runs of equal-size datagrams in one GSO call each where
     /// there are runs, else one by one. Never waits: a full socket buffer drops what did not
     /// fit, counted, as a plain UDP relay would.
     fn send_all(&mut self, batch: &mut VecDeque<Bytes>, stats: &UdpStats) {
         while !batch.is_empty() {
-            let run = if self.gso {
-                udp_io::gso_run_len(
-                    batch
-                        .iter()
-                        .enumerate()
-                        .map(|(i, d)| self.header_len(i) + d.len()),
-                )
-            } else {
-                1
-            };
-            let sent = if run >= 2 {
-                let segment = self.header_len(0) + batch[0].len();
-                let mut parts = [std::io::IoSlice::new(&[]); 2 * udp_io::MAX_SEGMENTS];
-                let mut k = 0;
-                for (i, d) in batch.iter().take(run).enumerate() {
-                    if self.header_len(i) > 0 {
-                        parts[k] = std::io::IoSlice::new(self.header.as_deref().unwrap_or_default());
-                        k += 1;
-                    }
-                    parts[k] = std::io::IoSlice::new(d);
-                    k += 1;
-                }
-                // A run of two or more fits MAX_BYTES, so a segment is at most half of it.
-                let segment = u16::try_from(segment).expect("a segment of a run fits u16");
-                match self.sock.try_io(tokio::io::Interest::WRITABLE, || {
-                    udp_io::send_segments(socket2::SockRef::from(&*self.sock), &parts[..k], segment)
-                }) {
-                    Err(e) if udp_io::cannot_segment(&e) => {
-                        // Send this run (and the rest of the flow) one datagram at a time.
-                        self.gso = false;
-                        continue;
-                    }
-                    r => r.is_ok(),
-                }
-            } else {
-                let h = (self.header_len(0) > 0)
-                    .then_some(self.header.as_deref())
-                    .flatten();
-                try_send_with(&self.sock, h, &batch[0]).is_ok()
-            };
-            batch.drain(..run);
-            if sent {
-                stats.datagrams_out.fetch_add(run as u64, Ordering::Relaxed);
-                if run >= 2 {
-                    stats.gso_sends.fetch_add(1, Ordering::Relaxed);
-                }
-                // A first-datagram header goes with the first datagram that went out only.
-                if !self.keep_header {
-                    self.header = None;
-                }
-            } else {
-                stats.dropped.fetch_add(run as u64, Ordering::Relaxed);
+            let mut next = [udp_io::Outgoing::default(); udp_io::MAX_SEGMENTS];
+            let n = batch.len().min(next.len());
+            for (i, (slot, d)) in next.iter_mut().zip(batch.iter()).enumerate() {
+                let prefix = match &self.header {
+                    Some(h) if self.keep_header || i == 0 => &h[..],
+                    _ => &[],
+                };
+                *slot = udp_io::Outgoing { prefix, payload: d };
+            }
+            let sent = udp_io::send_front(&self.sock, None, &next[..n], &mut self.gso);
+            batch.drain(..sent.count);
+            count_sent(stats, &sent);
+            // A first-datagram header goes with the first datagram that went out only.
+            if sent.ok && !self.keep_header {
+                self.header = None;
             }
         }
     }
 }
 
-/// Sends `header ‖ payload` as one datagram without copying either (one `sendmsg` with two
-/// slices), or just `payload`. Never waits: a full socket buffer is an error the caller counts.
-fn try_send_with(sock: &UdpSocket, header: Option<&[u8]>, payload: &[u8]) -> std::io::Result<usize> {
-    match header {
-        None => sock.try_send(payload),
-        Some(h) => sock.try_io(tokio::io::Interest::WRITABLE, || {
-            socket2::SockRef::from(sock)
-                .send_vectored(&[std::io::IoSlice::new(h), std::io::IoSlice::new(payload)])
-        }),
+/// Counts what a send did: datagrams out (and GSO runs), or dropped.
+fn count_sent(stats: &UdpStats, sent: &udp_io::Sent) {
+    if sent.ok {
+        stats
+            .datagrams_out
+            .fetch_add(sent.count as u64, Ordering::Relaxed);
+        if sent.as_run {
+            stats.gso_sends.fetch_add(1, Ordering::Relaxed);
+        }
+    } else {
+        stats.dropped.fetch_add(sent.count as u64, Ordering::Relaxed);
     }
 }
 
@@ -729,6 +806,8 @@ pub struct HubFlows {
     pub stats: Arc<UdpStats>,
     events: EventSink,
     edge_id: String,
+    /// Which runs a new flow's socket sends with GSO (tests turn it off).
+    gso: udp_io::Gso,
 }
 
 impl HubFlows {
@@ -741,6 +820,7 @@ impl HubFlows {
             stats: Arc::new(UdpStats::default()),
             events,
             edge_id: edge_id.to_string(),
+            gso: udp_io::Gso::new(),
         })
     }
 
@@ -830,10 +910,11 @@ impl HubFlows {
                     sock: sock.clone(),
                     header,
                     keep_header,
-                    gso: true,
+                    gso: me.gso,
                 });
             }
-            // Received after the tunnel's headroom (see EdgeUdp::serve_port).
+            // Received after the tunnel's headroom, so the datagram is copied once, headroom and
+            // all, into the buffer the tunnel sends.
             let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
             // The datagrams that waited for the socket go first.
             let mut queued = true;
@@ -844,14 +925,12 @@ impl HubFlows {
                 queued = tokio::select! {
                     _ = wake.notified() => true,
                     r = sock.recv(&mut buf[DATAGRAM_HEADER..]) => {
-                        match r {
-                            Ok(n) => {
-                                me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                                tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
-                            }
-                            // ICMP port unreachable from a target that is not (yet) listening:
-                            // keep the flow; the client may retry, as with plain UDP.
-                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        // An error is ICMP port unreachable from a target that is not (yet)
+                        // listening: the flow stays; the client may retry, as with plain UDP.
+                        // (Each ICMP error is reported once, so this cannot spin.)
+                        if let Ok(n) = r {
+                            me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                            tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
                         }
                         false
                     }
@@ -892,14 +971,35 @@ impl HubFlows {
         }
     }
 
-    /// Sends what is queued for `flow` (if its upstream is ready); false if the flow is gone.
+    /// The flow task's turn: takes the upstream and what is queued, sends it without holding
+    /// the flow table's lock (other flows' datagrams keep arriving meanwhile), and puts the
+    /// upstream back once the queue is empty. False if the flow is gone.
     fn flush(&self, flow: u32) -> bool {
-        match lock(&self.flows).get_mut(&flow) {
-            Some(f) => {
-                f.flush(&self.stats);
-                true
+        let mut batch = VecDeque::new();
+        let mut up = None;
+        loop {
+            {
+                let mut flows = lock(&self.flows);
+                let Some(f) = flows.get_mut(&flow) else {
+                    return false;
+                };
+                if up.is_none() {
+                    up = f.up.take();
+                    if up.is_none() {
+                        return true; // not connected yet
+                    }
+                }
+                if f.queue.is_empty() {
+                    f.queue = batch; // empty; keeps its allocation for the next burst
+                    f.up = up;
+                    return true;
+                }
+                std::mem::swap(&mut f.queue, &mut batch);
+                f.queued_bytes = 0;
             }
-            None => false,
+            if let Some(up) = &mut up {
+                up.send_all(&mut batch, &self.stats);
+            }
         }
     }
 
@@ -994,15 +1094,71 @@ mod tests {
         fn flow_close(&self, _flow: u32) {}
     }
 
+    /// A hub flow for a target socket of its own, with PROXY headers per `proxy`/`mode`.
+    async fn flow_to_target(proxy: &str, mode: &str, gso: udp_io::Gso) -> (Arc<HubFlows>, UdpSocket) {
+        let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        tune_buffers(&target, BURST_BUFFER);
+        let route: PortSpec = serde_json::from_value(serde_json::json!({
+            "port": 53, "targetHost": "127.0.0.1", "targetPort": target.local_addr().unwrap().port(),
+            "proxyProtocol": proxy, "proxyProtocolUdp": mode,
+        }))
+        .unwrap();
+        let mut flows = HubFlows::new("e", 16, crate::events::null_sink());
+        Arc::get_mut(&mut flows).expect("not shared yet").gso = gso;
+        let record = OpenRecord {
+            kind: crate::wire::open::KIND_UDP,
+            service: 0,
+            listen_port: 53,
+            client: "203.0.113.7:5353".parse().unwrap(),
+            local: "198.51.100.1:53".parse().unwrap(),
+            buffer: None,
+            credit: false,
+        };
+        flows.open(1, record, Some(route), Arc::new(NoTunnel));
+        (flows, target)
+    }
+
+    /// Receives `sent` at `target`, each with the header where `with_header(i)` says.
+    async fn expect_at_target(
+        target: &UdpSocket,
+        sent: &[Vec<u8>],
+        with_header: impl Fn(usize) -> bool,
+        what: &str,
+    ) {
+        let header = proxy_protocol::v2(
+            "203.0.113.7:5353".parse().unwrap(),
+            "198.51.100.1:53".parse().unwrap(),
+            Transport::Datagram,
+        );
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for (i, want) in sent.iter().enumerate() {
+            let n = tokio::time::timeout(Duration::from_secs(5), target.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: datagram {i} never came"))
+                .unwrap();
+            let got = if with_header(i) {
+                assert_eq!(&buf[..header.len()], &header[..], "{what}: datagram {i}");
+                &buf[header.len()..n]
+            } else {
+                &buf[..n]
+            };
+            assert_eq!(got, &want[..], "{what}: datagram {i}");
+        }
+    }
+
     /// A burst queued for a flow reaches the target as the same datagrams, in order, with the
-    /// header the mode wants on each, and goes out in GSO runs (fewer sends than datagrams).
+    /// header the mode wants on each, and goes out in GSO runs (fewer sends than datagrams) —
+    /// or one by one, the same datagrams, where GSO is off.
     #[tokio::test]
     async fn a_burst_goes_out_in_gso_runs_datagram_for_datagram() {
         use rand::{RngExt, SeedableRng};
-        let client: SocketAddr = "203.0.113.7:5353".parse().unwrap();
-        let local: SocketAddr = "198.51.100.1:53".parse().unwrap();
-        let header = proxy_protocol::v2(client, local, Transport::Datagram);
-        for (proxy, with_header) in [("none", false), ("v2", true)] {
+        for (proxy, mode, gso) in [
+            ("none", "everyDatagram", udp_io::Gso::new()),
+            ("v2", "everyDatagram", udp_io::Gso::new()),
+            ("v2", "firstDatagram", udp_io::Gso::new()),
+            ("v2", "everyDatagram", udp_io::Gso::off()),
+        ] {
+            let what = format!("{proxy} {mode} {gso:?}");
             let mut rng = rand::rngs::StdRng::seed_from_u64(15);
             // Runs of equal sizes, with a shorter one now and then and an empty one.
             let mut sent: Vec<Vec<u8>> = Vec::new();
@@ -1014,51 +1170,106 @@ mod tests {
                 }
             }
             sent.truncate(200);
-            let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            tune_buffers(&target, BURST_BUFFER);
-            let route: PortSpec = serde_json::from_value(serde_json::json!({
-                "port": 53, "targetHost": "127.0.0.1", "targetPort": target.local_addr().unwrap().port(),
-                "proxyProtocol": proxy, "proxyProtocolUdp": "everyDatagram",
-            }))
-            .unwrap();
-            let flows = HubFlows::new("e", 16, crate::events::null_sink());
-            let record = OpenRecord {
-                kind: crate::wire::open::KIND_UDP,
-                service: 0,
-                listen_port: 53,
-                client,
-                local,
-                buffer: None,
-                credit: false,
-            };
-            flows.open(1, record, Some(route), Arc::new(NoTunnel));
+            let (flows, target) = flow_to_target(proxy, mode, gso).await;
             // All queued before the flow's task first runs (this runtime has one thread).
             for d in &sent {
                 flows.datagram(1, Bytes::from(d.clone()));
             }
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            for (i, want) in sent.iter().enumerate() {
-                let n = tokio::time::timeout(Duration::from_secs(5), target.recv(&mut buf))
-                    .await
-                    .unwrap_or_else(|_| panic!("{proxy}: datagram {i} never came"))
-                    .unwrap();
-                let got = if with_header {
-                    assert_eq!(&buf[..header.len()], &header[..], "{proxy} datagram {i}");
-                    &buf[header.len()..n]
-                } else {
-                    &buf[..n]
-                };
-                assert_eq!(got, &want[..], "{proxy} datagram {i}");
-            }
+            let with_header = |i: usize| proxy == "v2" && (mode == "everyDatagram" || i == 0);
+            expect_at_target(&target, &sent, with_header, &what).await;
             let st = &flows.stats;
-            assert_eq!(st.datagrams_out.load(Ordering::Relaxed), 200, "{proxy}");
-            assert_eq!(st.dropped.load(Ordering::Relaxed), 0, "{proxy}");
+            assert_eq!(st.datagrams_out.load(Ordering::Relaxed), 200, "{what}");
+            assert_eq!(st.dropped.load(Ordering::Relaxed), 0, "{what}");
             let runs = st.gso_sends.load(Ordering::Relaxed);
-            assert!(
-                runs > 0 && runs < 100,
-                "{proxy}: {runs} GSO runs for 200 datagrams"
-            );
+            if gso.is_off() {
+                assert_eq!(runs, 0, "{what}");
+            } else {
+                assert!(
+                    runs > 0 && runs < 100,
+                    "{what}: {runs} GSO runs for 200 datagrams"
+                );
+            }
         }
+    }
+
+    /// Once the upstream is ready, a burst the tunnel delivers without yielding is sent by the
+    /// tunnel's receive loop every FLUSH_AT datagrams (the flow's task cannot run meanwhile),
+    /// and the rest by the task; all arrive, in order.
+    #[tokio::test]
+    async fn a_long_burst_is_sent_by_the_receive_loop_as_it_comes() {
+        let (flows, target) = flow_to_target("none", "everyDatagram", udp_io::Gso::new()).await;
+        flows.datagram(1, Bytes::from_static(b"first"));
+        expect_at_target(&target, &[b"first".to_vec()], |_| false, "first").await;
+        let sent: Vec<Vec<u8>> = (0..2 * FLUSH_AT + 22).map(|i| vec![i as u8; 1200]).collect();
+        for d in &sent {
+            flows.datagram(1, Bytes::from(d.clone()));
+        }
+        // No await yet: only the receive loop (this code) can have sent, twice FLUSH_AT, in
+        // GSO runs (54 × 1,200 B fit one run's MAX_BYTES, so each flush is two runs).
+        assert_eq!(
+            flows.stats.datagrams_out.load(Ordering::Relaxed),
+            1 + 2 * FLUSH_AT as u64
+        );
+        assert_eq!(flows.stats.gso_sends.load(Ordering::Relaxed), 4);
+        expect_at_target(&target, &sent, |_| false, "burst").await;
+        assert_eq!(
+            flows.stats.datagrams_out.load(Ordering::Relaxed),
+            1 + sent.len() as u64
+        );
+        assert_eq!(flows.stats.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// Replies queued at a public port reach each client as the same datagrams, in order, in
+    /// GSO runs per client where the queue has runs.
+    #[tokio::test]
+    async fn replies_leave_a_port_in_runs_per_client() {
+        let port = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        port.writable().await.unwrap();
+        let clients = [
+            UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            UdpSocket::bind("127.0.0.2:0").await.unwrap(),
+        ];
+        for c in &clients {
+            tune_buffers(c, BURST_BUFFER);
+        }
+        let mut items = VecDeque::new();
+        // Runs of 1 to 40 replies to one client, then the other, in sizes that change.
+        let mut sent: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+        for (i, (len, count)) in [
+            (1200, 40),
+            (1200, 3),
+            (500, 1),
+            (1472, 30),
+            (0, 2),
+            (9000, 5),
+            (1200, 7),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let to = i % 2;
+            for j in 0..count {
+                let d: Vec<u8> = (0..len).map(|b| (b + j + i) as u8).collect();
+                items.push_back((clients[to].local_addr().unwrap(), Bytes::from(d.clone())));
+                sent[to].push(d);
+            }
+        }
+        let stats = UdpStats::default();
+        send_replies(&mut items, &port, &mut udp_io::Gso::new(), &stats);
+        assert!(items.is_empty());
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for (c, want) in clients.iter().zip(&sent) {
+            for (k, d) in want.iter().enumerate() {
+                let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("reply {k} never came"))
+                    .unwrap();
+                assert_eq!(&buf[..n], &d[..], "reply {k}");
+            }
+        }
+        assert_eq!(stats.datagrams_out.load(Ordering::Relaxed), 88);
+        let runs = stats.gso_sends.load(Ordering::Relaxed);
+        assert!((4..=10).contains(&runs), "{runs} GSO runs");
     }
 
     /// The three places a UDP port's PROXY v2 header can go, as the target receives them.

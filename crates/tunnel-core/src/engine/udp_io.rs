@@ -50,11 +50,16 @@ pub fn gso_run_len(mut lens: impl Iterator<Item = usize>) -> usize {
     n
 }
 
-/// Sends `parts` (the iovecs of `count` datagrams of `segment` bytes each, the last possibly
-/// shorter) as one `sendmsg` with `UDP_SEGMENT`, on a connected socket. Errors as `sendmsg`'s:
-/// EINVAL/EIO/EMSGSIZE mean this socket cannot segment (no GSO, or a segment larger than the
-/// path MTU); the caller then sends the datagrams one by one.
-pub fn send_segments(sock: socket2::SockRef<'_>, parts: &[IoSlice<'_>], segment: u16) -> io::Result<usize> {
+/// Sends `parts` (the iovecs of datagrams of `segment` bytes each, the last possibly shorter)
+/// as one `sendmsg` with `UDP_SEGMENT`, to `to` (None: the connected peer). Errors as
+/// `sendmsg`'s: EINVAL/EIO/EMSGSIZE mean this socket cannot segment (no GSO, or a segment larger
+/// than the path MTU); the caller then sends the datagrams one by one.
+pub fn send_segments(
+    sock: socket2::SockRef<'_>,
+    to: Option<&socket2::SockAddr>,
+    parts: &[IoSlice<'_>],
+    segment: u16,
+) -> io::Result<usize> {
     /// `CMSG_SPACE(sizeof(u16))`: 24 bytes on 64-bit Linux, 16 on 32-bit; 32 holds either.
     #[repr(C, align(8))]
     struct Control([u8; 32]);
@@ -76,8 +81,178 @@ pub fn send_segments(sock: socket2::SockRef<'_>, parts: &[IoSlice<'_>], segment:
     let msg = socket2::MsgHdr::new()
         .with_buffers(parts)
         .with_control(&control.0[..space]);
+    let msg = match to {
+        Some(to) => msg.with_addr(to),
+        None => msg,
+    };
     sock.sendmsg(&msg, 0)
 }
+
+/// One datagram to send: a prefix (a PROXY header, or empty) and the payload, sent as one.
+#[derive(Clone, Copy, Default)]
+pub struct Outgoing<'a> {
+    pub prefix: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl Outgoing<'_> {
+    fn len(&self) -> usize {
+        self.prefix.len() + self.payload.len()
+    }
+}
+
+/// Whether this kernel segments UDP sends (`UDP_SEGMENT`, Linux 4.18+), asked once. It must
+/// be asked: an older kernel ignores the control message it does not know and sends the whole
+/// run as one datagram, with no error.
+fn gso_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            return false;
+        };
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len are valid for the call and sized for the option.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        r == 0
+    })
+}
+
+/// Which runs a socket still sends with GSO: those whose datagrams are smaller than the
+/// smallest segment size the kernel refused (EINVAL for a segment larger than the path MTU,
+/// which plain sends fragment; EIO where the device cannot segment), none where the kernel
+/// has no GSO.
+#[derive(Clone, Copy, Debug)]
+pub struct Gso {
+    below: usize,
+}
+
+impl Gso {
+    /// Runs of any size where the kernel has GSO.
+    pub fn new() -> Gso {
+        Gso {
+            below: if gso_supported() { usize::MAX } else { 0 },
+        }
+    }
+
+    /// No runs at all (as on a kernel without GSO).
+    pub fn off() -> Gso {
+        Gso { below: 0 }
+    }
+
+    /// Whether no run is sent with GSO any more.
+    pub fn is_off(&self) -> bool {
+        self.below == 0
+    }
+}
+
+impl Default for Gso {
+    fn default() -> Gso {
+        Gso::new()
+    }
+}
+
+/// What [`send_front`] did: how many datagrams from the front it took, and whether they went
+/// out (if not, they are lost, as a router under load would lose them).
+pub struct Sent {
+    pub count: usize,
+    pub ok: bool,
+    /// Whether they went as one GSO run.
+    pub as_run: bool,
+}
+
+/// Sends the datagrams at the front of `next` (all to `to`; None: the connected peer) that
+/// form a run ([`gso_run_len`]) in one GSO call, or the first alone when the run is one
+/// datagram or `gso` excludes its size. Never waits: a full socket buffer is a failure. A
+/// refusal to segment narrows `gso` and sends the first datagram alone. An ICMP error pending
+/// on a connected socket (ECONNREFUSED from an earlier datagram) fails the send that reports
+/// it, so a send that fails so is tried once more.
+pub fn send_front(
+    sock: &tokio::net::UdpSocket,
+    to: Option<SocketAddr>,
+    next: &[Outgoing<'_>],
+    gso: &mut Gso,
+) -> Sent {
+    let Some(first) = next.first() else {
+        return Sent {
+            count: 0,
+            ok: true,
+            as_run: false,
+        };
+    };
+    let to = to.map(socket2::SockAddr::from);
+    let run = if first.len() < gso.below {
+        gso_run_len(next.iter().map(Outgoing::len))
+    } else {
+        1
+    };
+    if run >= 2 {
+        let mut parts = [IoSlice::new(&[]); 2 * MAX_SEGMENTS];
+        let mut k = 0;
+        for d in &next[..run] {
+            if !d.prefix.is_empty() {
+                parts[k] = IoSlice::new(d.prefix);
+                k += 1;
+            }
+            parts[k] = IoSlice::new(d.payload);
+            k += 1;
+        }
+        // A run of two or more fits MAX_BYTES (< 65,536), so its segment size fits a u16.
+        let segment = u16::try_from(first.len()).expect("a run's segment fits u16");
+        let send = || {
+            sock.try_io(tokio::io::Interest::WRITABLE, || {
+                send_segments(socket2::SockRef::from(sock), to.as_ref(), &parts[..k], segment)
+            })
+        };
+        match retry_refused(send) {
+            Err(e) if cannot_segment(&e) => gso.below = gso.below.min(first.len()),
+            r => {
+                return Sent {
+                    count: run,
+                    ok: r.is_ok(),
+                    as_run: true,
+                }
+            }
+        }
+    }
+    let parts = [IoSlice::new(first.prefix), IoSlice::new(first.payload)];
+    let send = || {
+        sock.try_io(tokio::io::Interest::WRITABLE, || {
+            let msg = socket2::MsgHdr::new().with_buffers(&parts);
+            let msg = match &to {
+                Some(to) => msg.with_addr(to),
+                None => msg,
+            };
+            socket2::SockRef::from(sock).sendmsg(&msg, 0)
+        })
+    };
+    let ok = retry_refused(send).is_ok();
+    Sent {
+        count: 1,
+        ok,
+        as_run: false,
+    }
+}
+
+/// `send`, and once more if it failed only to report an earlier datagram's ICMP error.
+fn retry_refused(send: impl Fn() -> io::Result<usize>) -> io::Result<usize> {
+    match send() {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => send(),
+        r => r,
+    }
+}
+
+/// A batch with a datagram larger than this gives its slots back ([`RecvBatch::shed_if_large`]):
+/// 16 KiB is past any path MTU but jumbo frames' (9,000), so ordinary traffic never pays for it.
+pub const SHED_ABOVE: usize = 16 * 1024;
 
 /// Datagrams per `recvmmsg`: quinn-udp's batch for the same job. At 1 Gbit/s of 1,200-byte
 /// datagrams (~100,000 a second) a wakeup rarely finds more.
@@ -108,6 +283,7 @@ impl RecvBatch {
     /// Receives what is queued on `sock`, up to [`RECV_SLOTS`] datagrams, without waiting
     /// (the socket is non-blocking): how many, or the error (`WouldBlock` when none was queued).
     pub fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
+        self.got.clear();
         let max = self.max;
         let slots = self
             .slots
@@ -142,7 +318,6 @@ impl RecvBatch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.got.clear();
         for (h, name) in hdrs.iter().zip(names).take(n as usize) {
             // SAFETY: the kernel wrote a socket address of `msg_namelen` bytes into `name`.
             let from = unsafe { socket2::SockAddr::new(name, h.msg_hdr.msg_namelen) }.as_socket();
@@ -151,6 +326,16 @@ impl RecvBatch {
                 .push(from.filter(|_| !clipped).map(|from| (h.msg_len as usize, from)));
         }
         Ok(n as usize)
+    }
+
+    /// Frees the slots if the last batch held a datagram larger than [`SHED_ABOVE`]: such a
+    /// batch made up to all of them (~2 MiB) resident, which ordinary datagrams (a page or two
+    /// per slot) never do, and anyone can send a port a few large datagrams. The next batch
+    /// allocates them afresh.
+    pub fn shed_if_large(&mut self) {
+        if self.got.iter().flatten().any(|(len, _)| *len > SHED_ABOVE) {
+            self.slots = None;
+        }
     }
 
     /// What the last [`recv`](Self::recv) got: per datagram, its sender and its bytes (`None`
@@ -253,7 +438,7 @@ mod tests {
             IoSlice::new(&b[100..]),
             IoSlice::new(&c),
         ];
-        let sent = send_segments(socket2::SockRef::from(&tx), &parts, 700).unwrap();
+        let sent = send_segments(socket2::SockRef::from(&tx), None, &parts, 700).unwrap();
         assert_eq!(sent, 1523);
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();

@@ -226,6 +226,11 @@ impl<H: Handler> Mux<H> {
                         self.ping_outstanding = Some(stamp);
                     }
                     frame::encode(&mut self.control, FrameType::Ping, 0, 0, &stamp.to_be_bytes());
+                    if self.dgrams.is_empty() && self.dgrams.capacity() > DGRAMS_KEEP {
+                        // Let go of a burst's buffer once the datagrams have stopped (here, not
+                        // at every drain, where it would be freed and regrown under load).
+                        self.dgrams = BytesMut::new();
+                    }
                 }
             }
         };
@@ -461,10 +466,6 @@ impl<H: Handler> Mux<H> {
                 take += frame::HEADER_LEN + len;
             }
             self.wbuf.push(self.dgrams.split_to(take).freeze());
-            if self.dgrams.is_empty() && self.dgrams.capacity() > DGRAMS_KEEP {
-                // Let go of a burst's buffer once what it holds has been written.
-                self.dgrams = BytesMut::new();
-            }
         }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(id) = self.ready.pop_front() else { break };
