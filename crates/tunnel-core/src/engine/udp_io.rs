@@ -410,6 +410,22 @@ mod tests {
         assert_eq!(batch.recv(&rx).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
+    /// A batch that held a large datagram gives its slots back; one of ordinary datagrams
+    /// keeps them.
+    #[test]
+    fn a_batch_with_a_large_datagram_frees_its_slots() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let mut batch = RecvBatch::new(65_535);
+        for (size, kept) in [(1200, true), (SHED_ABOVE + 1, false), (SHED_ABOVE, true)] {
+            tx.send_to(&vec![7u8; size], rx.local_addr().unwrap()).unwrap();
+            assert_eq!(batch.recv(&rx).unwrap(), 1);
+            batch.shed_if_large();
+            assert_eq!(batch.slots.is_some(), kept, "after a {size}-byte datagram");
+        }
+    }
+
     /// A datagram larger than a slot is reported, not passed on clipped.
     #[test]
     fn a_clipped_datagram_is_reported_as_such() {
