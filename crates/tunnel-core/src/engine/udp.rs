@@ -37,7 +37,9 @@ const QUEUE_PER_FLOW: usize = 256;
 /// so a flow of 64 KiB datagrams cannot hold 256 × 64 KiB while its upstream is set up.
 const QUEUE_BYTES_PER_FLOW: usize = FLOW_BUFFER;
 /// Queued datagrams at which the tunnel's receive loop sends them itself instead of leaving
-/// them to the flow's task: one full GSO run.
+/// them to the flow's (or port's) task: the most one GSO call carries (MAX_SEGMENTS; fewer
+/// when larger than 1,015 bytes, where MAX_BYTES is reached first), so waiting for more would
+/// not make the sends fewer, only the queue longer.
 const FLUSH_AT: usize = udp_io::MAX_SEGMENTS;
 
 /// How often idle flows are looked for. A quarter of the idle timeout is precise enough and
@@ -138,17 +140,15 @@ struct BoundPort {
 
 /// Replies from the hub waiting to leave one public port, oldest first: sent by the port's task
 /// when it runs (what gathered meanwhile goes out as GSO runs per client), or by the tunnel's
-/// receive loop itself once [`FLUSH_AT`] have gathered and the task is not sending.
+/// receive loop itself once [`FLUSH_AT`] have gathered and nobody is sending.
 struct PortOut {
     items: VecDeque<(SocketAddr, Bytes)>,
     bytes: usize,
     /// Wakes the port's task when `items` stops being empty.
     wake: Arc<tokio::sync::Notify>,
-    /// Which runs this socket sends with GSO.
-    gso: udp_io::Gso,
-    /// The port's task is sending what it took (outside the lock): nobody else sends then, so
-    /// replies never overtake each other.
-    busy: bool,
+    /// Which runs this socket sends with GSO. Whoever sends takes it and puts it back when the
+    /// queue is empty (None meanwhile), so only one party sends and replies keep their order.
+    gso: Option<udp_io::Gso>,
 }
 
 /// Replies queued at one public port: a burst between the tunnel's receive loop and the port's
@@ -343,8 +343,7 @@ impl EdgeUdp {
                         items: VecDeque::new(),
                         bytes: 0,
                         wake,
-                        gso: udp_io::Gso::new(),
-                        busy: false,
+                        gso: Some(udp_io::Gso::detect()),
                     };
                     lock(&self.state).ports.insert(
                         port,
@@ -394,24 +393,34 @@ impl EdgeUdp {
         }
     }
 
-    /// The port task's turn at the replies: takes what is queued, sends it without holding the
-    /// state lock (the tunnel keeps delivering meanwhile), and again until nothing is left.
-    fn send_port_replies(&self, port: u16, sock: &UdpSocket) {
+    /// Sends the replies queued at `port` (its task when woken, or the tunnel's receive loop
+    /// once FLUSH_AT have gathered): takes the queue and the GSO state, sends without holding
+    /// the state lock (the tunnel keeps delivering meanwhile), and again until nothing is left.
+    /// Returns at once if someone else is sending. `sock` is the caller's socket for the port:
+    /// a port bound anew meanwhile is not this one's to serve.
+    fn send_port_replies(&self, port: u16, sock: &Arc<UdpSocket>) {
         let mut batch = VecDeque::new();
         let mut gso = None;
         loop {
             {
                 let mut st = lock(&self.state);
-                let Some(p) = st.ports.get_mut(&port) else { return };
+                let Some(p) = st.ports.get_mut(&port).filter(|p| Arc::ptr_eq(&p.sock, sock)) else {
+                    return;
+                };
                 let out = &mut p.out;
-                let g = *gso.get_or_insert(out.gso);
+                if gso.is_none() {
+                    gso = out.gso.take();
+                    if gso.is_none() {
+                        return; // someone else is sending
+                    }
+                }
                 if out.items.is_empty() {
-                    out.items = batch; // empty; keeps its allocation for the next burst
-                    out.gso = g;
-                    out.busy = false;
+                    if batch.capacity() > out.items.capacity() {
+                        out.items = batch; // empty; keeps its allocation for the next burst
+                    }
+                    out.gso = gso;
                     return;
                 }
-                out.busy = true;
                 std::mem::swap(&mut out.items, &mut batch);
                 out.bytes = 0;
             }
@@ -600,9 +609,10 @@ impl EdgeUdp {
         out.items.push_back((client, payload));
         if out.items.len() == 1 {
             out.wake.notify_one();
-        } else if out.items.len() >= FLUSH_AT && !out.busy {
-            send_replies(&mut out.items, &p.sock, &mut out.gso, &self.stats);
-            out.bytes = 0;
+        } else if out.items.len() >= FLUSH_AT && out.gso.is_some() {
+            let (port, sock) = (f.port, p.sock.clone());
+            drop(guard);
+            self.send_port_replies(port, &sock);
         }
     }
 
@@ -736,18 +746,6 @@ struct Upstream {
     gso: udp_io::Gso,
 }
 
-impl HubFlow {
-    /// Sends the queue here and now (the tunnel's receive loop, under the flow table's lock,
-    /// as it always sent datagrams; sends never wait), if the upstream is ready and not in
-    /// the flow task's hands.
-    fn flush(&mut self, stats: &UdpStats) {
-        if let Some(up) = &mut self.up {
-            up.send_all(&mut self.queue, stats);
-            self.queued_bytes = 0;
-        }
-    }
-}
-
 impl Upstream {
     /// Sends `batch` (emptying it), as runs of equal-size datagrams in one GSO call each where
     /// there are runs, else one by one. Never waits: a full socket buffer drops what did not
@@ -780,7 +778,7 @@ fn count_sent(stats: &UdpStats, sent: &udp_io::Sent) {
         stats
             .datagrams_out
             .fetch_add(sent.count as u64, Ordering::Relaxed);
-        if sent.as_run {
+        if sent.as_run() {
             stats.gso_sends.fetch_add(1, Ordering::Relaxed);
         }
     } else {
@@ -820,7 +818,7 @@ impl HubFlows {
             stats: Arc::new(UdpStats::default()),
             events,
             edge_id: edge_id.to_string(),
-            gso: udp_io::Gso::new(),
+            gso: udp_io::Gso::detect(),
         })
     }
 
@@ -957,8 +955,9 @@ impl HubFlows {
                 f.queue.push_back(payload);
                 if f.queue.len() == 1 {
                     f.wake.notify_one();
-                } else if f.queue.len() >= FLUSH_AT {
-                    f.flush(&self.stats);
+                } else if f.queue.len() >= FLUSH_AT && f.up.is_some() {
+                    drop(flows);
+                    self.flush(flow);
                 }
             }
             None if flow <= self.highest_opened.load(Ordering::Relaxed) => {
@@ -971,9 +970,11 @@ impl HubFlows {
         }
     }
 
-    /// The flow task's turn: takes the upstream and what is queued, sends it without holding
+    /// Sends what is queued for `flow` (the flow's task when woken, or the tunnel's receive loop
+    /// once FLUSH_AT have gathered): takes the upstream and the queue, sends without holding
     /// the flow table's lock (other flows' datagrams keep arriving meanwhile), and puts the
-    /// upstream back once the queue is empty. False if the flow is gone.
+    /// upstream back once the queue is empty. Returns at once if the upstream is not ready or
+    /// another caller holds it. False if the flow is gone.
     fn flush(&self, flow: u32) -> bool {
         let mut batch = VecDeque::new();
         let mut up = None;
@@ -986,11 +987,13 @@ impl HubFlows {
                 if up.is_none() {
                     up = f.up.take();
                     if up.is_none() {
-                        return true; // not connected yet
+                        return true; // not connected yet, or someone else is sending
                     }
                 }
                 if f.queue.is_empty() {
-                    f.queue = batch; // empty; keeps its allocation for the next burst
+                    if batch.capacity() > f.queue.capacity() {
+                        f.queue = batch; // empty; keeps its allocation for the next burst
+                    }
                     f.up = up;
                     return true;
                 }
@@ -1151,11 +1154,15 @@ mod tests {
     /// or one by one, the same datagrams, where GSO is off.
     #[tokio::test]
     async fn a_burst_goes_out_in_gso_runs_datagram_for_datagram() {
+        if udp_io::Gso::detect().is_off() {
+            eprintln!("skipped: this kernel has no UDP GSO");
+            return;
+        }
         use rand::{RngExt, SeedableRng};
         for (proxy, mode, gso) in [
-            ("none", "everyDatagram", udp_io::Gso::new()),
-            ("v2", "everyDatagram", udp_io::Gso::new()),
-            ("v2", "firstDatagram", udp_io::Gso::new()),
+            ("none", "everyDatagram", udp_io::Gso::detect()),
+            ("v2", "everyDatagram", udp_io::Gso::detect()),
+            ("v2", "firstDatagram", udp_io::Gso::detect()),
             ("v2", "everyDatagram", udp_io::Gso::off()),
         ] {
             let what = format!("{proxy} {mode} {gso:?}");
@@ -1197,7 +1204,11 @@ mod tests {
     /// and the rest by the task; all arrive, in order.
     #[tokio::test]
     async fn a_long_burst_is_sent_by_the_receive_loop_as_it_comes() {
-        let (flows, target) = flow_to_target("none", "everyDatagram", udp_io::Gso::new()).await;
+        if udp_io::Gso::detect().is_off() {
+            eprintln!("skipped: this kernel has no UDP GSO");
+            return;
+        }
+        let (flows, target) = flow_to_target("none", "everyDatagram", udp_io::Gso::detect()).await;
         flows.datagram(1, Bytes::from_static(b"first"));
         expect_at_target(&target, &[b"first".to_vec()], |_| false, "first").await;
         let sent: Vec<Vec<u8>> = (0..2 * FLUSH_AT + 22).map(|i| vec![i as u8; 1200]).collect();
@@ -1223,6 +1234,10 @@ mod tests {
     /// GSO runs per client where the queue has runs.
     #[tokio::test]
     async fn replies_leave_a_port_in_runs_per_client() {
+        if udp_io::Gso::detect().is_off() {
+            eprintln!("skipped: this kernel has no UDP GSO");
+            return;
+        }
         let port = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         port.writable().await.unwrap();
         let clients = [
@@ -1255,7 +1270,7 @@ mod tests {
             }
         }
         let stats = UdpStats::default();
-        send_replies(&mut items, &port, &mut udp_io::Gso::new(), &stats);
+        send_replies(&mut items, &port, &mut udp_io::Gso::detect(), &stats);
         assert!(items.is_empty());
         let mut buf = vec![0u8; MAX_DATAGRAM];
         for (c, want) in clients.iter().zip(&sent) {

@@ -54,7 +54,7 @@ pub fn gso_run_len(mut lens: impl Iterator<Item = usize>) -> usize {
 /// as one `sendmsg` with `UDP_SEGMENT`, to `to` (None: the connected peer). Errors as
 /// `sendmsg`'s: EINVAL/EIO/EMSGSIZE mean this socket cannot segment (no GSO, or a segment larger
 /// than the path MTU); the caller then sends the datagrams one by one.
-pub fn send_segments(
+fn send_segments(
     sock: socket2::SockRef<'_>,
     to: Option<&socket2::SockAddr>,
     parts: &[IoSlice<'_>],
@@ -107,7 +107,9 @@ impl Outgoing<'_> {
 fn gso_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
-        let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        // Unbound: binding could fail where loopback is down, and the answer does not depend
+        // on an address.
+        let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
             return false;
         };
         let mut value: libc::c_int = 0;
@@ -137,26 +139,22 @@ pub struct Gso {
 
 impl Gso {
     /// Runs of any size where the kernel has GSO.
-    pub fn new() -> Gso {
+    pub fn detect() -> Gso {
         Gso {
             below: if gso_supported() { usize::MAX } else { 0 },
         }
     }
 
     /// No runs at all (as on a kernel without GSO).
+    #[cfg(test)]
     pub fn off() -> Gso {
         Gso { below: 0 }
     }
 
     /// Whether no run is sent with GSO any more.
+    #[cfg(test)]
     pub fn is_off(&self) -> bool {
         self.below == 0
-    }
-}
-
-impl Default for Gso {
-    fn default() -> Gso {
-        Gso::new()
     }
 }
 
@@ -165,14 +163,22 @@ impl Default for Gso {
 pub struct Sent {
     pub count: usize,
     pub ok: bool,
+}
+
+impl Sent {
     /// Whether they went as one GSO run.
-    pub as_run: bool,
+    pub fn as_run(&self) -> bool {
+        self.count > 1
+    }
 }
 
 /// Sends the datagrams at the front of `next` (all to `to`; None: the connected peer) that
 /// form a run ([`gso_run_len`]) in one GSO call, or the first alone when the run is one
 /// datagram or `gso` excludes its size. Never waits: a full socket buffer is a failure. A
-/// refusal to segment narrows `gso` and sends the first datagram alone. An ICMP error pending
+/// refusal to segment sends the first datagram alone; on a connected socket (one destination)
+/// it also narrows `gso` to smaller segments. With `to`, it does not: the refusal may be that
+/// one client's path (a smaller MTU, or one a client lowered on purpose with a forged ICMP
+/// message), and the port's other clients keep their runs. An ICMP error pending
 /// on a connected socket (ECONNREFUSED from an earlier datagram) fails the send that reports
 /// it, so a send that fails so is tried once more.
 pub fn send_front(
@@ -182,11 +188,7 @@ pub fn send_front(
     gso: &mut Gso,
 ) -> Sent {
     let Some(first) = next.first() else {
-        return Sent {
-            count: 0,
-            ok: true,
-            as_run: false,
-        };
+        return Sent { count: 0, ok: true };
     };
     let to = to.map(socket2::SockAddr::from);
     let run = if first.len() < gso.below {
@@ -213,12 +215,15 @@ pub fn send_front(
             })
         };
         match retry_refused(send) {
-            Err(e) if cannot_segment(&e) => gso.below = gso.below.min(first.len()),
+            Err(e) if cannot_segment(&e) => {
+                if to.is_none() {
+                    gso.below = gso.below.min(first.len());
+                }
+            }
             r => {
                 return Sent {
                     count: run,
                     ok: r.is_ok(),
-                    as_run: true,
                 }
             }
         }
@@ -235,11 +240,7 @@ pub fn send_front(
         })
     };
     let ok = retry_refused(send).is_ok();
-    Sent {
-        count: 1,
-        ok,
-        as_run: false,
-    }
+    Sent { count: 1, ok }
 }
 
 /// `send`, and once more if it failed only to report an earlier datagram's ICMP error.
@@ -265,6 +266,8 @@ pub const RECV_SLOTS: usize = 32;
 pub struct RecvBatch {
     slots: Option<Box<[MaybeUninit<u8>]>>,
     max: usize,
+    /// A datagram over [`SHED_ABOVE`] arrived since the slots were last freed.
+    large_seen: bool,
     /// Per received slot: its length and sender; `None` for a datagram the
     /// kernel clipped (cannot happen with `max` ≥ the largest UDP payload; counted if it does).
     got: Vec<Option<(usize, SocketAddr)>>,
@@ -276,6 +279,7 @@ impl RecvBatch {
         RecvBatch {
             slots: None,
             max,
+            large_seen: false,
             got: Vec::with_capacity(RECV_SLOTS),
         }
     }
@@ -328,13 +332,16 @@ impl RecvBatch {
         Ok(n as usize)
     }
 
-    /// Frees the slots if the last batch held a datagram larger than [`SHED_ABOVE`]: such a
-    /// batch made up to all of them (~2 MiB) resident, which ordinary datagrams (a page or two
-    /// per slot) never do, and anyone can send a port a few large datagrams. The next batch
-    /// allocates them afresh.
+    /// Frees the slots once the socket is drained (the last batch was short) if a datagram
+    /// larger than [`SHED_ABOVE`] came since they were allocated: such datagrams made up to all
+    /// of them (~2 MiB) resident, which ordinary ones (a page or two per slot) never do, and
+    /// anyone can send a port a few. The next batch allocates them afresh. Waiting for the
+    /// drain keeps a flood of large datagrams from costing a free and an allocation per batch.
     pub fn shed_if_large(&mut self) {
-        if self.got.iter().flatten().any(|(len, _)| *len > SHED_ABOVE) {
+        self.large_seen |= self.got.iter().flatten().any(|(len, _)| *len > SHED_ABOVE);
+        if self.large_seen && self.got.len() < RECV_SLOTS {
             self.slots = None;
+            self.large_seen = false;
         }
     }
 
@@ -355,7 +362,7 @@ impl RecvBatch {
 
 /// Whether a GSO send's error means "this socket or path cannot segment" (send one by one
 /// from now on), rather than a failure of the datagrams themselves.
-pub fn cannot_segment(e: &io::Error) -> bool {
+fn cannot_segment(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
@@ -410,6 +417,35 @@ mod tests {
         assert_eq!(batch.recv(&rx).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
+    /// A send that fails only to report an earlier datagram's ICMP error (ECONNREFUSED on a
+    /// connected socket) is tried again, so the datagram in hand is not lost with it.
+    #[tokio::test]
+    async fn a_send_that_reports_an_earlier_refusal_is_retried() {
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = closed.local_addr().unwrap();
+        drop(closed); // nothing listens there now: each datagram draws ICMP port unreachable
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(to).await.unwrap();
+        sock.writable().await.unwrap();
+        // The mechanism: after a datagram, the next plain send reports the refusal (on
+        // loopback the ICMP message comes back within the first send).
+        let _ = sock.try_send(b"one");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let e = sock.try_send(b"two").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+        // The same situation through send_front: the datagram in hand still goes out.
+        for _ in 0..5 {
+            let _ = sock.try_send(b"three");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let next = [Outgoing {
+                prefix: &[],
+                payload: b"four",
+            }];
+            let sent = send_front(&sock, None, &next, &mut Gso::detect());
+            assert!(sent.ok && sent.count == 1);
+        }
+    }
+
     /// A batch that held a large datagram gives its slots back; one of ordinary datagrams
     /// keeps them.
     #[test]
@@ -443,6 +479,10 @@ mod tests {
     /// Datagrams of a run arrive as sent, boundaries and all, in one call.
     #[test]
     fn a_run_arrives_as_separate_datagrams() {
+        if Gso::detect().is_off() {
+            eprintln!("skipped: this kernel has no UDP GSO");
+            return;
+        }
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         tx.connect(rx.local_addr().unwrap()).unwrap();

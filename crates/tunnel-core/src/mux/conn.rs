@@ -226,9 +226,13 @@ impl<H: Handler> Mux<H> {
                         self.ping_outstanding = Some(stamp);
                     }
                     frame::encode(&mut self.control, FrameType::Ping, 0, 0, &stamp.to_be_bytes());
-                    if self.dgrams.is_empty() && self.dgrams.capacity() > DGRAMS_KEEP {
-                        // Let go of a burst's buffer once the datagrams have stopped (here, not
-                        // at every drain, where it would be freed and regrown under load).
+                    if self.dgrams.is_empty() {
+                        // Let go of the datagram queue's buffer. A burst grows it up to
+                        // MAX_PENDING_DATAGRAMS (4 MiB, its pages touched, so resident), and a
+                        // drained BytesMut still holds its whole allocation while reporting only
+                        // the tail as capacity: kept, a burst's buffer would stay for the life of
+                        // the tunnel. Once per heartbeat, not at every drain, where under load
+                        // it would be freed and regrown many times a second.
                         self.dgrams = BytesMut::new();
                     }
                 }

@@ -133,11 +133,6 @@ const MAX_WRITE_SLICES: usize = 64;
 /// maximum-size (60 KiB) datagrams, or ~3,000 typical 1,200-byte ones.
 const MAX_PENDING_DATAGRAMS: usize = 4 * 1024 * 1024;
 
-/// Spare room an empty datagram queue may keep past a heartbeat. A burst grows the queue's
-/// buffer up to [`MAX_PENDING_DATAGRAMS`]; kept, that buffer (its pages touched, so resident)
-/// would stay for the life of the tunnel. 64 KiB is one write batch's share.
-const DGRAMS_KEEP: usize = 64 * 1024;
-
 /// How long a closing tunnel may spend telling the peer why (GOAWAY + close_notify).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
