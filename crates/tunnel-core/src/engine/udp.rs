@@ -670,7 +670,12 @@ async fn recv_marking_drained(sock: &UdpSocket, batch: &mut udp_io::RecvBatch) -
         });
         match (short, res) {
             (Some(n), _) => return Ok(n),
-            (None, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            (None, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Drained after a full batch: the moment to give back slots a large datagram
+                // made resident.
+                batch.shed_if_large();
+                continue;
+            }
             (None, r) => return r,
         }
     }
@@ -765,7 +770,7 @@ impl Upstream {
             batch.drain(..sent.count);
             count_sent(stats, &sent);
             // A first-datagram header goes with the first datagram that went out only.
-            if sent.ok && !self.keep_header {
+            if sent.out > 0 && !self.keep_header {
                 self.header = None;
             }
         }
@@ -774,15 +779,12 @@ impl Upstream {
 
 /// Counts what a send did: datagrams out (and GSO runs), or dropped.
 fn count_sent(stats: &UdpStats, sent: &udp_io::Sent) {
-    if sent.ok {
-        stats
-            .datagrams_out
-            .fetch_add(sent.count as u64, Ordering::Relaxed);
-        if sent.as_run() {
-            stats.gso_sends.fetch_add(1, Ordering::Relaxed);
-        }
-    } else {
-        stats.dropped.fetch_add(sent.count as u64, Ordering::Relaxed);
+    stats.datagrams_out.fetch_add(sent.out as u64, Ordering::Relaxed);
+    stats
+        .dropped
+        .fetch_add((sent.count - sent.out) as u64, Ordering::Relaxed);
+    if sent.as_run && sent.out > 0 {
+        stats.gso_sends.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -942,7 +944,8 @@ impl HubFlows {
 
     /// A datagram from the client side for `flow`: queued for the flow's task, which sends
     /// what gathered while it waited for its turn in one go (GSO runs where it can); a queue
-    /// that reaches [`FLUSH_AT`] is sent from here.
+    /// that reaches [`FLUSH_AT`] is sent from here, unless the upstream is not ready yet or
+    /// its task is sending (it then sends this too).
     pub fn datagram(&self, flow: u32, payload: Bytes) {
         let mut flows = lock(&self.flows);
         match flows.get_mut(&flow) {

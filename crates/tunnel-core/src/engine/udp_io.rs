@@ -158,29 +158,28 @@ impl Gso {
     }
 }
 
-/// What [`send_front`] did: how many datagrams from the front it took, and whether they went
-/// out (if not, they are lost, as a router under load would lose them).
+/// What [`send_front`] did: how many datagrams from the front it took, and how many of them
+/// went out (the others are lost, as a router under load would lose them).
 pub struct Sent {
     pub count: usize,
-    pub ok: bool,
-}
-
-impl Sent {
+    pub out: usize,
     /// Whether they went as one GSO run.
-    pub fn as_run(&self) -> bool {
-        self.count > 1
-    }
+    pub as_run: bool,
 }
 
 /// Sends the datagrams at the front of `next` (all to `to`; None: the connected peer) that
 /// form a run ([`gso_run_len`]) in one GSO call, or the first alone when the run is one
-/// datagram or `gso` excludes its size. Never waits: a full socket buffer is a failure. A
-/// refusal to segment sends the first datagram alone; on a connected socket (one destination)
-/// it also narrows `gso` to smaller segments. With `to`, it does not: the refusal may be that
-/// one client's path (a smaller MTU, or one a client lowered on purpose with a forged ICMP
-/// message), and the port's other clients keep their runs. An ICMP error pending
-/// on a connected socket (ECONNREFUSED from an earlier datagram) fails the send that reports
-/// it, so a send that fails so is tried once more.
+/// datagram or `gso` excludes its size. Never waits: a full socket buffer is a failure.
+///
+/// A refused run (a segment larger than the path MTU, or no GSO on the device) goes one by
+/// one. On a connected socket (one destination) only its first does, and `gso` narrows to
+/// smaller segments for the rest. With `to` the whole run goes one by one and `gso` stays: the
+/// refusal may be that one client's path (a smaller MTU, or one a client lowered on purpose
+/// with a forged ICMP message), the port's other clients keep their runs, and the run is not
+/// offered to the kernel again only to be refused again.
+///
+/// An ICMP error pending on a connected socket (ECONNREFUSED from an earlier datagram) fails
+/// the send that reports it, so a send that fails so is tried once more.
 pub fn send_front(
     sock: &tokio::net::UdpSocket,
     to: Option<SocketAddr>,
@@ -188,7 +187,11 @@ pub fn send_front(
     gso: &mut Gso,
 ) -> Sent {
     let Some(first) = next.first() else {
-        return Sent { count: 0, ok: true };
+        return Sent {
+            count: 0,
+            out: 0,
+            as_run: false,
+        };
     };
     let to = to.map(socket2::SockAddr::from);
     let run = if first.len() < gso.below {
@@ -196,6 +199,7 @@ pub fn send_front(
     } else {
         1
     };
+    let mut singles = 1;
     if run >= 2 {
         let mut parts = [IoSlice::new(&[]); 2 * MAX_SEGMENTS];
         let mut k = 0;
@@ -215,32 +219,40 @@ pub fn send_front(
             })
         };
         match retry_refused(send) {
-            Err(e) if cannot_segment(&e) => {
-                if to.is_none() {
-                    gso.below = gso.below.min(first.len());
-                }
-            }
+            Err(e) if cannot_segment(&e) => match &to {
+                None => gso.below = gso.below.min(first.len()),
+                Some(_) => singles = run,
+            },
             r => {
+                let out = if r.is_ok() { run } else { 0 };
                 return Sent {
                     count: run,
-                    ok: r.is_ok(),
-                }
+                    out,
+                    as_run: true,
+                };
             }
         }
     }
-    let parts = [IoSlice::new(first.prefix), IoSlice::new(first.payload)];
-    let send = || {
-        sock.try_io(tokio::io::Interest::WRITABLE, || {
-            let msg = socket2::MsgHdr::new().with_buffers(&parts);
-            let msg = match &to {
-                Some(to) => msg.with_addr(to),
-                None => msg,
-            };
-            socket2::SockRef::from(sock).sendmsg(&msg, 0)
-        })
-    };
-    let ok = retry_refused(send).is_ok();
-    Sent { count: 1, ok }
+    let mut out = 0;
+    for d in &next[..singles] {
+        let parts = [IoSlice::new(d.prefix), IoSlice::new(d.payload)];
+        let send = || {
+            sock.try_io(tokio::io::Interest::WRITABLE, || {
+                let msg = socket2::MsgHdr::new().with_buffers(&parts);
+                let msg = match &to {
+                    Some(to) => msg.with_addr(to),
+                    None => msg,
+                };
+                socket2::SockRef::from(sock).sendmsg(&msg, 0)
+            })
+        };
+        out += usize::from(retry_refused(send).is_ok());
+    }
+    Sent {
+        count: singles,
+        out,
+        as_run: false,
+    }
 }
 
 /// `send`, and once more if it failed only to report an earlier datagram's ICMP error.
@@ -251,8 +263,9 @@ fn retry_refused(send: impl Fn() -> io::Result<usize>) -> io::Result<usize> {
     }
 }
 
-/// A batch with a datagram larger than this gives its slots back ([`RecvBatch::shed_if_large`]):
-/// 16 KiB is past any path MTU but jumbo frames' (9,000), so ordinary traffic never pays for it.
+/// A datagram larger than this makes its batch's slots go back once the socket is drained
+/// ([`RecvBatch::shed_if_large`]): 16 KiB is past any path MTU but jumbo frames' (9,000), so
+/// ordinary traffic never pays for it, and a sender pays 16 KiB for each free it causes.
 pub const SHED_ABOVE: usize = 16 * 1024;
 
 /// Datagrams per `recvmmsg`: quinn-udp's batch for the same job. At 1 Gbit/s of 1,200-byte
@@ -442,12 +455,12 @@ mod tests {
                 payload: b"four",
             }];
             let sent = send_front(&sock, None, &next, &mut Gso::detect());
-            assert!(sent.ok && sent.count == 1);
+            assert!(sent.out == 1 && sent.count == 1);
         }
     }
 
-    /// A batch that held a large datagram gives its slots back; one of ordinary datagrams
-    /// keeps them.
+    /// Once the socket is drained, slots that held a large datagram go back; slots that held
+    /// ordinary ones stay.
     #[test]
     fn a_batch_with_a_large_datagram_frees_its_slots() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
