@@ -42,6 +42,81 @@ const QUEUE_BYTES_PER_FLOW: usize = FLOW_BUFFER;
 /// not make the sends fewer, only the queue longer.
 const FLUSH_AT: usize = udp_io::MAX_SEGMENTS;
 
+/// Datagrams waiting to leave one socket (a hub flow's upstream, an edge's public port), and
+/// the right to send them. They are sent by the owner's task when it runs (what gathered while
+/// it waited goes out as GSO runs), or by the tunnel's receive loop itself once [`FLUSH_AT`]
+/// have gathered, since it may deliver far more before it yields.
+struct Outbox<T, S> {
+    items: VecDeque<T>,
+    bytes: usize,
+    /// The sender's state (the hub's `Upstream`, an edge port's GSO state). Whoever sends takes
+    /// it and puts it back once `items` is empty (None meanwhile, and before the socket is
+    /// ready), so only one party sends at a time and datagrams keep their order.
+    sender: Option<S>,
+    /// Wakes the owner's task when `items` stops being empty.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// What [`Outbox::push`] did with a datagram.
+#[derive(Debug, PartialEq)]
+enum Pushed {
+    Queued,
+    /// Over the outbox's bounds: dropped (the caller counts it).
+    Dropped,
+    /// FLUSH_AT wait and nobody is sending: the caller should send them now, with [`Outbox::turn`].
+    SendNow,
+}
+
+impl<T, S> Outbox<T, S> {
+    fn new(items: VecDeque<T>, bytes: usize, sender: Option<S>, wake: Arc<tokio::sync::Notify>) -> Self {
+        Outbox {
+            items,
+            bytes,
+            sender,
+            wake,
+        }
+    }
+
+    /// Queues `item` (`len` bytes) unless that would pass `max_items` or `max_bytes`.
+    fn push(&mut self, item: T, len: usize, max_items: usize, max_bytes: usize) -> Pushed {
+        if self.items.len() >= max_items || self.bytes + len > max_bytes {
+            return Pushed::Dropped;
+        }
+        self.bytes += len;
+        self.items.push_back(item);
+        if self.items.len() == 1 {
+            self.wake.notify_one();
+        } else if self.items.len() >= FLUSH_AT && self.sender.is_some() {
+            return Pushed::SendNow;
+        }
+        Pushed::Queued
+    }
+
+    /// One step of a sender, under the owner's lock: takes the sender's state into `held` (if
+    /// not held yet) and swaps the queue into `batch` (empty) for sending outside the lock.
+    /// False when there is nothing for this caller to send: the state is in someone else's
+    /// hands (or not ready), or the queue is empty and the state has been put back.
+    fn turn(&mut self, held: &mut Option<S>, batch: &mut VecDeque<T>) -> bool {
+        if held.is_none() {
+            *held = self.sender.take();
+            if held.is_none() {
+                return false;
+            }
+        }
+        if self.items.is_empty() {
+            if batch.capacity() > self.items.capacity() {
+                // Empty; keeps its allocation for the next burst.
+                self.items = std::mem::take(batch);
+            }
+            self.sender = held.take();
+            return false;
+        }
+        std::mem::swap(&mut self.items, batch);
+        self.bytes = 0;
+        true
+    }
+}
+
 /// How often idle flows are looked for. A quarter of the idle timeout is precise enough and
 /// cheap (one pass over the table).
 fn sweep_every(idle: Duration) -> Duration {
@@ -138,18 +213,9 @@ struct BoundPort {
     out: PortOut,
 }
 
-/// Replies from the hub waiting to leave one public port, oldest first: sent by the port's task
-/// when it runs (what gathered meanwhile goes out as GSO runs per client), or by the tunnel's
-/// receive loop itself once [`FLUSH_AT`] have gathered and nobody is sending.
-struct PortOut {
-    items: VecDeque<(SocketAddr, Bytes)>,
-    bytes: usize,
-    /// Wakes the port's task when `items` stops being empty.
-    wake: Arc<tokio::sync::Notify>,
-    /// Which runs this socket sends with GSO. Whoever sends takes it and puts it back when the
-    /// queue is empty (None meanwhile), so only one party sends and replies keep their order.
-    gso: Option<udp_io::Gso>,
-}
+/// Replies from the hub waiting to leave one public port, for any of its clients, with the
+/// port's GSO state as the right to send them (sent as GSO runs per client).
+type PortOut = Outbox<(SocketAddr, Bytes), udp_io::Gso>;
 
 /// Replies queued at one public port: a burst between the tunnel's receive loop and the port's
 /// task, for every client of the port. Beyond this (or [`BURST_BUFFER`] bytes, the socket's own
@@ -339,12 +405,7 @@ impl EdgeUdp {
                     let me = self.clone();
                     let (s2, w2) = (sock.clone(), wake.clone());
                     let task = AbortOnDrop(tokio::spawn(async move { me.serve_port(port, s2, w2).await }));
-                    let out = PortOut {
-                        items: VecDeque::new(),
-                        bytes: 0,
-                        wake,
-                        gso: Some(udp_io::Gso::detect()),
-                    };
+                    let out = PortOut::new(VecDeque::new(), 0, Some(udp_io::Gso::detect()), wake);
                     lock(&self.state).ports.insert(
                         port,
                         BoundPort {
@@ -399,30 +460,16 @@ impl EdgeUdp {
     /// Returns at once if someone else is sending. `sock` is the caller's socket for the port:
     /// a port bound anew meanwhile is not this one's to serve.
     fn send_port_replies(&self, port: u16, sock: &Arc<UdpSocket>) {
-        let mut batch = VecDeque::new();
-        let mut gso = None;
+        let (mut batch, mut gso) = (VecDeque::new(), None);
         loop {
             {
                 let mut st = lock(&self.state);
                 let Some(p) = st.ports.get_mut(&port).filter(|p| Arc::ptr_eq(&p.sock, sock)) else {
                     return;
                 };
-                let out = &mut p.out;
-                if gso.is_none() {
-                    gso = out.gso.take();
-                    if gso.is_none() {
-                        return; // someone else is sending
-                    }
-                }
-                if out.items.is_empty() {
-                    if batch.capacity() > out.items.capacity() {
-                        out.items = batch; // empty; keeps its allocation for the next burst
-                    }
-                    out.gso = gso;
+                if !p.out.turn(&mut gso, &mut batch) {
                     return;
                 }
-                std::mem::swap(&mut out.items, &mut batch);
-                out.bytes = 0;
             }
             if let Some(g) = &mut gso {
                 send_replies(&mut batch, sock, g, &self.stats);
@@ -600,19 +647,17 @@ impl EdgeUdp {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let out = &mut p.out;
-        if out.items.len() >= OUT_PER_PORT || out.bytes + payload.len() > BURST_BUFFER {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        out.bytes += payload.len();
-        out.items.push_back((client, payload));
-        if out.items.len() == 1 {
-            out.wake.notify_one();
-        } else if out.items.len() >= FLUSH_AT && out.gso.is_some() {
-            let (port, sock) = (f.port, p.sock.clone());
-            drop(guard);
-            self.send_port_replies(port, &sock);
+        let len = payload.len();
+        match p.out.push((client, payload), len, OUT_PER_PORT, BURST_BUFFER) {
+            Pushed::Queued => {}
+            Pushed::Dropped => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::SendNow => {
+                let (port, sock) = (f.port, p.sock.clone());
+                drop(guard);
+                self.send_port_replies(port, &sock);
+            }
         }
     }
 
@@ -727,15 +772,9 @@ fn bind_udp(ip: Option<IpAddr>, port: u16) -> Result<UdpSocket> {
 // ---- hub -------------------------------------------------------------------------------------
 
 struct HubFlow {
-    /// Datagrams from the client side not sent yet, oldest first: held until the upstream is
-    /// ready, then sent in GSO runs by the flow's task when it runs, or by the tunnel's receive
-    /// loop itself once [`FLUSH_AT`] have gathered (it may deliver far more before it yields).
-    queue: VecDeque<Bytes>,
-    queued_bytes: usize,
-    /// The upstream, once set up.
-    up: Option<Upstream>,
-    /// Wakes the flow's task when `queue` stops being empty.
-    wake: Arc<tokio::sync::Notify>,
+    /// Datagrams from the client side not sent yet, held until the upstream is ready (its
+    /// `Upstream` is the right to send them).
+    out: Outbox<Bytes, Upstream>,
     _task: Option<AbortOnDrop<()>>,
 }
 
@@ -854,13 +893,11 @@ impl HubFlows {
                 *o = rest;
                 mine.into_iter().map(|(_, _, d)| d).collect()
             };
+            let bytes = early.iter().map(Bytes::len).sum();
             flows.insert(
                 flow,
                 HubFlow {
-                    queued_bytes: early.iter().map(Bytes::len).sum(),
-                    queue: early,
-                    up: None,
-                    wake: wake.clone(),
+                    out: Outbox::new(early, bytes, None, wake.clone()),
                     _task: None,
                 },
             );
@@ -906,7 +943,7 @@ impl HubFlows {
             {
                 let mut flows = lock(&me.flows);
                 let Some(f) = flows.get_mut(&flow) else { return }; // closed meanwhile
-                f.up = Some(Upstream {
+                f.out.sender = Some(Upstream {
                     sock: sock.clone(),
                     header,
                     keep_header,
@@ -950,17 +987,16 @@ impl HubFlows {
         let mut flows = lock(&self.flows);
         match flows.get_mut(&flow) {
             Some(f) => {
-                if f.queue.len() >= QUEUE_PER_FLOW || f.queued_bytes + payload.len() > QUEUE_BYTES_PER_FLOW {
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                f.queued_bytes += payload.len();
-                f.queue.push_back(payload);
-                if f.queue.len() == 1 {
-                    f.wake.notify_one();
-                } else if f.queue.len() >= FLUSH_AT && f.up.is_some() {
-                    drop(flows);
-                    self.flush(flow);
+                let len = payload.len();
+                match f.out.push(payload, len, QUEUE_PER_FLOW, QUEUE_BYTES_PER_FLOW) {
+                    Pushed::Queued => {}
+                    Pushed::Dropped => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Pushed::SendNow => {
+                        drop(flows);
+                        self.flush(flow);
+                    }
                 }
             }
             None if flow <= self.highest_opened.load(Ordering::Relaxed) => {
@@ -979,29 +1015,16 @@ impl HubFlows {
     /// upstream back once the queue is empty. Returns at once if the upstream is not ready or
     /// another caller holds it. False if the flow is gone.
     fn flush(&self, flow: u32) -> bool {
-        let mut batch = VecDeque::new();
-        let mut up = None;
+        let (mut batch, mut up) = (VecDeque::new(), None);
         loop {
             {
                 let mut flows = lock(&self.flows);
                 let Some(f) = flows.get_mut(&flow) else {
                     return false;
                 };
-                if up.is_none() {
-                    up = f.up.take();
-                    if up.is_none() {
-                        return true; // not connected yet, or someone else is sending
-                    }
-                }
-                if f.queue.is_empty() {
-                    if batch.capacity() > f.queue.capacity() {
-                        f.queue = batch; // empty; keeps its allocation for the next burst
-                    }
-                    f.up = up;
+                if !f.out.turn(&mut up, &mut batch) {
                     return true;
                 }
-                std::mem::swap(&mut f.queue, &mut batch);
-                f.queued_bytes = 0;
             }
             if let Some(up) = &mut up {
                 up.send_all(&mut batch, &self.stats);
@@ -1046,7 +1069,7 @@ impl HubFlows {
             // came) are lost: count them.
             self.stats
                 .dropped
-                .fetch_add(f.queue.len() as u64, Ordering::Relaxed);
+                .fetch_add(f.out.items.len() as u64, Ordering::Relaxed);
         }
         self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
     }
@@ -1098,6 +1121,48 @@ mod tests {
         fn flow_open(&self, _flow: u32, _record: &OpenRecord) {}
         fn datagram(&self, _flow: u32, _framed: BytesMut) {}
         fn flow_close(&self, _flow: u32) {}
+    }
+
+    /// The outbox's protocol: bounds, a wake when it stops being empty, "send now" only at
+    /// FLUSH_AT and only when the right to send is there, and one holder of that right.
+    #[test]
+    fn an_outbox_has_one_sender_at_a_time() {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut out: Outbox<u32, &str> = Outbox::new(VecDeque::new(), 0, None, wake);
+        assert_eq!(out.push(0, 10, 100, 1000), Pushed::Queued);
+        for i in 1..FLUSH_AT as u32 {
+            // No sender yet (an upstream being set up): nothing to send now, however many.
+            assert_eq!(out.push(i, 10, 100, 1000), Pushed::Queued);
+        }
+        assert_eq!(
+            out.push(999, 1000, 100, 1000),
+            Pushed::Dropped,
+            "over the byte bound"
+        );
+        out.sender = Some("sock");
+        assert_eq!(out.push(FLUSH_AT as u32, 10, 100, 1000), Pushed::SendNow);
+        // The first caller takes the right and the queue; a second finds the right taken.
+        let (mut held, mut batch) = (None, VecDeque::new());
+        assert!(out.turn(&mut held, &mut batch));
+        assert_eq!(
+            (held, batch.len(), out.items.len(), out.bytes),
+            (Some("sock"), FLUSH_AT + 1, 0, 0)
+        );
+        let (mut other, mut other_batch) = (None, VecDeque::new());
+        assert_eq!(
+            out.push(7, 10, 100, 1000),
+            Pushed::Queued,
+            "no SendNow while someone sends"
+        );
+        assert!(!out.turn(&mut other, &mut other_batch));
+        assert!(other.is_none());
+        // The holder sends, comes back for what arrived meanwhile, then puts the right back.
+        batch.clear();
+        assert!(out.turn(&mut held, &mut batch));
+        assert_eq!(batch, [7]);
+        batch.clear();
+        assert!(!out.turn(&mut held, &mut batch));
+        assert_eq!((held, out.sender), (None, Some("sock")));
     }
 
     /// A hub flow for a target socket of its own, with PROXY headers per `proxy`/`mode`.
