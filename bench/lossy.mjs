@@ -13,8 +13,11 @@
 // medians over rounds.
 //
 // The run re-executes itself in a private network namespace (`unshare -n`) whose loopback is set
-// to a 1500-byte MTU with segmentation offloads off (where ethtool exists), so a dropped packet
-// is one Ethernet-sized packet, as on a real link, not a 64 KiB loopback segment. This kernel has
+// to a 1500-byte MTU with segmentation offloads off (where ethtool exists: TCP's and UDP's,
+// since quinn sends datagrams in GSO batches), and packets are dropped as loopback receives
+// them, so a dropped packet is one Ethernet-sized packet, as on a real link. (Before session 11
+// the rule sat on the output hook, which sees a TCP or UDP GSO packet before the kernel
+// segments it, so a drop took out up to 64 KiB of TCP or 10 QUIC datagrams.) This kernel has
 // no netem (no sch_netem module): nftables' numgen is how loss is made, and it adds no delay.
 //
 // Options: --seconds N (per measurement, default 5), --rounds N (default 3),
@@ -77,15 +80,18 @@ function median(values) {
   return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
 }
 
-/** Drops `percent` % of the packets to or from `port` (TCP and UDP) on this namespace's output. */
+/** Drops `percent` % of the packets to or from `port` (TCP and UDP) as loopback receives them, one wire packet at a time. */
 function setLoss(port, percent) {
   spawnSync('nft', ['delete', 'table', 'inet', 'ri_bench_loss'], { stdio: 'ignore' });
   if (percent === 0) return;
   const n = Math.round((percent / 100) * LOSS_BUCKETS);
   const rules = [
     'table inet ri_bench_loss {',
-    '  chain out {',
-    '    type filter hook output priority 0; policy accept;',
+    '  chain in {',
+    // prerouting, not output: the output hook sees a GSO packet (TCP's up to 64 KiB, quinn's
+    // up to 10 datagrams per sendmsg) before the kernel segments it, so a drop there took out a
+    // whole batch. Received packets are the segmented ones (offloads off, see main).
+    '    type filter hook prerouting priority 0; policy accept;',
     `    meta l4proto { tcp, udp } th dport ${port} numgen random mod ${LOSS_BUCKETS} < ${n} counter drop`,
     `    meta l4proto { tcp, udp } th sport ${port} numgen random mod ${LOSS_BUCKETS} < ${n} counter drop`,
     '  }',
@@ -117,7 +123,7 @@ async function pingPong(port, seconds) {
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   if (process.env.BENCH_NETNS === undefined) {
-    // ethtool turns loopback's segmentation offloads off, so a drop is one packet, not a 64 KiB batch.
+    // ethtool turns loopback's segmentation offloads off, so a drop is one packet, not a batch.
     if (which('ethtool') === null && process.getuid?.() === 0 && which('apt-get') !== null) {
       spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'ethtool'], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
     }
@@ -130,7 +136,7 @@ async function main() {
     process.exit(r.status ?? 1);
   }
   execFileSync('ip', ['link', 'set', 'lo', 'up', 'mtu', String(LINK_MTU)]);
-  const offloads = which('ethtool') !== null && spawnSync('ethtool', ['-K', 'lo', 'tso', 'off', 'gso', 'off', 'gro', 'off']).status === 0;
+  const offloads = which('ethtool') !== null && spawnSync('ethtool', ['-K', 'lo', 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx-udp-segmentation', 'off']).status === 0;
   spawnSync('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=10000 65535']);
 
   const work = mkdtempSync(join(os.tmpdir(), 'ri-lossy-'));
@@ -203,7 +209,7 @@ async function main() {
   mkdirSync(results, { recursive: true });
   const file = join(results, `lossy-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   const gitCommit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout?.trim() || null;
-  const record = { date: new Date().toISOString().slice(0, 10), gitCommit, options: o, mtu: LINK_MTU, offloadsOff: offloads, kernel: os.release(), summary, samples };
+  const record = { date: new Date().toISOString().slice(0, 10), gitCommit, options: o, mtu: LINK_MTU, offloadsOff: offloads, dropHook: 'prerouting', kernel: os.release(), summary, samples };
   writeFileSync(file, JSON.stringify(record, null, 2));
   say(`\nbench/lossy: results in ${file}`);
   if (!o.noReport) {
