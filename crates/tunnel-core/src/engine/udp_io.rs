@@ -129,7 +129,7 @@ fn gso_supported() -> bool {
 }
 
 /// Which runs a socket still sends with GSO: those whose datagrams are smaller than the
-/// smallest segment size the kernel refused (EINVAL for a segment larger than the path MTU,
+/// smallest segment size the kernel refused (EMSGSIZE or EINVAL for a segment larger than the path MTU,
 /// which plain sends fragment; EIO where the device cannot segment), none where the kernel
 /// has no GSO.
 #[derive(Clone, Copy, Debug)]
@@ -487,6 +487,133 @@ mod tests {
         assert_eq!(batch.recv(&rx).unwrap(), 2);
         let got: Vec<_> = batch.datagrams().map(|d| d.map(|(_, b)| b.to_vec())).collect();
         assert_eq!(got, vec![None, Some(vec![6u8; 10])]);
+    }
+
+    /// Runs `f` on a thread of its own in a new network namespace whose loopback is up with a
+    /// 1,500-byte MTU, as a path to a client often is; `None` where namespaces cannot be made
+    /// (not root). Only that thread moves: the test process's other threads stay where they are.
+    fn in_small_mtu_namespace<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        std::thread::spawn(move || {
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!(
+                    "skipped: cannot make a network namespace: {}",
+                    io::Error::last_os_error()
+                );
+                return None;
+            }
+            // The interface ioctls need a socket of this namespace (binding needs no interface).
+            let ctl = std::net::UdpSocket::bind("0.0.0.0:0").expect("a socket in the new namespace");
+            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+                *d = *s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_mtu = 1500;
+            assert_eq!(
+                unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFMTU, &ifr) },
+                0,
+                "set lo's MTU"
+            );
+            assert_eq!(
+                unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) },
+                0,
+                "read lo's flags"
+            );
+            unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+            assert_eq!(
+                unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) },
+                0,
+                "bring lo up"
+            );
+            Some(f())
+        })
+        .join()
+        .expect("the namespace thread")
+    }
+
+    /// What a refused run costs an edge port (many clients, `to` given) and a hub flow (one
+    /// connected target): over a 1,500-byte MTU the kernel refuses a GSO run of 2,000-byte
+    /// segments (EMSGSIZE); the port sends that run one by one, whole (IP fragments them), and
+    /// keeps GSO for smaller datagrams; the connected socket sends the first alone and stops
+    /// offering runs of that size.
+    #[test]
+    fn a_refused_run_goes_one_by_one_and_only_a_connected_socket_narrows_gso() {
+        if Gso::detect().is_off() {
+            eprintln!("skipped: this kernel has no UDP GSO");
+            return;
+        }
+        in_small_mtu_namespace(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let to = rx.local_addr().unwrap();
+                let big = [[7u8; 2000], [8u8; 2000], [9u8; 2000]];
+                let run: Vec<Outgoing<'_>> = big
+                    .iter()
+                    .map(|d| Outgoing {
+                        prefix: &[],
+                        payload: d,
+                    })
+                    .collect();
+                let mut buf = [0u8; 4096];
+
+                // An edge port: the whole run goes, one by one, and GSO stays as it was.
+                let port = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                // send_front never waits; a new socket is writable once the reactor says so.
+                port.writable().await.unwrap();
+                let mut gso = Gso::detect();
+                let sent = send_front(&port, Some(to), &run, &mut gso);
+                assert_eq!((sent.count, sent.out, sent.as_run), (3, 3, false));
+                assert_eq!(
+                    gso.below,
+                    usize::MAX,
+                    "one client's path does not narrow the port's GSO"
+                );
+                for want in &big {
+                    let n = rx.recv(&mut buf).unwrap();
+                    assert_eq!(&buf[..n], &want[..], "each datagram arrives whole");
+                }
+                // Its smaller datagrams still leave as one run.
+                let small = [[1u8; 1000], [2u8; 1000]];
+                let run2: Vec<Outgoing<'_>> = small
+                    .iter()
+                    .map(|d| Outgoing {
+                        prefix: &[],
+                        payload: d,
+                    })
+                    .collect();
+                let sent = send_front(&port, Some(to), &run2, &mut gso);
+                assert_eq!((sent.count, sent.out, sent.as_run), (2, 2, true));
+                for want in &small {
+                    let n = rx.recv(&mut buf).unwrap();
+                    assert_eq!(&buf[..n], &want[..]);
+                }
+
+                // A hub flow's connected socket: the first goes alone, then runs of that size
+                // are no longer offered.
+                let flow = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                flow.connect(to).await.unwrap();
+                flow.writable().await.unwrap();
+                let mut gso = Gso::detect();
+                let sent = send_front(&flow, None, &run, &mut gso);
+                assert_eq!((sent.count, sent.out, sent.as_run), (1, 1, false));
+                assert_eq!(gso.below, 2000);
+                let sent = send_front(&flow, None, &run[1..], &mut gso);
+                assert_eq!(
+                    (sent.count, sent.out, sent.as_run),
+                    (1, 1, false),
+                    "not offered as a run again"
+                );
+                for want in &big[..2] {
+                    let n = rx.recv(&mut buf).unwrap();
+                    assert_eq!(&buf[..n], &want[..]);
+                }
+            });
+        });
     }
 
     /// Datagrams of a run arrive as sent, boundaries and all, in one call.
