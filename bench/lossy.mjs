@@ -15,9 +15,11 @@
 // The run re-executes itself in a private network namespace (`unshare -n`) whose loopback is set
 // to a 1500-byte MTU with segmentation offloads off (where ethtool exists: TCP's and UDP's,
 // since quinn sends datagrams in GSO batches), and packets are dropped as loopback receives
-// them, so a dropped packet is one Ethernet-sized packet, as on a real link. (Before session 11
-// the rule sat on the output hook, which sees a TCP or UDP GSO packet before the kernel
-// segments it, so a drop took out up to 64 KiB of TCP or 10 QUIC datagrams.) This kernel has
+// them, so a dropped packet is one Ethernet-sized packet, lost as on a real link. (Before
+// session 11 the rule sat on the output hook, which sees packets before the kernel segments
+// them: a drop took out up to 10 QUIC datagrams at once, and a dropped TCP segment was not lost
+// at all: the kernel reports the drop to TCP, which keeps the segment and sends it again.)
+// This kernel has
 // no netem (no sch_netem module): nftables' numgen is how loss is made, and it adds no delay.
 //
 // Options: --seconds N (per measurement, default 5), --rounds N (default 3),
@@ -88,9 +90,10 @@ function setLoss(port, percent) {
   const rules = [
     'table inet ri_bench_loss {',
     '  chain in {',
-    // prerouting, not output: the output hook sees a GSO packet (TCP's up to 64 KiB, quinn's
-    // up to 10 datagrams per sendmsg) before the kernel segments it, so a drop there took out a
-    // whole batch. Received packets are the segmented ones (offloads off, see main).
+    // prerouting, not output: the output hook sees a GSO packet (quinn's up to 10 datagrams per
+    // sendmsg) before the kernel segments it, and a TCP segment dropped there is reported to TCP,
+    // which sends it again (not a loss). Received packets are the segmented ones (offloads off,
+    // see main), and a drop there is a loss for every protocol.
     '    type filter hook prerouting priority 0; policy accept;',
     `    meta l4proto { tcp, udp } th dport ${port} numgen random mod ${LOSS_BUCKETS} < ${n} counter drop`,
     `    meta l4proto { tcp, udp } th sport ${port} numgen random mod ${LOSS_BUCKETS} < ${n} counter drop`,
@@ -136,7 +139,10 @@ async function main() {
     process.exit(r.status ?? 1);
   }
   execFileSync('ip', ['link', 'set', 'lo', 'up', 'mtu', String(LINK_MTU)]);
-  const offloads = which('ethtool') !== null && spawnSync('ethtool', ['-K', 'lo', 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx-udp-segmentation', 'off']).status === 0;
+  // Two calls: a kernel that cannot change tx-udp-segmentation must not keep TCP's offloads on.
+  const offloads = which('ethtool') !== null
+    && spawnSync('ethtool', ['-K', 'lo', 'tso', 'off', 'gso', 'off', 'gro', 'off']).status === 0
+    && spawnSync('ethtool', ['-K', 'lo', 'tx-udp-segmentation', 'off']).status === 0;
   spawnSync('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=10000 65535']);
 
   const work = mkdtempSync(join(os.tmpdir(), 'ri-lossy-'));

@@ -91,10 +91,13 @@ function renderLossy(lossy) {
   L.push('');
   L.push(`One iperf3 bulk stream and, at the same time over the same tunnel, a sockperf TCP ping-pong on another connection;`);
   L.push(`nftables drops that fraction of the tunnel leg's packets at random (\`numgen random\`, the tunnel's port only, both`);
-  L.push(`directions; this kernel has no netem, so loss comes without added delay). Loopback at MTU ${lossy.mtu}${lossy.offloadsOff ? ' with segmentation offloads off (UDP\'s too)' : ''}; packets are`);
-  L.push(lossy.dropHook === 'prerouting'
+  const perPacket = lossy.dropHook === 'prerouting' && lossy.offloadsOff;
+  L.push(`directions; this kernel has no netem, so loss comes without added delay). Loopback at MTU ${lossy.mtu}${lossy.offloadsOff ? ` with segmentation offloads off${lossy.dropHook === 'prerouting' ? ' (UDP\'s too)' : ''}` : ''}; packets are`);
+  L.push(perPacket
     ? 'dropped as loopback receives them, so a dropped packet is one Ethernet-sized packet, never a whole GSO batch.'
-    : 'dropped on output, where a GSO batch (up to 64 KiB of TCP, up to 10 QUIC datagrams) is one packet (runs before session 11).');
+    : lossy.dropHook === 'prerouting'
+      ? 'dropped as loopback receives them, but with offloads on: a drop can be a whole GSO batch.'
+      : 'dropped on output (runs before session 11): up to 10 QUIC datagrams per drop, and TCP resent what was dropped, so TCP paths lost only ACKs.');
   L.push(`Medians of ${o.rounds} interleaved rounds of ${o.seconds} s (${lossy.date ?? ''}, commit ${lossy.gitCommit ?? '?'}).`);
   if (lossy.summary.some((r) => r.path === 'direct')) {
     L.push('`direct` is the same two workloads straight to their servers, no relay (0 % only: there is no tunnel leg to drop from).');
@@ -114,7 +117,7 @@ function renderLossy(lossy) {
     L.push(`- 1 % loss, ping-pong p99: quic ${f(quic)} µs vs ${other} ${f(theirs)} µs = ${ratio.toFixed(2)}× (target ≤ ${LOSS_P99_RATIO}×): ${ratio <= LOSS_P99_RATIO ? 'met' : 'NOT met'}`);
   }
   if (quic != null) {
-    L.push(`- quic's p99 at 1 % loss is the recovery of a lost ping-pong packet or ACK, which quinn leaves to its probe timeout (≥ smoothed RTT + 2 ms: its 1 ms timer granularity plus the 1 ms minimum ACK delay); traced in bench/changes.md, session 11`);
+    L.push(`- in session 11's trace, quic's slowest round trips at 1 % loss waited for quinn's probe timeout (≥ smoothed RTT + 2 ms: its 1 ms timer granularity plus the 1 ms minimum ACK delay) after a lost ping-pong packet or ACK; bench/changes.md, session 11`);
   }
   const floor = (path) => lossy.summary.find((r) => r.loss === 0 && r.path === path)?.p99 ?? null;
   const direct = floor('direct');
