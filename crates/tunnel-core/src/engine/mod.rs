@@ -10,3 +10,21 @@ pub mod service;
 pub mod stun;
 pub mod udp;
 pub mod udp_io;
+
+/// A socket option's value, read with `getsockopt` into a `T` (the option's C type), or `None`
+/// if the kernel does not have the option or refuses it. For options socket2 does not wrap.
+///
+/// # Safety
+/// `T` must be the plain-data type the kernel writes for `level`/`name` (any bit pattern valid).
+pub(crate) unsafe fn sockopt<T>(
+    sock: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> Option<T> {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: a valid descriptor (borrowed from `sock`), a zeroed buffer of `len` bytes; the
+    // caller vouches that the kernel's bytes (or zeroes) are a valid `T`.
+    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), level, name, value.as_mut_ptr().cast(), &mut len) };
+    (rc == 0).then(|| unsafe { value.assume_init() })
+}

@@ -338,23 +338,9 @@ async fn carry_watching_idle(
 
 /// How long ago data last moved on this TCP socket, either way (TCP_INFO).
 fn idle_for(sock: &socket2::Socket) -> Option<Duration> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid descriptor (owned by `sock`), a buffer of `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
+    // SAFETY: tcp_info is plain data, valid zeroed or as the kernel fills it (a shorter one
+    // from an older kernel leaves the rest zero).
+    let info: libc::tcp_info = unsafe { super::sockopt(sock, libc::IPPROTO_TCP, libc::TCP_INFO) }?;
     let ms = info.tcpi_last_data_recv.min(info.tcpi_last_data_sent);
     Some(Duration::from_millis(u64::from(ms)))
 }

@@ -112,19 +112,8 @@ fn gso_supported() -> bool {
         let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None) else {
             return false;
         };
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len are valid for the call and sized for the option.
-        let r = unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        r == 0
+        // SAFETY: UDP_SEGMENT's value is a C int.
+        unsafe { super::sockopt::<libc::c_int>(&sock, libc::SOL_UDP, libc::UDP_SEGMENT) }.is_some()
     })
 }
 
@@ -489,6 +478,17 @@ mod tests {
         assert_eq!(got, vec![None, Some(vec![6u8; 10])]);
     }
 
+    /// Datagrams to send as they are (no prefix).
+    fn bare<const N: usize>(datagrams: &[[u8; N]]) -> Vec<Outgoing<'_>> {
+        datagrams
+            .iter()
+            .map(|d| Outgoing {
+                prefix: &[],
+                payload: d,
+            })
+            .collect()
+    }
+
     /// Runs `f` on a thread of its own in a new network namespace whose loopback is up with a
     /// 1,500-byte MTU, as a path to a client often is; `None` where namespaces cannot be made
     /// (not root). Only that thread moves: the test process's other threads stay where they are.
@@ -552,13 +552,7 @@ mod tests {
                     .unwrap();
                 let to = rx.local_addr().unwrap();
                 let big = [[7u8; 2000], [8u8; 2000], [9u8; 2000]];
-                let run: Vec<Outgoing<'_>> = big
-                    .iter()
-                    .map(|d| Outgoing {
-                        prefix: &[],
-                        payload: d,
-                    })
-                    .collect();
+                let run = bare(&big);
                 let mut buf = [0u8; 4096];
 
                 // An edge port: the whole run goes, one by one, and GSO stays as it was.
@@ -579,13 +573,7 @@ mod tests {
                 }
                 // Its smaller datagrams still leave as one run.
                 let small = [[1u8; 1000], [2u8; 1000]];
-                let run2: Vec<Outgoing<'_>> = small
-                    .iter()
-                    .map(|d| Outgoing {
-                        prefix: &[],
-                        payload: d,
-                    })
-                    .collect();
+                let run2 = bare(&small);
                 let sent = send_front(&port, Some(to), &run2, &mut gso);
                 assert_eq!((sent.count, sent.out, sent.as_run), (2, 2, true));
                 for want in &small {
