@@ -185,7 +185,7 @@ async function main() {
       for (const [name, p] of paths) {
         if (p.tunnelPort === null && loss > 0) continue;
         if (p.tunnelPort !== null) setLoss(p.tunnelPort, loss);
-        const bulk = iperf3Tcp(p.tput, 1, o.seconds + 2);
+        const bulk = iperf3Tcp(p.tput, TARGET.iperf3, 1, o.seconds + 2);
         await sleep(BULK_HEAD_START_MS);
         const pp = await pingPong(p.lat, o.seconds);
         const tput = await bulk;

@@ -23,6 +23,7 @@
 //   --paths a,b     only these paths (names as in the table, e.g. "direct,tcpTls")
 //   --idle-count N  idle connections for the memory measurement (default 10000; 0 skips it)
 //   --profile       also `perf record` each tunnel path's hub and edge during an 8-stream iperf3 run
+//   --profile-streams N  the profiled iperf3 run's stream count (default 8)
 //   --udp-rate R    UDP offered rate (iperf3 -b syntax; default 1G, issue 15's target)
 //   --udp-reverse   the UDP workload sends from the target to the client (iperf3 -R): the
 //                   direction of replies, through hub then edge (implies --no-report; the
@@ -97,7 +98,7 @@ function benchEdge(id, transportMode, b) {
 // Options
 
 function parseArgs(argv) {
-  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, report: true, keep: false, cpuLayout: 'free', udpRate: UDP_RATE, udpReverse: false };
+  const o = { seconds: 3, rounds: 3, paths: null, workloads: null, idleCount: 10_000, profile: false, profileStreams: 8, report: true, keep: false, cpuLayout: 'free', udpRate: UDP_RATE, udpReverse: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -115,6 +116,10 @@ function parseArgs(argv) {
       o.report = false;
     } else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
     else if (a === '--profile') o.profile = true;
+    else if (a === '--profile-streams') {
+      o.profileStreams = Number(value());
+      if (!Number.isInteger(o.profileStreams) || o.profileStreams < 1 || o.profileStreams > 128) usage(`--profile-streams: expected a whole number from 1 to 128`);
+    }
     else if (a === '--udp-reverse') {
       o.udpReverse = true;
       o.report = false;
@@ -327,17 +332,17 @@ async function idleConnectionCost(dir, port, hubPid, edgePid, count) {
 }
 
 /**
- * perf record (flat, by symbol) on one tunnel path's hub and edge during one 8-stream iperf3 run,
+ * perf record (flat, by symbol) on one tunnel path's hub and edge during one iperf3 run (8 streams unless --profile-streams),
  * with the CPU seconds each process spent per GB received, so a symbol's share reads as s/GB.
  */
-async function profile(dir, path, port, pids, seconds) {
+async function profile(dir, path, port, pids, seconds, streams) {
   if (which('perf') === null) return { error: 'perf is not installed (Debian: linux-perf)' };
   const recs = Object.entries(pids).map(([name, pid]) => {
     const data = join(dir, `perf-${path}-${name}.data`);
     return { name, data, proc: startProcess(`perf ${path} ${name}`, 'perf', ['record', '-F', '499', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', data, '--', 'sleep', String(seconds + 1)], { logFile: join(dir, `perf-${path}-${name}.log`) }) };
   });
   await sleep(300);
-  const { result: tput, cpu } = await withCpu(Object.fromEntries(Object.entries(pids).map(([n, pid]) => [n, [pid]])), () => iperf3Tcp(port, 8, seconds));
+  const { result: tput, cpu } = await withCpu(Object.fromEntries(Object.entries(pids).map(([n, pid]) => [n, [pid]])), () => iperf3Tcp(port, TARGET.iperf3, streams, seconds));
   await Promise.all(recs.map((r) => r.proc.exited));
   const gb = (tput.bytes ?? 0) / 1e9;
   const out = { gbps: tput.gbps ?? null, cpuSecondsPerGB: Object.fromEntries(Object.entries(cpu).map(([n, s]) => [n, gb > 0 ? s / gb : null])) };
@@ -349,7 +354,7 @@ async function profile(dir, path, port, pids, seconds) {
     const text = perfReport(['--sort', 'dso,symbol', '--percent-limit', '0.7', '-g', 'none']);
     const chains = perfReport(['--sort', 'symbol', '--percent-limit', '2', '-g', 'caller,0.5,callee', '--max-stack', '10']);
     const perGB = out.cpuSecondsPerGB[r.name];
-    const head = `# ${path} ${r.name}: ${tput.gbps?.toFixed(2) ?? '-'} Gbit/s (iperf3 -P 8), ${perGB?.toFixed(2) ?? '-'} CPU s per GB (user + system)`;
+    const head = `# ${path} ${r.name}: ${tput.gbps?.toFixed(2) ?? '-'} Gbit/s (iperf3 -P ${streams}), ${perGB?.toFixed(2) ?? '-'} CPU s per GB (user + system)`;
     writeFileSync(join(RESULTS, `profile-${path}-${r.name}.txt`), `${head}\n${text}\n\n# call chains of symbols above 2 %\n${chains}\n`);
     out[r.name] = text.split('\n').slice(0, 25);
   }
@@ -476,7 +481,7 @@ async function main() {
       if (p.status !== 'ok') continue;
       const s = samples.get(name);
       for (const streams of measure('tput') ? [1, 8] : []) {
-        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
+        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, TARGET.iperf3, streams, o.seconds));
         s[`tput${streams}`].push(result.gbps ?? null);
         if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
         else s.cpu.push({ streams, bytes: result.bytes, cpu });
@@ -499,7 +504,7 @@ async function main() {
     for (const u of measure('udp') ? udpPaths : []) {
       // Our tunnels' CPU per datagram (hub + edge), for work on the datagram path.
       const groups = paths.get(u.name)?.cpu ?? {};
-      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds, o.udpReverse));
+      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, TARGET.iperf3, o.udpRate, UDP_LENGTH, o.seconds, o.udpReverse));
       const cpuSeconds = Object.values(cpu).reduce((a, b) => a + b, 0);
       if (Object.keys(groups).length > 0 && r.packets > 0) {
         r.cpuUsPerDatagram = (cpuSeconds * 1e6) / r.packets;
@@ -546,8 +551,8 @@ async function main() {
     prof = {};
     for (const [name, p] of paths) {
       if (p.kind !== 'tunnel' || p.status !== 'ok') continue;
-      say(`profile: perf record on ${name}'s hub and edge during iperf3 -P 8…`);
-      prof[name] = await profile(work, name.replace('@', '-'), p.ports.tput, { hub: p.cpu.hub[0], edge: p.edge.pid }, Math.max(3, o.seconds));
+      say(`profile: perf record on ${name}'s hub and edge during iperf3 -P ${o.profileStreams}…`);
+      prof[name] = await profile(work, name.replace('@', '-'), p.ports.tput, { hub: p.cpu.hub[0], edge: p.edge.pid }, Math.max(3, o.seconds), o.profileStreams);
       say(`profile: ${name} ${prof[name].gbps?.toFixed(2) ?? '-'} Gbit/s, CPU s/GB ${JSON.stringify(prof[name].cpuSecondsPerGB ?? {})}`);
     }
   }

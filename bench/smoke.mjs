@@ -65,7 +65,7 @@ async function main() {
     const idle = { hub: rssKiB(tunnel.hubPid), edge: rssKiB(edge.pid) };
 
     const cpuBefore = cpuSeconds([tunnel.hubPid, edge.pid]);
-    const bulk = useIperf ? await iperf3Tcp(bulkPort, 1, SECONDS) : await nodeTransfer(bulkPort, SECONDS, sink);
+    const bulk = useIperf ? await iperf3Tcp(bulkPort, bulkTarget, 1, SECONDS) : await nodeTransfer(bulkPort, SECONDS, sink);
     const cpu = cpuSeconds([tunnel.hubPid, edge.pid]) - cpuBefore;
     if (bulk.error) throw new Error(`transfer through the tunnel failed: ${bulk.error}`);
     const conn = useWrk ? await wrkConnRate(connPort, SECONDS) : await nodeConnBurst(connPort, SECONDS);

@@ -1,7 +1,7 @@
 // One measurement each: the peer tools' own clients (iperf3, sockperf, wrk) against a port, and
 // Node-only stand-ins for the smoke run when those tools are not installed. Every function
 // returns numbers or `{ error }`; none throws for a failed measurement.
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { onCpu } from './proc.mjs';
 
@@ -20,8 +20,42 @@ function failure(what, r) {
   return { error: `${what}: ${detail || 'no output'}` };
 }
 
-/** iperf3 TCP throughput: Gbit/s and bytes received by the server, `streams` parallel streams. */
-export async function iperf3Tcp(port, streams, seconds) {
+/** The inode of the socket listening on TCP `port` in this network namespace, or null. */
+function listenerInode(port) {
+  const r = spawnSync('ss', ['-ltnHe', `sport = :${port}`], { encoding: 'utf8' });
+  return /ino:(\d+)/.exec(r.stdout ?? '')?.[1] ?? null;
+}
+
+/** The iperf3 server's listening socket each server port's previous test used. */
+const listenerUsed = new Map();
+
+/** How long to wait for the iperf3 server to listen anew: it does so within milliseconds of a
+ * test's end; 3 s covers a loaded machine, and a server that never does costs only this. */
+const IPERF3_RELISTEN_MS = 3000;
+
+/**
+ * Waits until the iperf3 server on `server` listens on a socket other than the one the previous
+ * test used. iperf3 (3.12 here) closes its listening socket after every test and opens a new
+ * one; a client that connects in between — the next measurement, started the moment the last
+ * client exits — lands in the old socket's backlog and is reset when the server closes it
+ * (through a tunnel: "unable to receive control message: Connection reset by peer").
+ */
+async function iperf3ServerReady(server) {
+  const deadline = Date.now() + IPERF3_RELISTEN_MS;
+  let ino = listenerInode(server);
+  while ((ino === null || ino === listenerUsed.get(server)) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 10));
+    ino = listenerInode(server);
+  }
+  listenerUsed.set(server, ino);
+}
+
+/**
+ * iperf3 TCP throughput: Gbit/s and bytes received by the server, `streams` parallel streams,
+ * through `port` to the iperf3 server listening on `server`.
+ */
+export async function iperf3Tcp(port, server, streams, seconds) {
+  await iperf3ServerReady(server);
   const r = await run('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], (seconds + 15) * 1000);
   try {
     const d = JSON.parse(r.stdout);
@@ -40,7 +74,8 @@ export async function iperf3Tcp(port, streams, seconds) {
 /** Socket buffer for iperf3's UDP sockets (see iperf3Udp). */
 const UDP_SOCKET_BUFFER = '4M';
 
-export async function iperf3Udp(port, rate, length, seconds, reverse = false) {
+export async function iperf3Udp(port, server, rate, length, seconds, reverse = false) {
+  await iperf3ServerReady(server);
   // -w: iperf3's own sockets get 4 MiB buffers. With Linux's default 208 KiB (~4 ms of this
   // rate) the load generator itself drops datagrams whenever it is descheduled — the direct
   // path lost up to 0.16 % that way — and the loss measured would be iperf3's, not the path's.
