@@ -24,7 +24,11 @@ pub struct Performance {
     pub stream_window: u32,
     /// Connection receive window: caps all streams' in-flight bytes together (16 MiB).
     pub connection_window: u32,
-    /// Socket send/receive buffer for tunnel sockets, 0 = kernel default (autotuning).
+    /// Send and receive buffer of every tunnel socket, bytes: the TLS tunnel's TCP socket (0 =
+    /// the kernel's autotuning, which grows it to `net.ipv4.tcp_[rw]mem`'s maximum) and the QUIC
+    /// endpoint's UDP socket (0 = [`crate::engine::udp::BURST_BUFFER`]). Set it when a long
+    /// fat link needs more than autotuning allows; a set size turns autotuning off for the
+    /// socket. Beyond `net.core.[rw]mem_max` only with CAP_NET_ADMIN (see `udp::tune_buffers`).
     pub socket_buffer: u32,
     /// Largest UDP payload QUIC sends before path MTU is known. 1452 fits a 1500-byte Ethernet
     /// MTU over IPv4 or IPv6 (1500 − 40 − 8), which is what tunnels between cloud hosts see,
@@ -57,7 +61,25 @@ impl Default for Performance {
     }
 }
 
+/// A set `socket_buffer` must hold four TLS records (64 KiB): less throttles every stream of
+/// the tunnel to a few records per round trip.
+const MIN_SOCKET_BUFFER: u32 = 64 * 1024;
+/// 512 MiB: a 10 Gbit/s link's bandwidth-delay product at a 400 ms round trip (~477 MiB), well
+/// inside the kernel's own ceiling (it clamps to INT_MAX / 2 before doubling).
+const MAX_SOCKET_BUFFER: u32 = 512 * 1024 * 1024;
+
 impl Performance {
+    /// The buffer size for a TLS tunnel's TCP socket, or `None` for the kernel's autotuning.
+    pub fn tcp_socket_buffer(&self) -> Option<usize> {
+        (self.socket_buffer > 0).then_some(self.socket_buffer as usize)
+    }
+
+    /// The buffer size for a QUIC endpoint's UDP socket.
+    pub fn udp_socket_buffer(&self) -> usize {
+        self.tcp_socket_buffer()
+            .unwrap_or(crate::engine::udp::BURST_BUFFER)
+    }
+
     /// The largest UDP payload QUIC may use on this path: the discovery bound if set, else the
     /// initial size. Each end also announces it as the largest payload it accepts
     /// (max_udp_payload_size, RFC 9000 §18.2), which caps the peer's packets.
@@ -98,6 +120,12 @@ impl Performance {
                     self.quic_max_udp_payload
                 )));
             }
+        }
+        if self.socket_buffer != 0 && !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&self.socket_buffer) {
+            return Err(Error::InvalidConfig(format!(
+                "performance.socketBuffer: {} is outside {MIN_SOCKET_BUFFER}..={MAX_SOCKET_BUFFER} (0 = the kernel's default)",
+                self.socket_buffer
+            )));
         }
         if self.worker_threads > 256 {
             return Err(Error::InvalidConfig(format!(
@@ -622,5 +650,24 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_set_socket_buffer_lies_between_64_kib_and_512_mib() {
+        let with = |bytes: u32| Performance {
+            socket_buffer: bytes,
+            ..Performance::default()
+        };
+        for ok in [0, MIN_SOCKET_BUFFER, MAX_SOCKET_BUFFER] {
+            assert!(with(ok).validate().is_ok(), "{ok}");
+        }
+        for bad in [1, MIN_SOCKET_BUFFER - 1, MAX_SOCKET_BUFFER + 1] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("socketBuffer") && e.contains(&bad.to_string()), "{e}");
+        }
+        assert_eq!(with(0).tcp_socket_buffer(), None);
+        assert_eq!(with(0).udp_socket_buffer(), crate::engine::udp::BURST_BUFFER);
+        assert_eq!(with(1 << 20).tcp_socket_buffer(), Some(1 << 20));
+        assert_eq!(with(1 << 20).udp_socket_buffer(), 1 << 20);
     }
 }

@@ -210,7 +210,7 @@ export interface IPerformanceConfig {
   streamWindow?: number;
   /** All streams' in-flight bytes together, bytes. */
   connectionWindow?: number;
-  /** Tunnel socket send/receive buffer, bytes; 0 = kernel autotuning. */
+  /** Send/receive buffer of each tunnel socket (TLS's TCP, QUIC's UDP), 65536..536870912 bytes; 0 = TCP autotuning and 4 MiB for QUIC. */
   socketBuffer?: number;
   /** Largest UDP payload QUIC sends (default 1452 = a 1500-byte MTU path); 1200..65527. */
   quicMaxUdpPayload?: number;

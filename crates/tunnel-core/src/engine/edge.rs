@@ -198,7 +198,7 @@ impl HubListener {
     ) -> Result<(Arc<HubListener>, mpsc::Receiver<Arrival>)> {
         let identity = Identity::from_pem(&l.cert_pem, &l.key_pem)?;
         let tls = Arc::new(identity.server_config()?);
-        let (tcp, udp) = listen::bind_tunnel_port(&l.bind_host, l.port)?;
+        let (tcp, udp) = listen::bind_tunnel_port(&l.bind_host, l.port, &opts.performance)?;
         let port = tcp.local_addr()?.port();
         let endpoint = listen::quic_endpoint(&identity, tls.clone(), &opts.performance, &opts.limits, udp)?;
         let (tx, rx) = mpsc::channel(ARRIVALS_QUEUE);
@@ -762,6 +762,7 @@ async fn dial_tls(
             inner.opts.hub_port,
             dialing(inner)?,
             "the hub",
+            &inner.opts.performance,
         )
         .await?;
         let params =
@@ -827,6 +828,7 @@ async fn dial_quic(
             transport,
             quic::dial_endpoint_config(&inner.opts.performance),
             "the hub",
+            &inner.opts.performance,
         )
         .await?;
         handshake::edge(

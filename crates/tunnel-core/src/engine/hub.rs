@@ -140,7 +140,8 @@ impl Hub {
         opts.limits.validate()?;
         let identity = Identity::from_pem(&opts.cert_pem, &opts.key_pem)?;
         let tls = Arc::new(identity.server_config()?);
-        let (listener, udp_socket) = listen::bind_tunnel_port(&opts.bind_host, opts.tunnel_port)?;
+        let (listener, udp_socket) =
+            listen::bind_tunnel_port(&opts.bind_host, opts.tunnel_port, &opts.performance)?;
         let port = listener.local_addr()?.port();
         let mut dummy_secret = [0u8; 32];
         rand::rng().fill_bytes(&mut dummy_secret);

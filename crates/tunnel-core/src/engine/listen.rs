@@ -217,9 +217,14 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// Binds the tunnel port for TCP (TLS) and the same number for UDP (QUIC). With port 0 the OS
-/// picks the TCP port, whose number may be taken for UDP: then another is tried. Must run
-/// inside the runtime.
-pub fn bind_tunnel_port(host: &str, port: u16) -> Result<(TcpListener, std::net::UdpSocket)> {
+/// picks the TCP port, whose number may be taken for UDP: then another is tried. The socket
+/// buffers are `perf`'s (TCP connections take the listener's before their handshake, so the
+/// window they announce already fits). Must run inside the runtime.
+pub fn bind_tunnel_port(
+    host: &str,
+    port: u16,
+    perf: &Performance,
+) -> Result<(TcpListener, std::net::UdpSocket)> {
     let mut last = None;
     for _ in 0..if port == 0 { EPHEMERAL_ATTEMPTS } else { 1 } {
         let addr = format!("{host}:{port}");
@@ -239,10 +244,13 @@ pub fn bind_tunnel_port(host: &str, port: u16) -> Result<(TcpListener, std::net:
         .map_err(bind_error)?;
         // As tokio's own bind: a restart does not wait out TIME_WAIT.
         socket.set_reuseaddr(true).map_err(bind_error)?;
+        if let Some(bytes) = perf.tcp_socket_buffer() {
+            crate::engine::udp::tune_buffers(&socket, bytes);
+        }
         socket.bind(sockaddr).map_err(bind_error)?;
         let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
         let bound = listener.local_addr()?;
-        match crate::engine::udp::bound_std_socket(bound) {
+        match crate::engine::udp::bound_std_socket(bound, perf.udp_socket_buffer()) {
             Ok(udp) => return Ok((listener, udp)),
             Err(source) => {
                 last = Some(Error::Bind {
@@ -559,4 +567,48 @@ async fn quic_handshake<A: Authenticator>(
         () = discard_datagrams => unreachable!("discard_datagrams never completes"),
     };
     Ok(authenticated.map(|(control, who)| (conn, control, who)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::socket_buffers;
+
+    /// `performance.socketBuffer` sizes the tunnel port's sockets: TCP connections accepted on
+    /// it (from the listener, before their handshake) and the QUIC socket. 0 leaves TCP at the
+    /// kernel's own sizes. 128 KiB: under a stock `net.core.rmem_max`, so the sizes are exact
+    /// without CAP_NET_ADMIN too.
+    #[tokio::test]
+    async fn the_tunnel_port_sizes_its_sockets_by_socket_buffer() {
+        const SET: u32 = 128 * 1024;
+        let kernel_default = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            socket_buffers(&l.accept().await.unwrap().0)
+        };
+        for (perf, tcp, udp) in [
+            (
+                Performance {
+                    socket_buffer: SET,
+                    ..Performance::default()
+                },
+                (2 * SET as i32, 2 * SET as i32),
+                Some((2 * SET as i32, 2 * SET as i32)),
+            ),
+            (Performance::default(), kernel_default, None),
+        ] {
+            let (listener, udp_socket) = bind_tunnel_port("127.0.0.1", 0, &perf).unwrap();
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert_eq!(
+                socket_buffers(&accepted),
+                tcp,
+                "socket_buffer {}",
+                perf.socket_buffer
+            );
+            if let Some(udp) = udp {
+                assert_eq!(socket_buffers(&udp_socket), udp);
+            }
+        }
+    }
 }

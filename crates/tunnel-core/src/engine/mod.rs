@@ -28,3 +28,12 @@ pub(crate) unsafe fn sockopt<T>(
     let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), level, name, value.as_mut_ptr().cast(), &mut len) };
     (rc == 0).then(|| unsafe { value.assume_init() })
 }
+
+/// A socket's (SO_SNDBUF, SO_RCVBUF) as the kernel reports them: twice what was set, for its
+/// bookkeeping.
+#[cfg(test)]
+pub(crate) fn socket_buffers(sock: &impl std::os::fd::AsRawFd) -> (libc::c_int, libc::c_int) {
+    // SAFETY: both options are a C int.
+    let get = |name| unsafe { sockopt::<libc::c_int>(sock, libc::SOL_SOCKET, name) }.expect("getsockopt");
+    (get(libc::SO_SNDBUF), get(libc::SO_RCVBUF))
+}

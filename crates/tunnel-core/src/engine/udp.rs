@@ -157,10 +157,11 @@ pub fn tune_buffers(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
     }
 }
 
-/// A UDP socket bound to `addr` with burst-sized buffers (for quinn endpoints).
-pub fn bound_std_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket bound to `addr` with `buffer`-sized buffers (for quinn endpoints:
+/// `Performance::udp_socket_buffer`).
+pub fn bound_std_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     let s = std::net::UdpSocket::bind(addr)?;
-    tune_buffers(&s, BURST_BUFFER);
+    tune_buffers(&s, buffer);
     Ok(s)
 }
 

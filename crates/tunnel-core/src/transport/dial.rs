@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::auth::EXPORTER_LABEL;
+use crate::config::Performance;
 use crate::error::{Error, Result};
 use crate::transport::quic;
 use crate::transport::tls::{self, Trust};
@@ -55,8 +56,15 @@ fn field(detail: &str, key: &str) -> String {
 }
 
 /// TCP connect and the TLS handshake with the pinned certificate. Returns the stream and its
-/// channel binding. `what` names the listener in errors ("the hub", "edge e1").
-pub async fn tls(host: &str, port: u16, trust: Trust, what: &str) -> Result<(ClientTls, [u8; 32])> {
+/// channel binding. `what` names the listener in errors ("the hub", "edge e1"); `perf` sizes
+/// the socket's buffers.
+pub async fn tls(
+    host: &str,
+    port: u16,
+    trust: Trust,
+    what: &str,
+    perf: &Performance,
+) -> Result<(ClientTls, [u8; 32])> {
     let addr = format!("{host}:{port}");
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(s)) => s,
@@ -64,6 +72,9 @@ pub async fn tls(host: &str, port: u16, trust: Trust, what: &str) -> Result<(Cli
         Err(_) => return Err(Error::Timeout(format!("connecting to {what} at {addr}"))),
     };
     let _ = tcp.set_nodelay(true);
+    if let Some(bytes) = perf.tcp_socket_buffer() {
+        crate::engine::udp::tune_buffers(&tcp, bytes);
+    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(trust)));
     let name = rustls::pki_types::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
     let tls = connector.connect(name, tcp).await.map_err(|e| {
@@ -98,6 +109,7 @@ pub async fn quic(
     transport: quinn::TransportConfig,
     endpoint_config: quinn::EndpointConfig,
     what: &str,
+    perf: &Performance,
 ) -> Result<QuicDialed> {
     let addr = quic::resolve(host, port).await?;
     let local: SocketAddr = if addr.is_ipv4() {
@@ -105,7 +117,7 @@ pub async fn quic(
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = crate::engine::udp::bound_std_socket(local)
+    let endpoint = crate::engine::udp::bound_std_socket(local, perf.udp_socket_buffer())
         .and_then(|sock| quinn::Endpoint::new(endpoint_config, None, sock, quic::runtime()))
         .map_err(|source| Error::Bind {
             addr: format!("udp {local}"),
@@ -140,4 +152,44 @@ pub async fn quic(
         control: quic::Duplex { send, recv },
         binding,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::socket_buffers;
+
+    /// A dialed TLS tunnel's socket is sized by `performance.socketBuffer` (128 KiB: exact
+    /// without CAP_NET_ADMIN under a stock `net.core.wmem_max`).
+    #[tokio::test]
+    async fn a_dialed_tls_tunnel_is_sized_by_socket_buffer() {
+        const SET: u32 = 128 * 1024;
+        let id = tls::Identity::from_pem(
+            include_str!("../testdata/cert.pem"),
+            include_str!("../testdata/key.pem"),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(id.server_config().unwrap()));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hub = tokio::spawn(async move { acceptor.accept(l.accept().await.unwrap().0).await.unwrap() });
+        let perf = Performance {
+            socket_buffer: SET,
+            ..Performance::default()
+        };
+        let (stream, _) = tls(
+            "127.0.0.1",
+            port,
+            Trust::DangerouslyAnyCertificate,
+            "the test hub",
+            &perf,
+        )
+        .await
+        .unwrap();
+        let _hub_side = hub.await.unwrap();
+        assert_eq!(
+            socket_buffers(stream.get_ref().0),
+            (2 * SET as i32, 2 * SET as i32)
+        );
+    }
 }

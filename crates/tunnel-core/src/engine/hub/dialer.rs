@@ -279,8 +279,14 @@ impl Target<'_> {
     async fn connect_tls(&self) -> Result<Dialed> {
         let what = format!("edge {:?}", self.edge_id);
         let hs = async {
-            let (mut tls, binding) =
-                dial::tls(&self.spec.host, self.spec.port, self.trust.clone(), &what).await?;
+            let (mut tls, binding) = dial::tls(
+                &self.spec.host,
+                self.spec.port,
+                self.trust.clone(),
+                &what,
+                &self.inner.perf,
+            )
+            .await?;
             self.prove(&mut tls, &binding).await?;
             let peer = tls.get_ref().0.peer_addr()?;
             Ok::<_, Error>(Dialed::Tls(Box::new(tls), peer))
@@ -307,6 +313,7 @@ impl Target<'_> {
                 transport,
                 quic::dial_endpoint_config(&inner.perf),
                 &what,
+                &inner.perf,
             )
             .await?;
             self.prove(&mut d.control, &d.binding).await?;
