@@ -128,6 +128,29 @@ function renderLossy(lossy) {
   return L;
 }
 
+/**
+ * Issue 15's targets for QUIC against tcpTls from the same run, each with where bench/changes.md
+ * measures what bounds it. The loss targets come from bench/lossy.mjs (its own section).
+ */
+export function evaluateQuicTargets(results) {
+  const row = (name) => results.paths.find((r) => r.path === name && r.status === 'ok');
+  const tls = row('tcpTls');
+  const quic = row('quic');
+  const out = [];
+  const ratio = (target, need, ours, theirs, cmp, label, bound) => {
+    if (ours == null || theirs == null) return out.push({ target, need, measured: '–', ratio: null, pass: 'n/a', bound });
+    const r = ours / theirs;
+    out.push({ target, need, measured: label(ours, theirs), ratio: r, pass: cmp(r), bound });
+  };
+  const gb = (a, b) => `${num(a, 2)} vs ${num(b, 2)} Gbit/s`;
+  const kernelUdp = "session 8: the kernel's UDP work alone costs more per GB than the whole tcpTls path";
+  ratio('quic 1 stream vs tcpTls', '≥ 0.8×', quic?.tput1Gbps, tls?.tput1Gbps, (r) => r >= 0.8, gb, kernelUdp);
+  ratio('quic 8 streams vs tcpTls', '≥ 0.8×', quic?.tput8Gbps, tls?.tput8Gbps, (r) => r >= 0.8, gb, kernelUdp);
+  ratio('quic CPU per GB vs tcpTls (hub + edge)', '≤ 1.3×', quic?.cpuSecPerGB, tls?.cpuSecPerGB, (r) => r <= 1.3, (a, b) => `${num(a, 2)} vs ${num(b, 2)} s/GB`, kernelUdp);
+  ratio('quic ping-pong p50 vs tcpTls', '≤ 1.1×', quic?.p50Us, tls?.p50Us, (r) => r <= 1.1, (a, b) => `${num(a, 1)} vs ${num(b, 1)} µs`, 'session 12: quinn alone, with the tunnel\'s configuration, takes 1.8–1.9× TLS\'s round trip (crates/tunnel-core/examples/transport_rtt.rs)');
+  return out;
+}
+
 export function renderMarkdown(results, changes, lossy = readLossy()) {
   const L = [];
   const m = results.machine;
@@ -215,6 +238,12 @@ export function renderMarkdown(results, changes, lossy = readLossy()) {
   L.push('| target | needed | measured (ours vs theirs) | ratio | result |');
   L.push('| --- | --- | --- | ---: | --- |');
   for (const t of evaluateTargets(results)) L.push(`| ${t.target} | ${t.need} | ${t.measured} | ${t.ratio == null ? '' : `${t.ratio.toFixed(2)}×`} | ${passText(t.pass)} |`);
+  L.push('');
+  L.push('## Targets (issue 15: quic against tcpTls, this run; under loss: see above)');
+  L.push('');
+  L.push('| target | needed | measured (quic vs tcpTls) | ratio | result | what bounds it (bench/changes.md) |');
+  L.push('| --- | --- | --- | ---: | --- | --- |');
+  for (const t of evaluateQuicTargets(results)) L.push(`| ${t.target} | ${t.need} | ${t.measured} | ${t.ratio == null ? '' : `${t.ratio.toFixed(2)}×`} | ${passText(t.pass)} | ${t.pass === true ? '' : t.bound} |`);
   L.push('');
   L.push('## Machine');
   L.push('');

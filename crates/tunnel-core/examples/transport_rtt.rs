@@ -1,0 +1,257 @@
+//! Round trips through each tunnel transport alone, with no tunnel around it: how much of quic's
+//! ping-pong p50 against tcpTls (issue 15's "p50 ≤ 1.1× tcpTls") the transport library itself
+//! costs on this machine.
+//!
+//! Two tokio runtimes of one worker each (as the daemons run on small machines), on two threads:
+//! an echo server and a client that sends 14 bytes (sockperf's ping-pong message) and waits for
+//! them to come back, over
+//! - `tcp`: plain TCP, the floor every transport stands on;
+//! - `tls`: TLS 1.3 over TCP through tokio-rustls, with the hub's TLS configuration (tcpTls);
+//! - `quic`: one bidirectional stream of a quinn connection with the tunnel's transport,
+//!   endpoint and crypto configuration (quic).
+//!
+//! Transports take turns, round after round, so machine noise falls on all of them alike. Per
+//! transport and round it prints the p50 and p99 round trip and the CPU time both ends spent per
+//! round trip (user + system of this process).
+//!
+//! `cargo run --release --example transport_rtt -- [round trips per round] [rounds] [tcp|tls|quic]`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tunnel_core::config::Performance;
+use tunnel_core::transport::{quic, tls};
+
+/// sockperf's ping-pong message size.
+const MESSAGE: usize = 14;
+/// Round trips before measuring, so connection set-up, congestion-window growth and first-touch
+/// page faults are not measured.
+const WARM_UP: usize = 2_000;
+const SERVER_NAME: &str = "hub.remoteingress.invalid";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Tcp,
+    Tls,
+    Quic,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Tls => "tls",
+            Kind::Quic => "quic",
+        }
+    }
+}
+
+fn identity() -> tls::Identity {
+    tls::Identity::from_pem(
+        include_str!("../src/testdata/cert.pem"),
+        include_str!("../src/testdata/key.pem"),
+    )
+    .expect("test identity")
+}
+
+/// Runs `f` as a task of a runtime with one worker, as the daemons run everything (quinn's
+/// endpoint and connection drivers included) on their worker; `block_on`'s own future would run
+/// on the calling thread, and every hand-off to quinn's drivers would cross threads.
+fn on_one_worker<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move { tokio::spawn(f).await.expect("task") })
+}
+
+/// Echoes what it reads until the peer closes.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = [0u8; MESSAGE];
+    while s.read_exact(&mut buf).await.is_ok() {
+        if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The client's side: `n` measured round trips, each one's duration.
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: usize) -> Vec<Duration> {
+    let mut buf = [7u8; MESSAGE];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..WARM_UP + n {
+        let start = Instant::now();
+        s.write_all(&buf).await.expect("write");
+        s.flush().await.expect("flush");
+        s.read_exact(&mut buf).await.expect("read");
+        if i >= WARM_UP {
+            out.push(start.elapsed());
+        }
+    }
+    out
+}
+
+/// Serves one connection of `kind` on a runtime of its own; returns the address to dial.
+fn serve(kind: Kind) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        on_one_worker(async move {
+            match kind {
+                Kind::Tcp | Kind::Tls => {
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    tx.send(l.local_addr().unwrap()).unwrap();
+                    let (tcp, _) = l.accept().await.unwrap();
+                    tcp.set_nodelay(true).unwrap();
+                    if let Kind::Tls = kind {
+                        let acceptor =
+                            tokio_rustls::TlsAcceptor::from(Arc::new(identity().server_config().unwrap()));
+                        echo(acceptor.accept(tcp).await.unwrap()).await;
+                    } else {
+                        echo(tcp).await;
+                    }
+                }
+                Kind::Quic => {
+                    let perf = Performance::default();
+                    let id = identity();
+                    let mut sc = quic::server_crypto(Arc::new(id.server_config().unwrap())).unwrap();
+                    sc.transport_config(Arc::new(quic::transport_config(
+                        &perf,
+                        Duration::from_secs(10),
+                        16,
+                    )));
+                    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    tx.send(sock.local_addr().unwrap()).unwrap();
+                    let ep = quinn::Endpoint::new(
+                        quic::hub_endpoint_config(id.key.secret_der(), &perf),
+                        Some(sc),
+                        sock,
+                        quic::runtime(),
+                    )
+                    .unwrap();
+                    let conn = ep.accept().await.unwrap().await.unwrap();
+                    let (send, recv) = conn.accept_bi().await.unwrap();
+                    echo(tokio::io::join(recv, send)).await;
+                    ep.wait_idle().await;
+                }
+            }
+        });
+    });
+    (rx.recv().unwrap(), handle)
+}
+
+/// One measured connection of `kind`: its round trips, and this process's CPU time meanwhile.
+fn measure(kind: Kind, n: usize) -> (Vec<Duration>, Duration) {
+    let (addr, server) = serve(kind);
+    let (rtts, cpu) = on_one_worker(async move {
+        match kind {
+            Kind::Tcp | Kind::Tls => {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                if let Kind::Tls = kind {
+                    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(
+                        tls::Trust::DangerouslyAnyCertificate,
+                    )));
+                    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+                    let s = connector.connect(name, tcp).await.unwrap();
+                    timed(ping(s, n)).await
+                } else {
+                    timed(ping(tcp, n)).await
+                }
+            }
+            Kind::Quic => {
+                let perf = Performance::default();
+                let mut cc =
+                    quic::client_crypto(tls::client_config(tls::Trust::DangerouslyAnyCertificate)).unwrap();
+                cc.transport_config(Arc::new(quic::transport_config(
+                    &perf,
+                    Duration::from_secs(10),
+                    0,
+                )));
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let mut ep =
+                    quinn::Endpoint::new(quic::dial_endpoint_config(&perf), None, sock, quic::runtime())
+                        .unwrap();
+                ep.set_default_client_config(cc);
+                let conn = ep.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+                let (send, recv) = conn.open_bi().await.unwrap();
+                let out = timed(ping(tokio::io::join(recv, send), n)).await;
+                conn.close(0u32.into(), b"done");
+                ep.wait_idle().await;
+                out
+            }
+        }
+    });
+    server.join().unwrap();
+    (rtts, cpu)
+}
+
+/// Runs `f`, returning its output and the process CPU time (user + system) it took.
+async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
+    let before = cpu_time();
+    let out = f.await;
+    (out, cpu_time().saturating_sub(before))
+}
+
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args
+        .next()
+        .map_or(20_000, |a| a.parse().expect("round trips per round"));
+    let rounds: usize = args.next().map_or(3, |a| a.parse().expect("rounds"));
+    let only = args.next();
+    let kinds: Vec<Kind> = [Kind::Tcp, Kind::Tls, Kind::Quic]
+        .into_iter()
+        .filter(|k| only.as_deref().is_none_or(|o| o == k.name()))
+        .collect();
+    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    println!("{n} round trips of {MESSAGE} B per transport and round (after {WARM_UP} unmeasured)");
+    for round in 1..=rounds {
+        for (k, kind) in kinds.iter().enumerate() {
+            let (mut rtts, cpu) = measure(*kind, n);
+            rtts.sort();
+            let p50 = percentile(&rtts, 0.5);
+            p50s[k].push(p50);
+            println!(
+                "round {round} {:<4} p50 {:>6.1} µs  p99 {:>7.1} µs  CPU {:>5.1} µs per round trip (both ends)",
+                kind.name(),
+                p50,
+                percentile(&rtts, 0.99),
+                cpu.as_secs_f64() * 1e6 / n as f64,
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let medians: Vec<f64> = p50s.iter_mut().map(median).collect();
+    let list: Vec<String> = kinds
+        .iter()
+        .zip(&medians)
+        .map(|(k, m)| format!("{} {m:.1} µs", k.name()))
+        .collect();
+    println!("median p50: {}", list.join(", "));
+    if let [_, tls, quic] = medians[..] {
+        println!("quic / tls = {:.2}", quic / tls);
+    }
+}
