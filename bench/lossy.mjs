@@ -32,7 +32,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { killAllSync, sleep, stopAll, which } from './lib/proc.mjs';
-import { iperf3Tcp } from './lib/measure.mjs';
+import { iperf3ServerReady, iperf3Tcp } from './lib/measure.mjs';
 import { TARGET, startPeer, startTargets } from './lib/peers.mjs';
 import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
 
@@ -185,7 +185,8 @@ async function main() {
       for (const [name, p] of paths) {
         if (p.tunnelPort === null && loss > 0) continue;
         if (p.tunnelPort !== null) setLoss(p.tunnelPort, loss);
-        const bulk = iperf3Tcp(p.tput, TARGET.iperf3, 1, o.seconds + 2);
+        await iperf3ServerReady(TARGET.iperf3);
+        const bulk = iperf3Tcp(p.tput, 1, o.seconds + 2);
         await sleep(BULK_HEAD_START_MS);
         const pp = await pingPong(p.lat, o.seconds);
         const tput = await bulk;

@@ -23,7 +23,7 @@
 //   --paths a,b     only these paths (names as in the table, e.g. "direct,tcpTls")
 //   --idle-count N  idle connections for the memory measurement (default 10000; 0 skips it)
 //   --profile       also `perf record` each tunnel path's hub and edge during an 8-stream iperf3 run
-//   --profile-streams N  the profiled iperf3 run's stream count (default 8)
+//   --profile-streams N  profile (as --profile) an iperf3 run of N streams instead of 8
 //   --udp-rate R    UDP offered rate (iperf3 -b syntax; default 1G, issue 15's target)
 //   --udp-reverse   the UDP workload sends from the target to the client (iperf3 -R): the
 //                   direction of replies, through hub then edge (implies --no-report; the
@@ -46,7 +46,7 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync
 import os from 'node:os';
 import { join } from 'node:path';
 import { cpuLayout, cpuSeconds, killAllSync, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
-import { iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
+import { iperf3ServerReady, iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
 import { PACKAGES, PEER_TOOLS, TARGET, startPeer, startTargets } from './lib/peers.mjs';
 import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
 import { renderMarkdown } from './report.mjs';
@@ -117,8 +117,10 @@ function parseArgs(argv) {
     } else if (a === '--idle-count') o.idleCount = Math.floor(Number(value()));
     else if (a === '--profile') o.profile = true;
     else if (a === '--profile-streams') {
+      o.profile = true;
       o.profileStreams = Number(value());
-      if (!Number.isInteger(o.profileStreams) || o.profileStreams < 1 || o.profileStreams > 128) usage(`--profile-streams: expected a whole number from 1 to 128`);
+      // 128: iperf3's own limit for -P.
+      if (!Number.isInteger(o.profileStreams) || o.profileStreams < 1 || o.profileStreams > 128) usage(`--profile-streams: expected a whole number from 1 to 128 (iperf3's -P range)`);
     }
     else if (a === '--udp-reverse') {
       o.udpReverse = true;
@@ -337,15 +339,16 @@ async function idleConnectionCost(dir, port, hubPid, edgePid, count) {
  */
 async function profile(dir, path, port, pids, seconds, streams) {
   if (which('perf') === null) return { error: 'perf is not installed (Debian: linux-perf)' };
+  await iperf3ServerReady(TARGET.iperf3);
   const recs = Object.entries(pids).map(([name, pid]) => {
     const data = join(dir, `perf-${path}-${name}.data`);
     return { name, data, proc: startProcess(`perf ${path} ${name}`, 'perf', ['record', '-F', '499', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', data, '--', 'sleep', String(seconds + 1)], { logFile: join(dir, `perf-${path}-${name}.log`) }) };
   });
   await sleep(300);
-  const { result: tput, cpu } = await withCpu(Object.fromEntries(Object.entries(pids).map(([n, pid]) => [n, [pid]])), () => iperf3Tcp(port, TARGET.iperf3, streams, seconds));
+  const { result: tput, cpu } = await withCpu(Object.fromEntries(Object.entries(pids).map(([n, pid]) => [n, [pid]])), () => iperf3Tcp(port, streams, seconds));
   await Promise.all(recs.map((r) => r.proc.exited));
   const gb = (tput.bytes ?? 0) / 1e9;
-  const out = { gbps: tput.gbps ?? null, cpuSecondsPerGB: Object.fromEntries(Object.entries(cpu).map(([n, s]) => [n, gb > 0 ? s / gb : null])) };
+  const out = { streams, gbps: tput.gbps ?? null, cpuSecondsPerGB: Object.fromEntries(Object.entries(cpu).map(([n, s]) => [n, gb > 0 ? s / gb : null])) };
   mkdirSync(RESULTS, { recursive: true });
   for (const r of recs) {
     // Flat (self time by symbol), then who calls the biggest ones (dwarf unwinding: the addon is
@@ -481,7 +484,8 @@ async function main() {
       if (p.status !== 'ok') continue;
       const s = samples.get(name);
       for (const streams of measure('tput') ? [1, 8] : []) {
-        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, TARGET.iperf3, streams, o.seconds));
+        await iperf3ServerReady(TARGET.iperf3);
+        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
         s[`tput${streams}`].push(result.gbps ?? null);
         if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
         else s.cpu.push({ streams, bytes: result.bytes, cpu });
@@ -504,7 +508,8 @@ async function main() {
     for (const u of measure('udp') ? udpPaths : []) {
       // Our tunnels' CPU per datagram (hub + edge), for work on the datagram path.
       const groups = paths.get(u.name)?.cpu ?? {};
-      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, TARGET.iperf3, o.udpRate, UDP_LENGTH, o.seconds, o.udpReverse));
+      await iperf3ServerReady(TARGET.iperf3);
+      const { result: r, cpu } = await withCpu(groups, () => iperf3Udp(u.port, o.udpRate, UDP_LENGTH, o.seconds, o.udpReverse));
       const cpuSeconds = Object.values(cpu).reduce((a, b) => a + b, 0);
       if (Object.keys(groups).length > 0 && r.packets > 0) {
         r.cpuUsPerDatagram = (cpuSeconds * 1e6) / r.packets;

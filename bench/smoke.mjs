@@ -12,7 +12,7 @@ import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
 import { cpuSeconds, killAllSync, rssKiB, startProcess, stopAll, which } from './lib/proc.mjs';
-import { iperf3Tcp, nodeConnBurst, nodeTransfer, startHttpClose, startSink, wrkConnRate } from './lib/measure.mjs';
+import { iperf3ServerReady, iperf3Tcp, nodeConnBurst, nodeTransfer, startHttpClose, startSink, wrkConnRate } from './lib/measure.mjs';
 import { startTunnel, tunnelMissing } from './lib/tunnel.mjs';
 
 /** Each measurement runs this long: enough for non-zero numbers, short enough for CI. */
@@ -64,8 +64,9 @@ async function main() {
     say(`hub pid ${tunnel.hubPid} and edge pid ${edge.pid} up (${edge.transport}) in ${Date.now() - started} ms`);
     const idle = { hub: rssKiB(tunnel.hubPid), edge: rssKiB(edge.pid) };
 
+    if (useIperf) await iperf3ServerReady(bulkTarget);
     const cpuBefore = cpuSeconds([tunnel.hubPid, edge.pid]);
-    const bulk = useIperf ? await iperf3Tcp(bulkPort, bulkTarget, 1, SECONDS) : await nodeTransfer(bulkPort, SECONDS, sink);
+    const bulk = useIperf ? await iperf3Tcp(bulkPort, 1, SECONDS) : await nodeTransfer(bulkPort, SECONDS, sink);
     const cpu = cpuSeconds([tunnel.hubPid, edge.pid]) - cpuBefore;
     if (bulk.error) throw new Error(`transfer through the tunnel failed: ${bulk.error}`);
     const conn = useWrk ? await wrkConnRate(connPort, SECONDS) : await nodeConnBurst(connPort, SECONDS);

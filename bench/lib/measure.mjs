@@ -3,7 +3,7 @@
 // returns numbers or `{ error }`; none throws for a failed measurement.
 import { execFile, spawnSync } from 'node:child_process';
 import net from 'node:net';
-import { onCpu } from './proc.mjs';
+import { onCpu, which } from './proc.mjs';
 
 /** Runs a load generator (on the entry side's CPU when the layout is pinned). */
 function run(cmd, args, timeoutMs) {
@@ -32,30 +32,36 @@ const listenerUsed = new Map();
 /** How long to wait for the iperf3 server to listen anew: it does so within milliseconds of a
  * test's end; 3 s covers a loaded machine, and a server that never does costs only this. */
 const IPERF3_RELISTEN_MS = 3000;
+/** How often to look meanwhile: a few looks per restart, each an `ss` run of ~2 ms. */
+const IPERF3_RELISTEN_POLL_MS = 10;
 
 /**
  * Waits until the iperf3 server on `server` listens on a socket other than the one the previous
- * test used. iperf3 (3.12 here) closes its listening socket after every test and opens a new
- * one; a client that connects in between — the next measurement, started the moment the last
- * client exits — lands in the old socket's backlog and is reset when the server closes it
- * (through a tunnel: "unable to receive control message: Connection reset by peer").
+ * test used; call it before each iperf3 run, outside whatever that run's measurement times.
+ * iperf3 (3.12 here) closes its listening socket after every test and opens a new one; a client
+ * that connects in between — the next measurement, started the moment the last client exits —
+ * lands in the old socket's backlog and is reset when the server closes it (through a tunnel:
+ * "unable to receive control message: Connection reset by peer"). The server also re-creates
+ * its listener during a test whose client passes -w, -N or -M; the TCP runs here pass none.
  */
-async function iperf3ServerReady(server) {
+export async function iperf3ServerReady(server) {
+  if (which('ss') === null) {
+    if (!listenerUsed.has('warned')) process.stderr.write('bench: ss (iproute2) is missing: iperf3 runs may race the server\'s restart\n');
+    listenerUsed.set('warned', true);
+    return;
+  }
   const deadline = Date.now() + IPERF3_RELISTEN_MS;
   let ino = listenerInode(server);
   while ((ino === null || ino === listenerUsed.get(server)) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, IPERF3_RELISTEN_POLL_MS));
     ino = listenerInode(server);
   }
+  if (ino === null || ino === listenerUsed.get(server)) process.stderr.write(`bench: iperf3's server on port ${server} did not listen anew within ${IPERF3_RELISTEN_MS} ms\n`);
   listenerUsed.set(server, ino);
 }
 
-/**
- * iperf3 TCP throughput: Gbit/s and bytes received by the server, `streams` parallel streams,
- * through `port` to the iperf3 server listening on `server`.
- */
-export async function iperf3Tcp(port, server, streams, seconds) {
-  await iperf3ServerReady(server);
+/** iperf3 TCP throughput: Gbit/s and bytes received by the server, `streams` parallel streams (after `iperf3ServerReady`). */
+export async function iperf3Tcp(port, streams, seconds) {
   const r = await run('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], (seconds + 15) * 1000);
   try {
     const d = JSON.parse(r.stdout);
@@ -74,8 +80,7 @@ export async function iperf3Tcp(port, server, streams, seconds) {
 /** Socket buffer for iperf3's UDP sockets (see iperf3Udp). */
 const UDP_SOCKET_BUFFER = '4M';
 
-export async function iperf3Udp(port, server, rate, length, seconds, reverse = false) {
-  await iperf3ServerReady(server);
+export async function iperf3Udp(port, rate, length, seconds, reverse = false) {
   // -w: iperf3's own sockets get 4 MiB buffers. With Linux's default 208 KiB (~4 ms of this
   // rate) the load generator itself drops datagrams whenever it is descheduled — the direct
   // path lost up to 0.16 % that way — and the loss measured would be iperf3's, not the path's.

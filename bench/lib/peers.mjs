@@ -23,6 +23,8 @@ export const PACKAGES = {
   'kcptun-client': 'kcptun',
   socat: 'socat',
   openssl: 'openssl',
+  // ss: the wait for iperf3's server to listen anew between runs (iperf3ServerReady).
+  ss: 'iproute2',
 };
 
 /** Starts iperf3 -s, sockperf sr and nginx (one worker, no keep-alive) on their fixed ports. */

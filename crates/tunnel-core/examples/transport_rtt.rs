@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tunnel_core::config::Performance;
+use tunnel_core::engine::udp;
 use tunnel_core::transport::{quic, tls};
 
 /// sockperf's ping-pong message size.
@@ -30,6 +31,15 @@ const MESSAGE: usize = 14;
 /// page faults are not measured.
 const WARM_UP: usize = 2_000;
 const SERVER_NAME: &str = "hub.remoteingress.invalid";
+/// The daemons' heartbeat (limits.heartbeatIntervalMs, 5 s) sets QUIC's keep-alive; any value
+/// well beyond a round's length keeps keep-alives out of the measurement.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Streams the server accepts: one is used; a few spare cost nothing.
+const SERVER_STREAMS: u32 = 16;
+/// Default round trips per transport and round: ~1–3 s each here, enough for a stable p50.
+const ROUND_TRIPS: usize = 20_000;
+/// Default rounds: three, so a median is not one placement's luck.
+const ROUNDS: usize = 3;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -82,11 +92,16 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     }
 }
 
-/// The client's side: `n` measured round trips, each one's duration.
-async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: usize) -> Vec<Duration> {
+/// The client's side: `n` measured round trips, each one's duration, and this process's CPU
+/// time (user + system, both ends) over them, warm-up excluded.
+async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: usize) -> (Vec<Duration>, Duration) {
     let mut buf = [7u8; MESSAGE];
     let mut out = Vec::with_capacity(n);
+    let mut cpu_before = Duration::ZERO;
     for i in 0..WARM_UP + n {
+        if i == WARM_UP {
+            cpu_before = cpu_time();
+        }
         let start = Instant::now();
         s.write_all(&buf).await.expect("write");
         s.flush().await.expect("flush");
@@ -95,7 +110,7 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, n: usize) -> Vec<Dura
             out.push(start.elapsed());
         }
     }
-    out
+    (out, cpu_time().saturating_sub(cpu_before))
 }
 
 /// Serves one connection of `kind` on a runtime of its own; returns the address to dial.
@@ -121,12 +136,9 @@ fn serve(kind: Kind) -> (SocketAddr, std::thread::JoinHandle<()>) {
                     let perf = Performance::default();
                     let id = identity();
                     let mut sc = quic::server_crypto(Arc::new(id.server_config().unwrap())).unwrap();
-                    sc.transport_config(Arc::new(quic::transport_config(
-                        &perf,
-                        Duration::from_secs(10),
-                        16,
-                    )));
-                    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    sc.transport_config(Arc::new(quic::transport_config(&perf, HEARTBEAT, SERVER_STREAMS)));
+                    let sock =
+                        udp::bound_std_socket(([127, 0, 0, 1], 0).into(), perf.udp_socket_buffer()).unwrap();
                     tx.send(sock.local_addr().unwrap()).unwrap();
                     let ep = quinn::Endpoint::new(
                         quic::hub_endpoint_config(id.key.secret_der(), &perf),
@@ -160,28 +172,25 @@ fn measure(kind: Kind, n: usize) -> (Vec<Duration>, Duration) {
                     )));
                     let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
                     let s = connector.connect(name, tcp).await.unwrap();
-                    timed(ping(s, n)).await
+                    ping(s, n).await
                 } else {
-                    timed(ping(tcp, n)).await
+                    ping(tcp, n).await
                 }
             }
             Kind::Quic => {
                 let perf = Performance::default();
                 let mut cc =
                     quic::client_crypto(tls::client_config(tls::Trust::DangerouslyAnyCertificate)).unwrap();
-                cc.transport_config(Arc::new(quic::transport_config(
-                    &perf,
-                    Duration::from_secs(10),
-                    0,
-                )));
-                let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                cc.transport_config(Arc::new(quic::transport_config(&perf, HEARTBEAT, 0)));
+                let sock =
+                    udp::bound_std_socket(([127, 0, 0, 1], 0).into(), perf.udp_socket_buffer()).unwrap();
                 let mut ep =
                     quinn::Endpoint::new(quic::dial_endpoint_config(&perf), None, sock, quic::runtime())
                         .unwrap();
                 ep.set_default_client_config(cc);
                 let conn = ep.connect(addr, SERVER_NAME).unwrap().await.unwrap();
                 let (send, recv) = conn.open_bi().await.unwrap();
-                let out = timed(ping(tokio::io::join(recv, send), n)).await;
+                let out = ping(tokio::io::join(recv, send), n).await;
                 conn.close(0u32.into(), b"done");
                 ep.wait_idle().await;
                 out
@@ -190,13 +199,6 @@ fn measure(kind: Kind, n: usize) -> (Vec<Duration>, Duration) {
     });
     server.join().unwrap();
     (rtts, cpu)
-}
-
-/// Runs `f`, returning its output and the process CPU time (user + system) it took.
-async fn timed<F: std::future::Future>(f: F) -> (F::Output, Duration) {
-    let before = cpu_time();
-    let out = f.await;
-    (out, cpu_time().saturating_sub(before))
 }
 
 fn cpu_time() -> Duration {
@@ -216,8 +218,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args
         .next()
-        .map_or(20_000, |a| a.parse().expect("round trips per round"));
-    let rounds: usize = args.next().map_or(3, |a| a.parse().expect("rounds"));
+        .map_or(ROUND_TRIPS, |a| a.parse().expect("round trips per round"));
+    let rounds: usize = args.next().map_or(ROUNDS, |a| a.parse().expect("rounds"));
     let only = args.next();
     let kinds: Vec<Kind> = [Kind::Tcp, Kind::Tls, Kind::Quic]
         .into_iter()

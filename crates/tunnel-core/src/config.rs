@@ -24,11 +24,12 @@ pub struct Performance {
     pub stream_window: u32,
     /// Connection receive window: caps all streams' in-flight bytes together (16 MiB).
     pub connection_window: u32,
-    /// Send and receive buffer of every tunnel socket, bytes: the TLS tunnel's TCP socket (0 =
-    /// the kernel's autotuning, which grows it to `net.ipv4.tcp_[rw]mem`'s maximum) and the QUIC
-    /// endpoint's UDP socket (0 = [`crate::engine::udp::BURST_BUFFER`]). Set it when a long
-    /// fat link needs more than autotuning allows; a set size turns autotuning off for the
-    /// socket. Beyond `net.core.[rw]mem_max` only with CAP_NET_ADMIN (see `udp::tune_buffers`).
+    /// Send and receive buffer of every tunnel socket this end opens or accepts, bytes: the TLS
+    /// tunnel's TCP socket (0 = the kernel's autotuning, which grows it to
+    /// `net.ipv4.tcp_[rw]mem`'s maximum) and the QUIC endpoint's UDP socket (never below
+    /// [`crate::engine::udp::BURST_BUFFER`]). Set it when a long fat link needs more than
+    /// autotuning allows; a set size turns autotuning off for the socket. Beyond
+    /// `net.core.[rw]mem_max` it needs CAP_NET_ADMIN ([`Performance::check_socket_buffer`]).
     pub socket_buffer: u32,
     /// Largest UDP payload QUIC sends before path MTU is known. 1452 fits a 1500-byte Ethernet
     /// MTU over IPv4 or IPv6 (1500 − 40 − 8), which is what tunnels between cloud hosts see,
@@ -74,10 +75,31 @@ impl Performance {
         (self.socket_buffer > 0).then_some(self.socket_buffer as usize)
     }
 
-    /// The buffer size for a QUIC endpoint's UDP socket.
+    /// The buffer size for a QUIC endpoint's UDP socket: a set size, but never below
+    /// [`crate::engine::udp::BURST_BUFFER`] (at the hub one socket carries every QUIC edge).
     pub fn udp_socket_buffer(&self) -> usize {
-        self.tcp_socket_buffer()
-            .unwrap_or(crate::engine::udp::BURST_BUFFER)
+        (self.socket_buffer as usize).max(crate::engine::udp::BURST_BUFFER)
+    }
+
+    /// Refuses a set `socket_buffer` this process would not get. Beyond `net.core.[rw]mem_max`
+    /// the kernel grants a size only with CAP_NET_ADMIN and otherwise gives the maximum, fixed:
+    /// less than autotuning would have reached. Checked once at start on a probe socket, so the
+    /// daemon says so instead of running with buffers smaller than asked for.
+    pub fn check_socket_buffer(&self) -> Result<()> {
+        let Some(bytes) = self.tcp_socket_buffer() else {
+            return Ok(());
+        };
+        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        crate::engine::tune_buffers(&probe, bytes);
+        // The kernel reports twice what it granted (its bookkeeping).
+        let granted = probe.send_buffer_size()?.min(probe.recv_buffer_size()?) / 2;
+        if granted < bytes {
+            return Err(Error::InvalidConfig(format!(
+                "performance.socketBuffer: {bytes} bytes needs CAP_NET_ADMIN or net.core.rmem_max and \
+                 net.core.wmem_max of at least {bytes}; this process would get {granted}"
+            )));
+        }
+        Ok(())
     }
 
     /// The largest UDP payload QUIC may use on this path: the discovery bound if set, else the
@@ -123,7 +145,7 @@ impl Performance {
         }
         if self.socket_buffer != 0 && !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&self.socket_buffer) {
             return Err(Error::InvalidConfig(format!(
-                "performance.socketBuffer: {} is outside {MIN_SOCKET_BUFFER}..={MAX_SOCKET_BUFFER} (0 = the kernel's default)",
+                "performance.socketBuffer: {} is outside {MIN_SOCKET_BUFFER}..={MAX_SOCKET_BUFFER} (0 = TCP autotuning)",
                 self.socket_buffer
             )));
         }
@@ -665,9 +687,71 @@ mod tests {
             let e = with(bad).validate().unwrap_err().to_string();
             assert!(e.contains("socketBuffer") && e.contains(&bad.to_string()), "{e}");
         }
+        let burst = crate::engine::udp::BURST_BUFFER;
         assert_eq!(with(0).tcp_socket_buffer(), None);
-        assert_eq!(with(0).udp_socket_buffer(), crate::engine::udp::BURST_BUFFER);
+        assert_eq!(with(0).udp_socket_buffer(), burst);
         assert_eq!(with(1 << 20).tcp_socket_buffer(), Some(1 << 20));
-        assert_eq!(with(1 << 20).udp_socket_buffer(), 1 << 20);
+        assert_eq!(with(1 << 20).udp_socket_buffer(), burst);
+        assert_eq!(with(16 << 20).udp_socket_buffer(), 16 << 20);
+    }
+
+    /// Drops CAP_NET_ADMIN from the calling thread (capabilities are per thread on Linux; the
+    /// rest of the test process keeps its own).
+    fn drop_cap_net_admin() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        const CAP_NET_ADMIN: u32 = 12;
+        let mut header = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget and capset read and write one header and two data structs (version 3).
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()), 0);
+            data[0].effective &= !(1 << CAP_NET_ADMIN);
+            data[0].permitted &= !(1 << CAP_NET_ADMIN);
+            assert_eq!(libc::syscall(libc::SYS_capset, &header, data.as_ptr()), 0);
+        }
+    }
+
+    /// A set size the kernel would clamp is refused at start, naming what it needs; one within
+    /// `net.core.[rw]mem_max` is granted with or without the capability.
+    #[test]
+    fn a_socket_buffer_the_kernel_would_clamp_is_refused() {
+        let with = |bytes: u32| Performance {
+            socket_buffer: bytes,
+            ..Performance::default()
+        };
+        let sysctl = |name: &str| -> u32 {
+            let text = std::fs::read_to_string(format!("/proc/sys/net/core/{name}")).unwrap();
+            text.trim().parse().unwrap()
+        };
+        let beyond = sysctl("rmem_max").max(sysctl("wmem_max")) + MIN_SOCKET_BUFFER;
+        assert!(with(0).check_socket_buffer().is_ok());
+        std::thread::spawn(move || {
+            drop_cap_net_admin();
+            assert!(with(MIN_SOCKET_BUFFER).check_socket_buffer().is_ok());
+            let e = with(beyond).check_socket_buffer().unwrap_err().to_string();
+            assert!(
+                e.contains("performance.socketBuffer")
+                    && e.contains(&beyond.to_string())
+                    && e.contains("CAP_NET_ADMIN"),
+                "{e}"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }

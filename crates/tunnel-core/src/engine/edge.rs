@@ -312,6 +312,7 @@ impl Edge {
         crate::config::validate_mode(&opts.transport_mode)?;
         opts.reconnect.validate()?;
         opts.performance.validate()?;
+        opts.performance.check_socket_buffer()?;
         if opts.quic_connect_timeout_ms == 0 || opts.quic_probe_interval_ms == 0 {
             return Err(Error::InvalidConfig(format!(
                 "quicConnectTimeoutMs {} and quicProbeIntervalMs {} must be positive",

@@ -137,6 +137,7 @@ impl Hub {
     /// Binds the tunnel port and starts accepting edges. Must run inside the runtime.
     pub async fn start(opts: HubOptions, events: EventSink) -> Result<Hub> {
         opts.performance.validate()?;
+        opts.performance.check_socket_buffer()?;
         opts.limits.validate()?;
         let identity = Identity::from_pem(&opts.cert_pem, &opts.key_pem)?;
         let tls = Arc::new(identity.server_config()?);

@@ -245,7 +245,7 @@ pub fn bind_tunnel_port(
         // As tokio's own bind: a restart does not wait out TIME_WAIT.
         socket.set_reuseaddr(true).map_err(bind_error)?;
         if let Some(bytes) = perf.tcp_socket_buffer() {
-            crate::engine::udp::tune_buffers(&socket, bytes);
+            crate::engine::tune_buffers(&socket, bytes);
         }
         socket.bind(sockaddr).map_err(bind_error)?;
         let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
@@ -572,30 +572,29 @@ async fn quic_handshake<A: Authenticator>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::socket_buffers;
+    use crate::engine::{announced_wscale, socket_buffers};
 
     /// `performance.socketBuffer` sizes the tunnel port's sockets: TCP connections accepted on
     /// it (from the listener, before their handshake) and the QUIC socket. 0 leaves TCP at the
-    /// kernel's own sizes. 128 KiB: under a stock `net.core.rmem_max`, so the sizes are exact
-    /// without CAP_NET_ADMIN too.
+    /// kernel's own sizes (those of a plain listener's fresh connection). 128 KiB: under a stock
+    /// `net.core.rmem_max`, so the TCP sizes are exact without CAP_NET_ADMIN too; the QUIC
+    /// socket is compared with a fresh one tuned to `udp_socket_buffer`, which depends on both.
     #[tokio::test]
     async fn the_tunnel_port_sizes_its_sockets_by_socket_buffer() {
         const SET: u32 = 128 * 1024;
-        let kernel_default = {
+        let (kernel_default, autotuned_wscale) = {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-            socket_buffers(&l.accept().await.unwrap().0)
+            let accepted = l.accept().await.unwrap().0;
+            (socket_buffers(&accepted), announced_wscale(&accepted))
         };
-        for (perf, tcp, udp) in [
-            (
-                Performance {
-                    socket_buffer: SET,
-                    ..Performance::default()
-                },
-                (2 * SET as i32, 2 * SET as i32),
-                Some((2 * SET as i32, 2 * SET as i32)),
-            ),
-            (Performance::default(), kernel_default, None),
+        let set = Performance {
+            socket_buffer: SET,
+            ..Performance::default()
+        };
+        for (perf, tcp) in [
+            (set, (2 * SET as usize, 2 * SET as usize)),
+            (Performance::default(), kernel_default),
         ] {
             let (listener, udp_socket) = bind_tunnel_port("127.0.0.1", 0, &perf).unwrap();
             let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
@@ -606,9 +605,20 @@ mod tests {
                 "socket_buffer {}",
                 perf.socket_buffer
             );
-            if let Some(udp) = udp {
-                assert_eq!(socket_buffers(&udp_socket), udp);
-            }
+            // Set before the handshake: the SYN-ACK's window scale already follows it.
+            let wscale = announced_wscale(&accepted);
+            assert_eq!(
+                wscale < autotuned_wscale,
+                perf.socket_buffer > 0,
+                "window scale {wscale}"
+            );
+            let reference = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            crate::engine::tune_buffers(&reference, perf.udp_socket_buffer());
+            assert_eq!(socket_buffers(&udp_socket), socket_buffers(&reference));
+            assert_ne!(
+                socket_buffers(&udp_socket),
+                socket_buffers(&std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            );
         }
     }
 }

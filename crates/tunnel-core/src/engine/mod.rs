@@ -11,6 +11,33 @@ pub mod stun;
 pub mod udp;
 pub mod udp_io;
 
+/// Sets a socket's buffers to `bytes`, beyond `net.core.[rw]mem_max` when the process may
+/// (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as the sysctl allows. Best effort.
+pub fn tune_buffers(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
+    let fd = sock.as_raw_fd();
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: fd is a valid socket for the duration of the call; v outlives it.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            set(plain);
+        }
+    }
+}
+
 /// A socket option's value, read with `getsockopt` into a `T` (the option's C type), or `None`
 /// if the kernel does not have the option or refuses it. For options socket2 does not wrap.
 ///
@@ -32,8 +59,20 @@ pub(crate) unsafe fn sockopt<T>(
 /// A socket's (SO_SNDBUF, SO_RCVBUF) as the kernel reports them: twice what was set, for its
 /// bookkeeping.
 #[cfg(test)]
-pub(crate) fn socket_buffers(sock: &impl std::os::fd::AsRawFd) -> (libc::c_int, libc::c_int) {
-    // SAFETY: both options are a C int.
-    let get = |name| unsafe { sockopt::<libc::c_int>(sock, libc::SOL_SOCKET, name) }.expect("getsockopt");
-    (get(libc::SO_SNDBUF), get(libc::SO_RCVBUF))
+pub(crate) fn socket_buffers(sock: &impl std::os::fd::AsFd) -> (usize, usize) {
+    let s = socket2::SockRef::from(sock);
+    (
+        s.send_buffer_size().expect("SO_SNDBUF"),
+        s.recv_buffer_size().expect("SO_RCVBUF"),
+    )
+}
+
+/// The window scale a connected TCP socket announced in its handshake (TCP_INFO's
+/// `tcpi_rcv_wscale`: the high four bits of the byte it shares with `tcpi_snd_wscale`). The
+/// kernel picks it from the receive buffer the socket had then.
+#[cfg(test)]
+pub(crate) fn announced_wscale(sock: &impl std::os::fd::AsRawFd) -> u8 {
+    // SAFETY: tcp_info is plain data, valid zeroed or as the kernel fills it.
+    let info: libc::tcp_info = unsafe { sockopt(sock, libc::IPPROTO_TCP, libc::TCP_INFO) }.expect("TCP_INFO");
+    info.tcpi_snd_rcv_wscale >> 4
 }

@@ -4,6 +4,8 @@
 //! the transport's fastest path: QUIC datagrams, or DATAGRAM frames on the TLS tunnel.
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::engine::tune_buffers;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -129,33 +131,6 @@ fn sweep_every(idle: Duration) -> Duration {
 pub const BURST_BUFFER: usize = 4 * 1024 * 1024;
 /// Per-flow upstream sockets at the hub see one client's traffic: 1 MiB is plenty.
 const FLOW_BUFFER: usize = 1024 * 1024;
-
-/// Sets a socket's buffers to `bytes`, beyond `net.core.[rw]mem_max` when the process may
-/// (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as the sysctl allows. Best effort.
-pub fn tune_buffers(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
-    let fd = sock.as_raw_fd();
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        let set = |opt| {
-            // SAFETY: fd is a valid socket for the duration of the call; v outlives it.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            }
-        };
-        if set(force) != 0 {
-            set(plain);
-        }
-    }
-}
 
 /// A UDP socket bound to `addr` with `buffer`-sized buffers (for quinn endpoints:
 /// `Performance::udp_socket_buffer`).

@@ -393,7 +393,7 @@ mod tests {
     #[test]
     fn a_batch_receives_every_datagram_whole_with_its_sender() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        crate::engine::udp::tune_buffers(&rx, 4 << 20);
+        crate::engine::tune_buffers(&rx, 4 << 20);
         let to = rx.local_addr().unwrap();
         let (a, b) = (
             std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),

@@ -66,15 +66,12 @@ pub async fn tls(
     perf: &Performance,
 ) -> Result<(ClientTls, [u8; 32])> {
     let addr = format!("{host}:{port}");
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&addr, perf.tcp_socket_buffer())).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(Error::Connect { addr, source }),
         Err(_) => return Err(Error::Timeout(format!("connecting to {what} at {addr}"))),
     };
     let _ = tcp.set_nodelay(true);
-    if let Some(bytes) = perf.tcp_socket_buffer() {
-        crate::engine::udp::tune_buffers(&tcp, bytes);
-    }
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(trust)));
     let name = rustls::pki_types::ServerName::try_from(SNI).map_err(|e| Error::Tls(e.to_string()))?;
     let tls = connector.connect(name, tcp).await.map_err(|e| {
@@ -88,6 +85,34 @@ pub async fn tls(
         .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
         .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
     Ok((tls, binding))
+}
+
+/// TCP connect to each address `addr` resolves to in turn, as `TcpStream::connect` does, with
+/// the socket's buffers set to `buffer` first: the window scale is chosen from the receive
+/// buffer when the SYN goes out, so a buffer set after connecting could never be announced
+/// past the scale autotuning's maximum implied.
+async fn connect(addr: &str, buffer: Option<usize>) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        if let Some(bytes) = buffer {
+            crate::engine::tune_buffers(&socket, bytes);
+        }
+        match socket.connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// A connected QUIC tunnel before authentication: its own endpoint (one per dial, so a
@@ -157,10 +182,12 @@ pub async fn quic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::socket_buffers;
+    use crate::engine::{announced_wscale, socket_buffers};
 
     /// A dialed TLS tunnel's socket is sized by `performance.socketBuffer` (128 KiB: exact
-    /// without CAP_NET_ADMIN under a stock `net.core.wmem_max`).
+    /// without CAP_NET_ADMIN under a stock `net.core.wmem_max`), before it connects: the window
+    /// scale it announced in its SYN follows the set size, not autotuning's maximum (which a
+    /// plain connection to the same listener announces).
     #[tokio::test]
     async fn a_dialed_tls_tunnel_is_sized_by_socket_buffer() {
         const SET: u32 = 128 * 1024;
@@ -172,7 +199,11 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(id.server_config().unwrap()));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let hub = tokio::spawn(async move { acceptor.accept(l.accept().await.unwrap().0).await.unwrap() });
+        // The listener comes back with the hub's side: the plain connection below needs it open.
+        let hub = tokio::spawn(async move {
+            let tcp = l.accept().await.unwrap().0;
+            (acceptor.accept(tcp).await.unwrap(), l)
+        });
         let perf = Performance {
             socket_buffer: SET,
             ..Performance::default()
@@ -186,10 +217,16 @@ mod tests {
         )
         .await
         .unwrap();
-        let _hub_side = hub.await.unwrap();
+        let (_hub_side, _listener) = hub.await.unwrap();
         assert_eq!(
             socket_buffers(stream.get_ref().0),
-            (2 * SET as i32, 2 * SET as i32)
+            (2 * SET as usize, 2 * SET as usize)
+        );
+        let plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (set, autotuned) = (announced_wscale(stream.get_ref().0), announced_wscale(&plain));
+        assert!(
+            set < autotuned,
+            "window scale {set} with the set size, {autotuned} autotuned"
         );
     }
 }
