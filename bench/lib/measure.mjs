@@ -21,8 +21,8 @@ function failure(what, r) {
 }
 
 /** The inode of the socket listening on TCP `port` in this network namespace, or null. */
-function listenerInode(port) {
-  const r = spawnSync('ss', ['-ltnHe', `sport = :${port}`], { encoding: 'utf8' });
+function listenerInode(ss, port) {
+  const r = spawnSync(ss, ['-ltnHe', `sport = :${port}`], { encoding: 'utf8' });
   return /ino:(\d+)/.exec(r.stdout ?? '')?.[1] ?? null;
 }
 
@@ -43,18 +43,21 @@ const IPERF3_RELISTEN_POLL_MS = 10;
  * lands in the old socket's backlog and is reset when the server closes it (through a tunnel:
  * "unable to receive control message: Connection reset by peer"). The server also re-creates
  * its listener during a test whose client passes -w, -N or -M; the TCP runs here pass none.
+ * After a run whose client never reached the server (a path that failed) the server has not
+ * relistened: the next run then waits the whole time and says so, harmlessly.
  */
 export async function iperf3ServerReady(server) {
-  if (which('ss') === null) {
+  const ss = which('ss');
+  if (ss === null) {
     if (!listenerUsed.has('warned')) process.stderr.write('bench: ss (iproute2) is missing: iperf3 runs may race the server\'s restart\n');
     listenerUsed.set('warned', true);
     return;
   }
   const deadline = Date.now() + IPERF3_RELISTEN_MS;
-  let ino = listenerInode(server);
+  let ino = listenerInode(ss, server);
   while ((ino === null || ino === listenerUsed.get(server)) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, IPERF3_RELISTEN_POLL_MS));
-    ino = listenerInode(server);
+    ino = listenerInode(ss, server);
   }
   if (ino === null || ino === listenerUsed.get(server)) process.stderr.write(`bench: iperf3's server on port ${server} did not listen anew within ${IPERF3_RELISTEN_MS} ms\n`);
   listenerUsed.set(server, ino);

@@ -26,7 +26,7 @@ pub struct Performance {
     pub connection_window: u32,
     /// Send and receive buffer of every tunnel socket this end opens or accepts, bytes: the TLS
     /// tunnel's TCP socket (0 = the kernel's autotuning, which grows it to
-    /// `net.ipv4.tcp_[rw]mem`'s maximum) and the QUIC endpoint's UDP socket (never below
+    /// `net.ipv4.tcp_[rw]mem`'s maximum) and the QUIC endpoint's UDP socket (asks for at least
     /// [`crate::engine::udp::BURST_BUFFER`]). Set it when a long fat link needs more than
     /// autotuning allows; a set size turns autotuning off for the socket. Beyond
     /// `net.core.[rw]mem_max` it needs CAP_NET_ADMIN ([`Performance::check_socket_buffer`]).
@@ -75,21 +75,27 @@ impl Performance {
         (self.socket_buffer > 0).then_some(self.socket_buffer as usize)
     }
 
-    /// The buffer size for a QUIC endpoint's UDP socket: a set size, but never below
+    /// The buffer size a QUIC endpoint's UDP socket asks for: a set size, but at least
     /// [`crate::engine::udp::BURST_BUFFER`] (at the hub one socket carries every QUIC edge).
     pub fn udp_socket_buffer(&self) -> usize {
         (self.socket_buffer as usize).max(crate::engine::udp::BURST_BUFFER)
     }
 
     /// Refuses a set `socket_buffer` this process would not get. Beyond `net.core.[rw]mem_max`
-    /// the kernel grants a size only with CAP_NET_ADMIN and otherwise gives the maximum, fixed:
-    /// less than autotuning would have reached. Checked once at start on a probe socket, so the
-    /// daemon says so instead of running with buffers smaller than asked for.
+    /// the kernel grants a size only with CAP_NET_ADMIN and otherwise gives the sysctl's
+    /// maximum, fixed. Checked once at start on a probe socket, so the daemon says so instead
+    /// of running with buffers smaller than asked for.
     pub fn check_socket_buffer(&self) -> Result<()> {
         let Some(bytes) = self.tcp_socket_buffer() else {
             return Ok(());
         };
-        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .or_else(|_| socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None))
+            .map_err(|e| {
+                Error::InvalidConfig(format!(
+                    "performance.socketBuffer: cannot make a socket to check it: {e}"
+                ))
+            })?;
         crate::engine::tune_buffers(&probe, bytes);
         // The kernel reports twice what it granted (its bookkeeping).
         let granted = probe.send_buffer_size()?.min(probe.recv_buffer_size()?) / 2;

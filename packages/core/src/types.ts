@@ -210,7 +210,7 @@ export interface IPerformanceConfig {
   streamWindow?: number;
   /** All streams' in-flight bytes together, bytes. */
   connectionWindow?: number;
-  /** Send/receive buffer of each tunnel socket this end opens or accepts (TLS's TCP; QUIC's UDP, never below 4 MiB), 65536..536870912 bytes; 0 = TCP autotuning. Beyond net.core.[rw]mem_max it needs CAP_NET_ADMIN. */
+  /** Send/receive buffer of each tunnel socket this end opens or accepts (TLS's TCP; QUIC's UDP, which asks for at least 4 MiB), 65536..536870912 bytes; 0 = TCP autotuning. Beyond net.core.[rw]mem_max it needs CAP_NET_ADMIN. */
   socketBuffer?: number;
   /** Largest UDP payload QUIC sends (default 1452 = a 1500-byte MTU path); 1200..65527. */
   quicMaxUdpPayload?: number;

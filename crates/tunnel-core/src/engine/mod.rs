@@ -67,6 +67,11 @@ pub(crate) fn socket_buffers(sock: &impl std::os::fd::AsFd) -> (usize, usize) {
     )
 }
 
+/// A window scale above this tells a 128 KiB set buffer (scale 2) from autotuning's maximum:
+/// the socket-buffer tests compare scales only where it is.
+#[cfg(test)]
+pub(crate) const MIN_DISTINCT_WSCALE: u8 = 2;
+
 /// The window scale a connected TCP socket announced in its handshake (TCP_INFO's
 /// `tcpi_rcv_wscale`: the high four bits of the byte it shares with `tcpi_snd_wscale`). The
 /// kernel picks it from the receive buffer the socket had then.
@@ -74,5 +79,7 @@ pub(crate) fn socket_buffers(sock: &impl std::os::fd::AsFd) -> (usize, usize) {
 pub(crate) fn announced_wscale(sock: &impl std::os::fd::AsRawFd) -> u8 {
     // SAFETY: tcp_info is plain data, valid zeroed or as the kernel fills it.
     let info: libc::tcp_info = unsafe { sockopt(sock, libc::IPPROTO_TCP, libc::TCP_INFO) }.expect("TCP_INFO");
+    // tcpi_snd_wscale:4 then tcpi_rcv_wscale:4; bitfields fill from the low bit on x86-64 and
+    // the other little-endian targets this builds for.
     info.tcpi_snd_rcv_wscale >> 4
 }

@@ -94,11 +94,20 @@ pub async fn tls(
 async fn connect(addr: &str, buffer: Option<usize>) -> std::io::Result<TcpStream> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
-        let socket = if a.is_ipv4() {
+        // As TcpStream::connect: an address whose socket cannot be made (IPv6 disabled in the
+        // kernel, say) is skipped for the next one.
+        let made = if a.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
             tokio::net::TcpSocket::new_v6()
-        }?;
+        };
+        let socket = match made {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
         if let Some(bytes) = buffer {
             crate::engine::tune_buffers(&socket, bytes);
         }
@@ -182,7 +191,7 @@ pub async fn quic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{announced_wscale, socket_buffers};
+    use crate::engine::{announced_wscale, socket_buffers, MIN_DISTINCT_WSCALE};
 
     /// A dialed TLS tunnel's socket is sized by `performance.socketBuffer` (128 KiB: exact
     /// without CAP_NET_ADMIN under a stock `net.core.wmem_max`), before it connects: the window
@@ -224,9 +233,13 @@ mod tests {
         );
         let plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (set, autotuned) = (announced_wscale(stream.get_ref().0), announced_wscale(&plain));
-        assert!(
-            set < autotuned,
-            "window scale {set} with the set size, {autotuned} autotuned"
-        );
+        // Only where autotuning's maximum needs a larger scale than 128 KiB does (any stock
+        // tcp_rmem; not with window scaling off or a tcp_rmem max of 256 KiB or less).
+        if autotuned > MIN_DISTINCT_WSCALE {
+            assert!(
+                set < autotuned,
+                "window scale {set} with the set size, {autotuned} autotuned"
+            );
+        }
     }
 }
