@@ -1,6 +1,11 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CONNECT_TIMEOUT_MS, Cleanups, connectFrom, exchange, freePort, sha256, startEchoServer, startHub, startPair, withTimeout } from './helpers.js';
+import { cleanEnv } from './daemons.js';
+import { CONNECT_TIMEOUT_MS, Cleanups, ROOT, connectFrom, exchange, freePort, randomSecret, sha256, startEchoServer, startHub, startPair, tempDir, withTimeout } from './helpers.js';
 
 /**
  * `performance.socketBuffer` sizes the tunnel sockets (the Rust tests read the sizes back from
@@ -33,5 +38,28 @@ describe('performance.socketBuffer, refused', () => {
       code: 'ERR_INVALID_CONFIG',
       message: expect.stringMatching(new RegExp(`performance\\.socketBuffer: ${bytes} is outside 65536\\.\\.=536870912`)),
     });
+  });
+});
+
+/** The larger of net.core.rmem_max and wmem_max: beyond it a size needs CAP_NET_ADMIN. */
+const memMax = Math.max(...['rmem_max', 'wmem_max'].map((name) => Number(readFileSync(`/proc/sys/net/core/${name}`, 'utf8').trim())));
+/** The largest size the validation accepts (config.rs MAX_SOCKET_BUFFER). */
+const MAX_SOCKET_BUFFER = 512 * 1024 * 1024;
+
+describe('performance.socketBuffer beyond net.core.[rw]mem_max without CAP_NET_ADMIN', () => {
+  // The kernel would silently give less than asked; the daemon refuses instead. As root the
+  // capability is dropped from the hub's bounding set (setpriv); others never have it.
+  it.skipIf(memMax + 64 * 1024 > MAX_SOCKET_BUFFER)('the hub CLI exits 2 and says what the size needs', async () => {
+    const bytes = memMax + 64 * 1024;
+    const dir = await tempDir(cleanups, 'ri-e2e-sockbuf-');
+    const edgesFile = join(dir, 'edges.json');
+    await writeFile(edgesFile, JSON.stringify([{ id: 'e1', secret: randomSecret(), listenPorts: [{ port: await freePort(), targetPort: 9, proxyProtocol: 'none' }] }]));
+    const hub = [join(ROOT, 'packages/hub/dist/bin.js'), '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', join(dir, 'state'), '--performance', JSON.stringify({ socketBuffer: bytes })];
+    const [file, args] = process.getuid?.() === 0 ? ['setpriv', ['--bounding-set', '-net_admin', process.execPath, ...hub]] : [process.execPath, hub];
+    const result = await new Promise<{ code: number | null; stderr: string }>((done) => {
+      execFile(file, args, { env: cleanEnv(), timeout: 20_000 }, (error, _stdout, stderr) => done({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : null, stderr }));
+    });
+    expect(result.stderr).toMatch(new RegExp(`performance\\.socketBuffer: ${bytes} bytes needs CAP_NET_ADMIN`));
+    expect(result.code).toBe(2);
   });
 });
