@@ -91,7 +91,7 @@ pub struct MuxConfig {
     pub heartbeat_timeout: Duration,
 }
 
-/// Target size of one batch written to the tunnel. 128 KiB = 8 TLS records per write call:
+/// Target size of one batch written to the tunnel. 128 KiB ≈ 8 TLS records per write call:
 /// enough to amortise the syscall and the scheduler hop, small enough that a PONG or WINDOW
 /// queued meanwhile waits for at most ~100 µs of loopback bandwidth.
 const WRITE_BATCH: usize = 128 * 1024;
