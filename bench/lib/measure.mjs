@@ -28,6 +28,8 @@ function listenerInode(ss, port) {
 
 /** The iperf3 server's listening socket each server port's previous test used. */
 const listenerUsed = new Map();
+/** Whether the missing `ss` has been reported (once per run). */
+let warnedNoSs = false;
 
 /** How long to wait for the iperf3 server to listen anew: it does so within milliseconds of a
  * test's end; 3 s covers a loaded machine, and a server that never does costs only this. */
@@ -49,8 +51,8 @@ const IPERF3_RELISTEN_POLL_MS = 10;
 export async function iperf3ServerReady(server) {
   const ss = which('ss');
   if (ss === null) {
-    if (!listenerUsed.has('warned')) process.stderr.write('bench: ss (iproute2) is missing: iperf3 runs may race the server\'s restart\n');
-    listenerUsed.set('warned', true);
+    if (!warnedNoSs) process.stderr.write('bench: ss (iproute2) is missing: iperf3 runs may race the server\'s restart\n');
+    warnedNoSs = true;
     return;
   }
   const deadline = Date.now() + IPERF3_RELISTEN_MS;

@@ -6,9 +6,10 @@
 //! an echo server and a client that sends 14 bytes (sockperf's ping-pong message) and waits for
 //! them to come back, over
 //! - `tcp`: plain TCP, the floor every transport stands on;
-//! - `tls`: TLS 1.3 over TCP through tokio-rustls, with the hub's TLS configuration (tcpTls);
-//! - `quic`: one bidirectional stream of a quinn connection with the tunnel's transport,
-//!   endpoint and crypto configuration (quic).
+//! - `tls`: TLS 1.3 over TCP, the edge's dialer (`dial::tls`) against the hub's TLS
+//!   configuration (tcpTls);
+//! - `quic`: the control stream of a quinn connection, the edge's dialer (`dial::quic`)
+//!   against the hub's endpoint (`listen::quic_endpoint`) (quic).
 //!
 //! Transports take turns, round after round, so machine noise falls on all of them alike. Per
 //! transport and round it prints the p50 and p99 round trip and the CPU time both ends spent per
@@ -21,21 +22,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tunnel_core::config::Performance;
+use tunnel_core::config::{Limits, Performance};
+use tunnel_core::engine::listen;
 use tunnel_core::engine::udp;
-use tunnel_core::transport::{quic, tls};
+use tunnel_core::transport::tls::{self, Trust};
+use tunnel_core::transport::{dial, quic};
 
 /// sockperf's ping-pong message size.
 const MESSAGE: usize = 14;
 /// Round trips before measuring, so connection set-up, congestion-window growth and first-touch
 /// page faults are not measured.
 const WARM_UP: usize = 2_000;
-const SERVER_NAME: &str = "hub.remoteingress.invalid";
+/// How the dialers name the server in their errors.
+const SERVER: &str = "the echo server";
 /// The daemons' heartbeat (limits.heartbeatIntervalMs, 5 s) sets QUIC's keep-alive; any value
 /// well beyond a round's length keeps keep-alives out of the measurement.
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// Streams the server accepts: one is used; a few spare cost nothing.
-const SERVER_STREAMS: u32 = 16;
 /// Default round trips per transport and round: ~1–3 s each here, enough for a stable p50.
 const ROUND_TRIPS: usize = 20_000;
 /// Default rounds: three, so a median is not one placement's luck.
@@ -133,22 +135,20 @@ fn serve(kind: Kind) -> (SocketAddr, std::thread::JoinHandle<()>) {
                     }
                 }
                 Kind::Quic => {
+                    // The hub's own endpoint, as an edge meets it before authenticating (the
+                    // control stream only, a 64 KiB window: room enough for 14-byte messages).
                     let perf = Performance::default();
                     let id = identity();
-                    let mut sc = quic::server_crypto(Arc::new(id.server_config().unwrap())).unwrap();
-                    sc.transport_config(Arc::new(quic::transport_config(&perf, HEARTBEAT, SERVER_STREAMS)));
                     let sock =
                         udp::bound_std_socket(([127, 0, 0, 1], 0).into(), perf.udp_socket_buffer()).unwrap();
                     tx.send(sock.local_addr().unwrap()).unwrap();
-                    let ep = quinn::Endpoint::new(
-                        quic::hub_endpoint_config(id.key.secret_der(), &perf),
-                        Some(sc),
-                        sock,
-                        quic::runtime(),
-                    )
-                    .unwrap();
+                    let tls = Arc::new(id.server_config().unwrap());
+                    let ep = listen::quic_endpoint(&id, tls, &perf, &Limits::default(), sock).unwrap();
                     let conn = ep.accept().await.unwrap().await.unwrap();
-                    let (send, recv) = conn.accept_bi().await.unwrap();
+                    let (send, mut recv) = conn.accept_bi().await.unwrap();
+                    // The dialer opens its control stream with the preamble.
+                    let mut preamble = [0u8; quic::PREAMBLE.len()];
+                    recv.read_exact(&mut preamble).await.unwrap();
                     echo(tokio::io::join(recv, send)).await;
                     ep.wait_idle().await;
                 }
@@ -162,37 +162,43 @@ fn serve(kind: Kind) -> (SocketAddr, std::thread::JoinHandle<()>) {
 fn measure(kind: Kind, n: usize) -> (Vec<Duration>, Duration) {
     let (addr, server) = serve(kind);
     let (rtts, cpu) = on_one_worker(async move {
+        let (perf, host) = (Performance::default(), addr.ip().to_string());
         match kind {
-            Kind::Tcp | Kind::Tls => {
+            Kind::Tcp => {
                 let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
                 tcp.set_nodelay(true).unwrap();
-                if let Kind::Tls = kind {
-                    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(
-                        tls::Trust::DangerouslyAnyCertificate,
-                    )));
-                    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
-                    let s = connector.connect(name, tcp).await.unwrap();
-                    ping(s, n).await
-                } else {
-                    ping(tcp, n).await
-                }
+                ping(tcp, n).await
+            }
+            // The edge's own dialers.
+            Kind::Tls => {
+                let (s, _) = dial::tls(
+                    &host,
+                    addr.port(),
+                    Trust::DangerouslyAnyCertificate,
+                    SERVER,
+                    &perf,
+                )
+                .await
+                .unwrap();
+                ping(s, n).await
             }
             Kind::Quic => {
-                let perf = Performance::default();
-                let mut cc =
-                    quic::client_crypto(tls::client_config(tls::Trust::DangerouslyAnyCertificate)).unwrap();
-                cc.transport_config(Arc::new(quic::transport_config(&perf, HEARTBEAT, 0)));
-                let sock =
-                    udp::bound_std_socket(([127, 0, 0, 1], 0).into(), perf.udp_socket_buffer()).unwrap();
-                let mut ep =
-                    quinn::Endpoint::new(quic::dial_endpoint_config(&perf), None, sock, quic::runtime())
-                        .unwrap();
-                ep.set_default_client_config(cc);
-                let conn = ep.connect(addr, SERVER_NAME).unwrap().await.unwrap();
-                let (send, recv) = conn.open_bi().await.unwrap();
-                let out = ping(tokio::io::join(recv, send), n).await;
-                conn.close(0u32.into(), b"done");
-                ep.wait_idle().await;
+                let transport = quic::transport_config(&perf, HEARTBEAT, 0);
+                let endpoint_config = quic::dial_endpoint_config(&perf);
+                let d = dial::quic(
+                    &host,
+                    addr.port(),
+                    Trust::DangerouslyAnyCertificate,
+                    transport,
+                    endpoint_config,
+                    SERVER,
+                    &perf,
+                )
+                .await
+                .unwrap();
+                let out = ping(tokio::io::join(d.control.recv, d.control.send), n).await;
+                d.conn.close(0u32.into(), b"done");
+                d.endpoint.wait_idle().await;
                 out
             }
         }

@@ -98,9 +98,7 @@ impl Performance {
                     "performance.socketBuffer: cannot make a socket to check it: {e}"
                 ))
             })?;
-        crate::engine::tune_buffers(&probe, bytes);
-        // The kernel reports twice what it granted (its bookkeeping).
-        let granted = probe.send_buffer_size()?.min(probe.recv_buffer_size()?) / 2;
+        let granted = crate::engine::tune_buffers(&probe, bytes);
         if granted < bytes {
             return Err(Error::InvalidConfig(format!(
                 "performance.socketBuffer: {bytes} bytes needs CAP_NET_ADMIN or net.core.rmem_max and \

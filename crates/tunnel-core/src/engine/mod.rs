@@ -12,8 +12,9 @@ pub mod udp;
 pub mod udp_io;
 
 /// Sets a socket's buffers to `bytes`, beyond `net.core.[rw]mem_max` when the process may
-/// (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as the sysctl allows. Best effort.
-pub fn tune_buffers(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
+/// (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as the sysctl allows. Best effort; returns
+/// what the kernel granted (the smaller of the two buffers), which callers may ignore.
+pub fn tune_buffers(sock: &(impl std::os::fd::AsRawFd + std::os::fd::AsFd), bytes: usize) -> usize {
     let fd = sock.as_raw_fd();
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
     for (force, plain) in [
@@ -36,6 +37,8 @@ pub fn tune_buffers(sock: &impl std::os::fd::AsRawFd, bytes: usize) {
             set(plain);
         }
     }
+    let (snd, rcv) = socket_buffers(sock);
+    snd.min(rcv) / 2
 }
 
 /// A socket option's value, read with `getsockopt` into a `T` (the option's C type), or `None`
@@ -57,13 +60,12 @@ pub(crate) unsafe fn sockopt<T>(
 }
 
 /// A socket's (SO_SNDBUF, SO_RCVBUF) as the kernel reports them: twice what was set, for its
-/// bookkeeping.
-#[cfg(test)]
+/// bookkeeping (0 if the kernel will not say).
 pub(crate) fn socket_buffers(sock: &impl std::os::fd::AsFd) -> (usize, usize) {
     let s = socket2::SockRef::from(sock);
     (
-        s.send_buffer_size().expect("SO_SNDBUF"),
-        s.recv_buffer_size().expect("SO_RCVBUF"),
+        s.send_buffer_size().unwrap_or(0),
+        s.recv_buffer_size().unwrap_or(0),
     )
 }
 
