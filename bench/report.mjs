@@ -157,6 +157,81 @@ export function evaluateQuicTargets(results) {
   return out;
 }
 
+/** Placement ceilings of one path, or null when the run has none (older results, no tput). */
+const placementOf = (results, name) => measured(results, name)?.placement ?? null;
+
+/**
+ * "Where throughput is bounded": per path and stream count, each busy process's CPU per GB, the
+ * best placement of them on this machine's cores, the throughput at which its busiest core is
+ * full, and how much of that the path reached.
+ */
+function renderPlacement(results) {
+  const rows = results.paths.filter((r) => r.status === 'ok' && r.placement && Object.keys(r.placement).length > 0);
+  if (rows.length === 0) return [];
+  const cores = results.machine.nproc;
+  const L = [];
+  L.push(`## Where throughput is bounded (${cores} cores, one thread per process)`);
+  L.push('');
+  L.push('Each busy process of a path moves the bytes on one thread, so it costs a fixed CPU time per GB (measured over');
+  L.push(`this run's iperf3 runs, iperf3's own client and server included). With more busy processes than cores, the`);
+  L.push('fastest the kernel can place them is the split whose busiest core costs least: the **ceiling** below. A path');
+  L.push('whose processes split evenly has a higher ceiling than one with the same total cost that does not; the share');
+  L.push('of its ceiling a path reached shows how well the kernel placed it. "a core each" is the ceiling on a machine');
+  L.push('with a core for every busy process (the costliest one bounds it). A share over 100 % is possible: the ceiling');
+  L.push("comes from the CPU of all rounds together and \"measured\" is the median round's throughput.");
+  L.push('');
+  L.push('| path | streams | CPU s per GB, by process | best placement | ceiling Gbit/s | measured | share | a core each Gbit/s |');
+  L.push('| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |');
+  for (const r of rows) {
+    for (const streams of ['1', '8']) {
+      const pl = r.placement[streams];
+      if (!pl) continue;
+      const got = streams === '1' ? r.tput1Gbps : r.tput8Gbps;
+      const costs = Object.entries(pl.costs).map(([k, v]) => `${k} ${num(v, 2)}`).join(', ');
+      const split = pl.cores.map((c) => `{${c.join(' + ')}}`).join(' ');
+      const label = r.kind === 'tunnel' ? `**remoteingress ${r.path}**` : r.path;
+      L.push(`| ${label} | ${streams} | ${costs} | ${split} | ${num(pl.gbps, 2)} | ${num(got, 2)} | ${got == null ? '–' : `${Math.round((100 * got) / pl.gbps)} %`} | ${num(pl.perCoreGbps, 2)} |`);
+    }
+  }
+  return L;
+}
+
+/** tcpTls against ssh -R at each path's ceiling: the ratio the throughput targets can reach on this machine when both are placed at their best. */
+function throughputTargetBounds(results) {
+  const tls = placementOf(results, 'tcpTls');
+  const ssh = placementOf(results, 'ssh -R aes128-gcm');
+  if (!tls || !ssh) return [];
+  const cores = results.machine.nproc;
+  const L = [];
+  for (const [streams, need] of [['1', 1.3], ['8', 1.5]]) {
+    const a = tls[streams];
+    const b = ssh[streams];
+    if (!a || !b) continue;
+    L.push(`- tcpTls ${streams === '1' ? '1 stream' : '8 streams'} vs ssh -R (needed ≥ ${need}×), each at its ceiling ("Where throughput is bounded"): ${num(a.gbps, 2)} vs ${num(b.gbps, 2)} Gbit/s = ${num(a.gbps / b.gbps, 2)}× on these ${cores} cores; ${num(a.perCoreGbps / b.perCoreGbps, 2)}× with a core per process.`);
+  }
+  return L;
+}
+
+/** Relay processes a request crosses on each path (client → relays → server). */
+const RELAYS = { 'socat relay': 1, 'stunnel TLS pair': 2, 'ssh -R aes128-gcm': 2, kcptun: 2, tcpTls: 2, quic: 2 };
+
+/**
+ * What each relay adds per message to a ping-pong round trip: (p50 − direct's p50) / (2 ×
+ * relays). socat, a relay that only reads and writes, shows what a relay hop costs on this
+ * machine before any encryption; the line says what p50 ≤ 0.8× ssh -R asks of our relays.
+ */
+function latencyPerRelay(results) {
+  const direct = measured(results, 'direct')?.p50Us;
+  const ssh = measured(results, 'ssh -R aes128-gcm')?.p50Us;
+  if (direct == null || ssh == null) return [];
+  const per = Object.entries(RELAYS)
+    .map(([name, relays]) => [name, measured(results, name)?.p50Us, relays])
+    .filter(([, p50]) => p50 != null)
+    .map(([name, p50, relays]) => `${name} ${num((p50 - direct) / (2 * relays), 1)}`);
+  const needed = (0.8 * ssh - direct) / 4;
+  return [`- ping-pong p50 per relay and message, (p50 − direct's ${num(direct, 1)} µs) / (2 × relays), µs: ${per.join(', ')}. p50 ≤ 0.8× ssh -R asks ≤ ${num(needed, 1)} µs of each of our two relays.`];
+}
+
 export function renderMarkdown(results, changes, lossy = readLossy()) {
   const L = [];
   const m = results.machine;
@@ -193,6 +268,7 @@ export function renderMarkdown(results, changes, lossy = readLossy()) {
   L.push('CPU s per GB: user + system CPU time of the path\'s own processes (for ours: hub + edge; for peers: their');
   L.push('processes and children), summed over every iperf3 run, divided by the bytes iperf3 received.');
   L.push('');
+  L.push(...renderPlacement(results), '');
   L.push('## UDP');
   L.push('');
   L.push(`iperf3 UDP, ${results.settings.udpOffered} offered; iperf3's own sockets get 4 MiB buffers (\`-w 4M\`, capped by net.core.rmem_max) so that the loss measured is the path's, not the load generator's.`);
@@ -244,6 +320,8 @@ export function renderMarkdown(results, changes, lossy = readLossy()) {
   L.push('| target | needed | measured (ours vs theirs) | ratio | result |');
   L.push('| --- | --- | --- | ---: | --- |');
   for (const t of evaluateTargets(results)) L.push(`| ${t.target} | ${t.need} | ${t.measured} | ${t.ratio == null ? '' : `${t.ratio.toFixed(2)}×`} | ${passText(t.pass)} |`);
+  const bounds = [...throughputTargetBounds(results), ...latencyPerRelay(results)];
+  if (bounds.length > 0) L.push('', ...bounds);
   L.push('');
   L.push(`## Targets (issue 15: quic against tcpTls, this run${lossy?.summary ? '; under loss: see above' : ''})`);
   L.push('');

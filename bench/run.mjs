@@ -45,7 +45,8 @@ import { execFileSync, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { cpuLayout, cpuSeconds, killAllSync, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
+import { cpuLayout, cpuSeconds, killAllSync, reapedChildrenCpuSeconds, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
+import { placementCeiling } from './lib/placement.mjs';
 import { iperf3ServerReady, iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
 import { PACKAGES, PEER_TOOLS, TARGET, startPeer, startTargets } from './lib/peers.mjs';
 import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
@@ -73,6 +74,46 @@ const TUNNEL_BASE = { tcpTls: 7201, quic: 7301, 'tcpTls@base': 7401, 'quic@base'
 const MEMORY_TUNNEL_BASE = 7601;
 
 /** One bench edge: its entry ports from `b` (+0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 TCP + UDP). */
+/** A path's own processes for the placement ceiling, each as its own CPU group: our hub and edge, or each peer process named by its command. */
+function processGroups(name, p) {
+  if (p.kind === 'tunnel') return p.cpu;
+  const out = {};
+  for (const pid of p.cpu.path ?? []) {
+    let comm = `pid ${pid}`;
+    try {
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      // Gone: its CPU reads as 0 and the ceiling is the other processes'.
+    }
+    let label = comm;
+    for (let i = 2; label in out; i++) label = `${comm} #${i}`;
+    out[label] = [pid];
+  }
+  return out;
+}
+
+/**
+ * Per stream count: each busy process's CPU s per GB over every iperf3 run of the path, and the
+ * throughput ceiling of the best placement of those processes on this machine's cores
+ * (bench/lib/placement.mjs). Processes under 0.01 s/GB (idle peers' spares) are left out.
+ */
+function placementSummary(cpuSamples, cores) {
+  const out = {};
+  for (const streams of [1, 8]) {
+    const runs = cpuSamples.filter((c) => c.streams === streams && c.perProcess);
+    const gb = runs.reduce((a, c) => a + c.bytes, 0) / 1e9;
+    if (gb <= 0) continue;
+    const costs = {};
+    for (const k of Object.keys(runs[0].perProcess)) {
+      const perGB = runs.reduce((a, c) => a + (c.perProcess[k] ?? 0), 0) / gb;
+      if (perGB >= 0.01) costs[k] = perGB;
+    }
+    const ceiling = placementCeiling(costs, cores);
+    if (ceiling !== null) out[streams] = { costs, ...ceiling };
+  }
+  return out;
+}
+
 /** Mbit/s of an iperf3 rate (`500M`, `1G`, `800K`, `1000000`), or null if it is not one. */
 function rateMbps(rate) {
   const m = /^(\d+(?:\.\d+)?)([KMG]?)$/.exec(rate);
@@ -411,7 +452,7 @@ async function main() {
   for (const tool of ['iperf3', 'sockperf', 'nginx']) {
     if (which(tool) === null) throw new Error(`${tool} is required for the full run (Debian package ${PACKAGES[tool]})`);
   }
-  await startTargets(work);
+  const iperf3Server = (await startTargets(work))[0];
 
   /** name → { kind, ports, cpu: {group: [pids]}, status: 'ok' | 'not yet' | 'skipped', note } */
   const paths = new Map();
@@ -485,10 +526,18 @@ async function main() {
       const s = samples.get(name);
       for (const streams of measure('tput') ? [1, 8] : []) {
         await iperf3ServerReady(TARGET.iperf3);
-        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
+        // Besides the path's CPU, each busy process's own (the relay's processes one by one, the
+        // iperf3 server, and the client once it has exited): what the placement ceiling is made of.
+        const procs = { ...processGroups(name, p), 'iperf3 -s': [iperf3Server.pid] };
+        const groups = { ...p.cpu, ...Object.fromEntries(Object.entries(procs).map(([k, v]) => [`proc ${k}`, v])) };
+        const reapedBefore = reapedChildrenCpuSeconds();
+        const { result, cpu: all } = await withCpu(groups, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
+        const client = reapedChildrenCpuSeconds() - reapedBefore;
+        const cpu = Object.fromEntries(Object.keys(p.cpu).map((k) => [k, all[k]]));
+        const perProcess = { ...Object.fromEntries(Object.keys(procs).map((k) => [k, all[`proc ${k}`]])), 'iperf3 -c': client };
         s[`tput${streams}`].push(result.gbps ?? null);
         if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
-        else s.cpu.push({ streams, bytes: result.bytes, cpu });
+        else s.cpu.push({ streams, bytes: result.bytes, cpu, perProcess });
       }
       if (measure('lat')) {
         const lat = await sockperfPingPong(p.ports.lat, Math.max(2, o.seconds));
@@ -585,6 +634,7 @@ async function main() {
         if (groups.length > 1) row.cpuSecPerGBBy = Object.fromEntries(groups.map((g) => [g, gb > 0 ? cpuTotal(g) / gb : null]));
         row.gbMoved = gb;
       }
+      row.placement = placementSummary(s.cpu, machine.nproc);
     }
     rows.push(row);
   }

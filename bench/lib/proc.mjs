@@ -160,6 +160,17 @@ function statFields(pid) {
   }
 }
 
+/**
+ * CPU seconds (user + system) of this process's children that have exited and been waited for
+ * (`cutime` + `cstime` of /proc/self/stat): how the bench reads the CPU of a load generator it
+ * ran to completion, such as one iperf3 client, which is gone before anyone could read its own
+ * /proc entry.
+ */
+export function reapedChildrenCpuSeconds() {
+  const f = statFields('self');
+  return f === null ? 0 : (Number(f[13]) + Number(f[14])) / CLK_TCK;
+}
+
 /** Parent pid of every live process, read once. */
 function parentMap() {
   const parents = new Map();
