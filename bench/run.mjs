@@ -45,7 +45,7 @@ import { execFileSync, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { cpuLayout, cpuSeconds, killAllSync, reapedChildrenCpuSeconds, rssKiB, sleep, startProcess, stopAll, which } from './lib/proc.mjs';
+import { cpuLayout, cpuSeconds, killAllSync, reapedChildrenCpuSeconds, rssKiB, sleep, startProcess, stopAll, threadCpuSeconds, which } from './lib/proc.mjs';
 import { placementCeiling } from './lib/placement.mjs';
 import { iperf3ServerReady, iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
 import { PACKAGES, PEER_TOOLS, TARGET, startPeer, startTargets } from './lib/peers.mjs';
@@ -73,17 +73,29 @@ const TUNNEL_BASE = { tcpTls: 7201, quic: 7301, 'tcpTls@base': 7401, 'quic@base'
  */
 const MEMORY_TUNNEL_BASE = 7601;
 
-/** One bench edge: its entry ports from `b` (+0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 TCP + UDP). */
-/** A path's own processes for the placement ceiling, each as its own CPU group: our hub and edge, or each peer process named by its command. */
-function processGroups(name, p) {
-  if (p.kind === 'tunnel') return p.cpu;
+/**
+ * Peers whose busy work stays on the same threads for a whole iperf3 run, so that each thread's
+ * CPU per GB is a fixed cost the placement model can place (bench/lib/placement.mjs). Left out:
+ * socat (a process per connection, gone with it), stunnel (a thread per connection) and kcptun
+ * (Go moves its goroutines between threads).
+ */
+const PLACEMENT_PEERS = new Set(['direct', 'ssh -R aes128-gcm']);
+
+/**
+ * The processes whose threads are the placement model's units, named once when the path starts
+ * (a process that dies later reads as idle, never as another name): our hub and edge, or each
+ * peer process by its command. Null for paths the model does not fit (PLACEMENT_PEERS).
+ */
+function placementProcesses(name, kind, pids) {
+  if (kind === 'tunnel') return { hub: pids.hub, edge: pids.edge };
+  if (!PLACEMENT_PEERS.has(name)) return null;
   const out = {};
-  for (const pid of p.cpu.path ?? []) {
+  for (const pid of pids) {
     let comm = `pid ${pid}`;
     try {
       comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
     } catch {
-      // Gone: its CPU reads as 0 and the ceiling is the other processes'.
+      // Gone already: named by pid, and its threads read as idle.
     }
     let label = comm;
     for (let i = 2; label in out; i++) label = `${comm} #${i}`;
@@ -92,21 +104,41 @@ function processGroups(name, p) {
   return out;
 }
 
+/** CPU seconds of each thread of each named process tree: { name: Map(tid → seconds) }. */
+function threadsByName(processes) {
+  return Object.fromEntries(Object.entries(processes).map(([k, roots]) => [k, threadCpuSeconds(roots)]));
+}
+
+/** What each thread used between two `threadsByName` readings: { name: { tid: seconds } }. */
+function threadDelta(before, after) {
+  return Object.fromEntries(Object.entries(after).map(([k, threads]) => [k, Object.fromEntries([...threads].map(([tid, sec]) => [tid, sec - (before[k]?.get(tid) ?? 0)]))]));
+}
+
 /**
- * Per stream count: each busy process's CPU s per GB over every iperf3 run of the path, and the
- * throughput ceiling of the best placement of those processes on this machine's cores
- * (bench/lib/placement.mjs). Processes under 0.01 s/GB (idle peers' spares) are left out.
+ * Per stream count: each busy thread's CPU s per GB over every iperf3 run of the path (named
+ * after its process, numbered when a process has several busy threads), and the throughput
+ * ceiling of the best placement of them on this machine's cores (bench/lib/placement.mjs).
+ * Threads under 0.01 s/GB (timers, the Node main thread) are left out.
  */
 function placementSummary(cpuSamples, cores) {
   const out = {};
   for (const streams of [1, 8]) {
-    const runs = cpuSamples.filter((c) => c.streams === streams && c.perProcess);
+    const runs = cpuSamples.filter((c) => c.streams === streams && c.threads);
     const gb = runs.reduce((a, c) => a + c.bytes, 0) / 1e9;
     if (gb <= 0) continue;
+    const perThread = {};
+    for (const run of runs) {
+      for (const [name, threads] of Object.entries(run.threads)) {
+        for (const [tid, sec] of Object.entries(threads)) {
+          perThread[name] ??= {};
+          perThread[name][tid] = (perThread[name][tid] ?? 0) + sec;
+        }
+      }
+    }
     const costs = {};
-    for (const k of Object.keys(runs[0].perProcess)) {
-      const perGB = runs.reduce((a, c) => a + (c.perProcess[k] ?? 0), 0) / gb;
-      if (perGB >= 0.01) costs[k] = perGB;
+    for (const [name, threads] of Object.entries(perThread)) {
+      const busy = Object.values(threads).map((sec) => sec / gb).filter((perGB) => perGB >= 0.01).sort((a, b) => b - a);
+      busy.forEach((perGB, i) => (costs[busy.length === 1 ? name : `${name} thread ${i + 1}`] = perGB));
     }
     const ceiling = placementCeiling(costs, cores);
     if (ceiling !== null) out[streams] = { costs, ...ceiling };
@@ -120,6 +152,7 @@ function rateMbps(rate) {
   return m === null ? null : Number(m[1]) * { '': 1e-6, K: 1e-3, M: 1, G: 1e3 }[m[2]];
 }
 
+/** One bench edge: its entry ports from `b` (+0 iperf3, +1 sockperf, +2 nginx, +3 idle target, +4 iperf3 TCP + UDP). */
 function benchEdge(id, transportMode, b) {
   return {
     id,
@@ -465,7 +498,7 @@ async function main() {
     }
     try {
       const p = await startPeer(name, work);
-      paths.set(name, { kind: 'peer', status: 'ok', ports: p.ports, cpu: p.pids.length > 0 ? { path: p.pids } : {} });
+      paths.set(name, { kind: 'peer', status: 'ok', ports: p.ports, cpu: p.pids.length > 0 ? { path: p.pids } : {}, placement: placementProcesses(name, 'peer', p.pids) });
     } catch (error) {
       paths.set(name, { kind: 'peer', status: 'skipped', note: `did not start: ${error.message.split('\n')[0]}` });
     }
@@ -491,7 +524,7 @@ async function main() {
         await e.proc.stop();
         continue;
       }
-      paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [tunnel.hubPid], edge: [e.pid] }, udpBound: e.udpBound });
+      paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [tunnel.hubPid], edge: [e.pid] }, placement: placementProcesses(name, 'tunnel', { hub: [tunnel.hubPid], edge: [e.pid] }), udpBound: e.udpBound });
     }
   }
 
@@ -509,7 +542,7 @@ async function main() {
           paths.set(name, { kind: 'tunnel', status: 'not yet', note: `edge asked for ${e.requestedTransport}, tunnel runs ${e.transport}` });
           continue;
         }
-        paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [baseTunnel.hubPid], edge: [e.pid] }, udpBound: e.udpBound });
+        paths.set(name, { kind: 'tunnel', status: 'ok', edge: e, ports: { tput: b, lat: b + 1, conn: b + 2, idle: b + 3, udp: b + 4 }, cpu: { hub: [baseTunnel.hubPid], edge: [e.pid] }, placement: placementProcesses(name, 'tunnel', { hub: [baseTunnel.hubPid], edge: [e.pid] }), udpBound: e.udpBound });
       }
     }
   }
@@ -526,18 +559,16 @@ async function main() {
       const s = samples.get(name);
       for (const streams of measure('tput') ? [1, 8] : []) {
         await iperf3ServerReady(TARGET.iperf3);
-        // Besides the path's CPU, each busy process's own (the relay's processes one by one, the
-        // iperf3 server, and the client once it has exited): what the placement ceiling is made of.
-        const procs = { ...processGroups(name, p), 'iperf3 -s': [iperf3Server.pid] };
-        const groups = { ...p.cpu, ...Object.fromEntries(Object.entries(procs).map(([k, v]) => [`proc ${k}`, v])) };
+        // Besides the path's CPU, each thread's of its processes and of the iperf3 server, and
+        // the client's once it has exited: what the placement ceiling is made of.
+        const units = p.placement ? { ...p.placement, 'iperf3 -s': [iperf3Server.pid] } : null;
+        const threadsBefore = units && threadsByName(units);
         const reapedBefore = reapedChildrenCpuSeconds();
-        const { result, cpu: all } = await withCpu(groups, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
-        const client = reapedChildrenCpuSeconds() - reapedBefore;
-        const cpu = Object.fromEntries(Object.keys(p.cpu).map((k) => [k, all[k]]));
-        const perProcess = { ...Object.fromEntries(Object.keys(procs).map((k) => [k, all[`proc ${k}`]])), 'iperf3 -c': client };
+        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
+        const threads = units && { ...threadDelta(threadsBefore, threadsByName(units)), 'iperf3 -c': { client: reapedChildrenCpuSeconds() - reapedBefore } };
         s[`tput${streams}`].push(result.gbps ?? null);
         if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
-        else s.cpu.push({ streams, bytes: result.bytes, cpu, perProcess });
+        else s.cpu.push({ streams, bytes: result.bytes, cpu, threads });
       }
       if (measure('lat')) {
         const lat = await sockperfPingPong(p.ports.lat, Math.max(2, o.seconds));

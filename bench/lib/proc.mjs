@@ -171,6 +171,26 @@ export function reapedChildrenCpuSeconds() {
   return f === null ? 0 : (Number(f[13]) + Number(f[14])) / CLK_TCK;
 }
 
+/** CPU seconds (user + system) of each thread of `roots` and their descendants: Map(tid → seconds). */
+export function threadCpuSeconds(roots) {
+  const out = new Map();
+  for (const root of roots) {
+    for (const pid of processTree(root)) {
+      let tids = [];
+      try {
+        tids = readdirSync(`/proc/${pid}/task`);
+      } catch {
+        continue; // exited meanwhile
+      }
+      for (const tid of tids) {
+        const f = statFields(`${pid}/task/${tid}`);
+        if (f !== null) out.set(tid, (Number(f[11]) + Number(f[12])) / CLK_TCK);
+      }
+    }
+  }
+  return out;
+}
+
 /** Parent pid of every live process, read once. */
 function parentMap() {
   const parents = new Map();

@@ -30,17 +30,21 @@ describe('placementCeiling', () => {
     expect(r!.perCoreGbps).toBeCloseTo(8, 6);
   });
 
-  it('agrees with the exhaustive search where the greedy fallback takes over', () => {
-    // 12 processes on 4 cores is 4^12 > 1e6 placements: the greedy largest-first split. Costs
-    // chosen so that greedy is optimal (every core ends at 1.0 s/GB).
-    const costs: Record<string, number> = {};
-    [0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25].forEach((c, i) => (costs[`p${i}`] = c));
-    const r = placementCeiling(costs, 4);
-    expect(r!.gbps).toBeCloseTo(8, 6);
-    expect(r!.cores.flat().sort()).toEqual(Object.keys(costs).sort());
+  it('says when the placement is the greedy split, which can miss the best one', () => {
+    // Largest first on 2 cores: 3 | 3, then 2 | 2, then the last 2 makes one core 7; the best
+    // split is {3 + 3} {2 + 2 + 2} at 6 each.
+    const costs = { a: 3, b: 3, c: 2, d: 2, e: 2 };
+    const best = placementCeiling(costs, 2);
+    expect(best!.exact).toBe(true);
+    expect(best!.gbps).toBeCloseTo(8 / 6, 6);
+    expect(sorted(best!.cores)).toEqual(sorted([['a', 'b'], ['c', 'd', 'e']]));
+    const greedy = placementCeiling(costs, 2, 0);
+    expect(greedy!.exact).toBe(false);
+    expect(greedy!.gbps).toBeCloseTo(8 / 7, 6);
+    expect(greedy!.cores.flat().sort()).toEqual(Object.keys(costs).sort());
   });
 
-  it('ignores processes that cost nothing and returns null when none is busy', () => {
+  it('ignores threads that cost nothing and returns null when none is busy', () => {
     expect(placementCeiling({ idle: 0, gone: Number.NaN }, 2)).toBeNull();
     const r = placementCeiling({ busy: 2, idle: 0 }, 2);
     expect(r!.cores).toEqual([['busy']]);
