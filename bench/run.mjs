@@ -45,7 +45,7 @@ import { execFileSync, fork, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { cpuLayout, cpuSeconds, killAllSync, reapedChildrenCpuSeconds, rssKiB, sleep, startProcess, stopAll, threadCpuSeconds, which } from './lib/proc.mjs';
+import { cpuLayout, cpuSeconds, killAllSync, processName, reapedChildrenCpuSeconds, rssKiB, sleep, startProcess, stopAll, threadCpuSeconds, which } from './lib/proc.mjs';
 import { placementCeiling } from './lib/placement.mjs';
 import { iperf3ServerReady, iperf3Tcp, iperf3Udp, sockperfPingPong, wrkConnRate } from './lib/measure.mjs';
 import { PACKAGES, PEER_TOOLS, TARGET, startPeer, startTargets } from './lib/peers.mjs';
@@ -91,14 +91,10 @@ function placementProcesses(name, kind, pids) {
   if (!PLACEMENT_PEERS.has(name)) return null;
   const out = {};
   for (const pid of pids) {
-    let comm = `pid ${pid}`;
-    try {
-      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-    } catch {
-      // Gone already: named by pid, and its threads read as idle.
-    }
+    // Gone already: named by pid, and its threads read as idle.
+    const comm = processName(pid) ?? `pid ${pid}`;
     let label = comm;
-    for (let i = 2; label in out; i++) label = `${comm} #${i}`;
+    for (let i = 2; Object.hasOwn(out, label); i++) label = `${comm} #${i}`;
     out[label] = [pid];
   }
   return out;
@@ -116,9 +112,12 @@ function threadDelta(before, after) {
 
 /**
  * Per stream count: each busy thread's CPU s per GB over every iperf3 run of the path (named
- * after its process, numbered when a process has several busy threads), and the throughput
- * ceiling of the best placement of them on this machine's cores (bench/lib/placement.mjs).
- * Threads under 0.01 s/GB (timers, the Node main thread) are left out.
+ * after its process, numbered when the process tree has several busy threads), and the
+ * throughput ceiling of the best placement of them on this machine's cores
+ * (bench/lib/placement.mjs). Threads are matched across runs by rank (each run's busiest of a
+ * name with the other runs' busiest, and so on), not by thread id: a program that starts new
+ * threads per test (iperf3 from 3.16 does) still gives one unit per thread of a run. Threads
+ * under 0.01 s/GB (timers, the Node main thread) are left out.
  */
 function placementSummary(cpuSamples, cores) {
   const out = {};
@@ -126,18 +125,18 @@ function placementSummary(cpuSamples, cores) {
     const runs = cpuSamples.filter((c) => c.streams === streams && c.threads);
     const gb = runs.reduce((a, c) => a + c.bytes, 0) / 1e9;
     if (gb <= 0) continue;
-    const perThread = {};
+    const byRank = {};
     for (const run of runs) {
       for (const [name, threads] of Object.entries(run.threads)) {
-        for (const [tid, sec] of Object.entries(threads)) {
-          perThread[name] ??= {};
-          perThread[name][tid] = (perThread[name][tid] ?? 0) + sec;
-        }
+        byRank[name] ??= [];
+        Object.values(threads)
+          .sort((a, b) => b - a)
+          .forEach((sec, i) => (byRank[name][i] = (byRank[name][i] ?? 0) + sec));
       }
     }
     const costs = {};
-    for (const [name, threads] of Object.entries(perThread)) {
-      const busy = Object.values(threads).map((sec) => sec / gb).filter((perGB) => perGB >= 0.01).sort((a, b) => b - a);
+    for (const [name, ranked] of Object.entries(byRank)) {
+      const busy = ranked.map((sec) => sec / gb).filter((perGB) => perGB >= 0.01);
       busy.forEach((perGB, i) => (costs[busy.length === 1 ? name : `${name} thread ${i + 1}`] = perGB));
     }
     const ceiling = placementCeiling(costs, cores);

@@ -44,7 +44,7 @@ export function placementCeiling(costs, cores, limit = EXHAUSTIVE_LIMIT) {
   };
   if (exact) {
     const assign = new Array(names.length).fill(0);
-    // The first process stays on core 0: placements that only rename cores cost the same.
+    // The first thread stays on core 0: placements that only rename cores cost the same.
     const walk = (i) => {
       if (i === names.length) return consider(assign);
       for (let c = 0; c < (i === 0 ? 1 : k); c++) {

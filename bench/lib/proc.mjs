@@ -171,7 +171,11 @@ export function reapedChildrenCpuSeconds() {
   return f === null ? 0 : (Number(f[13]) + Number(f[14])) / CLK_TCK;
 }
 
-/** CPU seconds (user + system) of each thread of `roots` and their descendants: Map(tid → seconds). */
+/**
+ * CPU seconds (user + system) of each thread of `roots` and their descendants: Map(tid →
+ * seconds). Unlike `cpuSeconds`, a thread that has exited is not counted: read it while the
+ * threads measured are alive.
+ */
 export function threadCpuSeconds(roots) {
   const out = new Map();
   for (const root of roots) {
@@ -189,6 +193,15 @@ export function threadCpuSeconds(roots) {
     }
   }
   return out;
+}
+
+/** The command name of a process (/proc/<pid>/comm), or null if it is gone. */
+export function processName(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return null;
+  }
 }
 
 /** Parent pid of every live process, read once. */

@@ -6,7 +6,7 @@ import { placementCeiling } from '../../bench/lib/placement.mjs';
 const sorted = (cores: string[][]) => cores.map((c) => [...c].sort()).sort((a, b) => a.join().localeCompare(b.join()));
 
 describe('placementCeiling', () => {
-  it('puts one costly process alone when that balances the cores best', () => {
+  it('puts one costly thread alone when that balances the cores best', () => {
     const r = placementCeiling({ sshd: 1.6, ssh: 1.1, 'iperf3 -s': 0.35, 'iperf3 -c': 0.2 }, 2);
     expect(r).not.toBeNull();
     expect(sorted(r!.cores)).toEqual(sorted([['sshd'], ['ssh', 'iperf3 -s', 'iperf3 -c']]));
@@ -15,14 +15,14 @@ describe('placementCeiling', () => {
     expect(r!.perCoreGbps).toBeCloseTo(8 / 1.6, 6);
   });
 
-  it('finds the best split of two middling and two cheap processes, not just any even count', () => {
+  it('finds the best split of two middling and two cheap threads, not just any even count', () => {
     const r = placementCeiling({ edge: 1.2, hub: 0.95, 'iperf3 -s': 0.35, 'iperf3 -c': 0.2 }, 2);
     // {edge + client} 1.40 against {hub + server} 1.30 beats {edge + server} 1.55 and {edge} 1.20 / {rest} 1.50.
     expect(sorted(r!.cores)).toEqual(sorted([['edge', 'iperf3 -c'], ['hub', 'iperf3 -s']]));
     expect(r!.gbps).toBeCloseTo(8 / 1.4, 6);
   });
 
-  it('with a core for every process the costliest one bounds it', () => {
+  it('with a core for every thread the costliest one bounds it', () => {
     const costs = { a: 1.0, b: 0.5, c: 0.25 };
     const r = placementCeiling(costs, 4);
     expect(r!.cores).toHaveLength(3);
