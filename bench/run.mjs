@@ -344,12 +344,21 @@ function median(values) {
   return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
 }
 
-/** Runs `measure()` while reading the CPU time of `groups` ({name: [pids]}) before and after. */
-async function withCpu(groups, measure) {
+/**
+ * Runs `measure()` while reading, before and after, the CPU time of `groups` ({name: [pids]})
+ * and, when `threadsOf` ({name: [pids]}) is given, of each of their threads (`threads`: {name:
+ * {tid: seconds}}) and of the children reaped meanwhile (`reaped`: the load generator
+ * `measure` ran, once it has exited).
+ */
+async function withCpu(groups, measure, threadsOf = null) {
   const before = Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, cpuSeconds(pids)]));
+  const threadsBefore = threadsOf && threadsByName(threadsOf);
+  const reapedBefore = reapedChildrenCpuSeconds();
   const result = await measure();
+  const reaped = reapedChildrenCpuSeconds() - reapedBefore;
   const cpu = Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, cpuSeconds(pids) - before[k]]));
-  return { result, cpu };
+  const threads = threadsOf && threadDelta(threadsBefore, threadsByName(threadsOf));
+  return { result, cpu, threads, reaped };
 }
 
 /** Opens `count` idle connections through `port` to the idle target and reads hub/edge RSS. */
@@ -561,13 +570,10 @@ async function main() {
         // Besides the path's CPU, each thread's of its processes and of the iperf3 server, and
         // the client's once it has exited: what the placement ceiling is made of.
         const units = p.placement ? { ...p.placement, 'iperf3 -s': [iperf3Server.pid] } : null;
-        const threadsBefore = units && threadsByName(units);
-        const reapedBefore = reapedChildrenCpuSeconds();
-        const { result, cpu } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds));
-        const threads = units && { ...threadDelta(threadsBefore, threadsByName(units)), 'iperf3 -c': { client: reapedChildrenCpuSeconds() - reapedBefore } };
+        const { result, cpu, threads, reaped } = await withCpu(p.cpu, () => iperf3Tcp(p.ports.tput, streams, o.seconds), units);
         s[`tput${streams}`].push(result.gbps ?? null);
         if (result.error) say(`  ${name} tput${streams}: ${result.error}`);
-        else s.cpu.push({ streams, bytes: result.bytes, cpu, threads });
+        else s.cpu.push({ streams, bytes: result.bytes, cpu, threads: threads && { ...threads, 'iperf3 -c': { client: reaped } } });
       }
       if (measure('lat')) {
         const lat = await sockperfPingPong(p.ports.lat, Math.max(2, o.seconds));

@@ -221,6 +221,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
+    // The arguments after the program's own name (argv[0]).
     let mut args = std::env::args().skip(1);
     let n: usize = args
         .next()
