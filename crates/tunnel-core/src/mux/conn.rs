@@ -62,6 +62,8 @@ where
         stats: Arc::new(MuxStats::default()),
         config: config.clone(),
         going_away: Arc::new(AtomicBool::new(false)),
+        budget: Arc::new(SendBudget::default()),
+        dgram_bytes: Arc::default(),
     };
     let mut mux = Mux {
         cfg: config,
@@ -80,6 +82,8 @@ where
         last_remote_id: 0,
         stats: handle.stats.clone(),
         going_away: handle.going_away.clone(),
+        budget: handle.budget.clone(),
+        dgram_bytes: handle.dgram_bytes.clone(),
         remote_going_away: None,
         started: Instant::now(),
         last_recv: Instant::now(),
@@ -114,6 +118,11 @@ struct Mux<H: Handler> {
     last_remote_id: u32,
     stats: Arc<MuxStats>,
     going_away: Arc<AtomicBool>,
+    /// What the stream readers may hold: every byte in an `outq` is reserved from it, and
+    /// given back when it goes into a write batch or is dropped.
+    budget: Arc<SendBudget>,
+    /// DATAGRAM bytes offered and not yet in a write batch (see `MuxHandle::datagram`).
+    dgram_bytes: Arc<AtomicUsize>,
     /// The peer's GOAWAY reason, once it sent one.
     remote_going_away: Option<String>,
     started: Instant,
@@ -302,6 +311,8 @@ impl<H: Handler> Mux<H> {
         if held > 0 {
             self.give_back_connection_credit(held.min(u64::from(u32::MAX)) as u32);
         }
+        // What its reader queued and the tunnel will now never send.
+        self.budget.release(st.outq.iter().map(Bytes::len).sum::<usize>());
         if reset.is_some() {
             st.shared.abort();
             if let Some(tx) = &st.tx {
@@ -392,14 +403,14 @@ impl<H: Handler> Mux<H> {
                 frame::encode(&mut self.control, FrameType::Open, 0, id, &p);
                 self.new_stream(id, record.listen_port, record.buffer, tx, shared);
             }
-            Cmd::Data { id, bytes } => {
-                if let Some(st) = self.streams.get_mut(&id) {
-                    if !st.local_done && !st.out_fin {
-                        st.outq.push_back(bytes);
-                        self.mark_ready(id);
-                    }
+            Cmd::Data { id, bytes } => match self.streams.get_mut(&id) {
+                Some(st) if !st.local_done && !st.out_fin => {
+                    st.outq.push_back(bytes);
+                    self.mark_ready(id);
                 }
-            }
+                // A stream already ended: its bytes go nowhere.
+                _ => self.budget.release(bytes.len()),
+            },
             Cmd::Fin { id } => {
                 if let Some(st) = self.streams.get_mut(&id) {
                     if !st.local_done {
@@ -438,11 +449,9 @@ impl<H: Handler> Mux<H> {
                 frame::encode(&mut self.control, kind, 0, stream, &payload);
             }
             Cmd::Datagram { flow, payload } => {
-                if self.dgrams.len() + payload.len() > MAX_PENDING_DATAGRAMS {
-                    self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    frame::encode(&mut self.dgrams, FrameType::Datagram, 0, flow, &payload);
-                }
+                // Counted against MAX_PENDING_DATAGRAMS by `MuxHandle::datagram`, which dropped
+                // what did not fit; given back when it goes into a write batch.
+                frame::encode(&mut self.dgrams, FrameType::Datagram, 0, flow, &payload);
             }
             Cmd::GoAway { code, reason } => {
                 self.going_away.store(true, Ordering::Release);
@@ -470,6 +479,7 @@ impl<H: Handler> Mux<H> {
                 take += frame::HEADER_LEN + len;
             }
             self.wbuf.push(self.dgrams.split_to(take).freeze());
+            self.dgram_bytes.fetch_sub(take, Ordering::AcqRel);
         }
         while self.wbuf.len() < WRITE_BATCH {
             let Some(id) = self.ready.pop_front() else { break };
@@ -492,6 +502,7 @@ impl<H: Handler> Mux<H> {
                 if chunk.is_empty() {
                     st.outq.pop_front();
                 }
+                self.budget.release(n);
                 let fin = st.outq.is_empty() && st.out_fin;
                 let flags = if fin { FLAG_FIN } else { 0 };
                 self.hdrs.reserve(frame::HEADER_LEN + COPY_PAYLOAD_UP_TO);
@@ -547,17 +558,18 @@ impl<H: Handler> Mux<H> {
             FrameType::Data => self.on_data(f),
             FrameType::Open => self.on_open(f),
             FrameType::Window => {
-                let inc = frame::read_u32(&f.payload);
+                // Credit is clipped to what a well-behaved receiver ever grants (its windows):
+                // a peer granting more cannot make this end read, and so hold, more than that.
+                let inc = i64::from(frame::read_u32(&f.payload));
                 if f.stream == 0 {
-                    self.conn_send_credit += i64::from(inc);
-                    if self.conn_send_credit > i64::from(u32::MAX) * 4 {
-                        return Err(Error::Protocol("connection window overflow".into()));
-                    }
+                    self.conn_send_credit =
+                        (self.conn_send_credit + inc).min(i64::from(self.cfg.connection_window));
                 } else if let Some(st) = self.streams.get(&f.stream) {
-                    let c = st.shared.credit.fetch_add(i64::from(inc), Ordering::AcqRel);
-                    if c + i64::from(inc) > i64::from(u32::MAX) {
-                        return Err(Error::Protocol(format!("stream {} window overflow", f.stream)));
-                    }
+                    let most = i64::from(flow::max_window(self.cfg.stream_window, st.cap));
+                    let _ = st
+                        .shared
+                        .credit
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some((c + inc).min(most)));
                     st.shared.notify.notify_one();
                 }
                 Ok(())
@@ -790,7 +802,14 @@ impl<H: Handler> Mux<H> {
         let (tx, rx) = inbound::channel();
         let shared = StreamShared::new(flow::capped(self.cfg.stream_window, record.buffer));
         self.new_stream(f.stream, record.listen_port, record.buffer, tx, shared.clone());
-        let ctx = StreamCtx::new(f.stream, rx, shared, self.cmd_tx.clone(), self.cfg.max_frame);
+        let ctx = StreamCtx::new(
+            f.stream,
+            rx,
+            shared,
+            self.cmd_tx.clone(),
+            self.cfg.max_frame,
+            self.budget.clone(),
+        );
         self.handler.on_open(RemoteStream {
             record,
             io: StreamIo::Mux(ctx),

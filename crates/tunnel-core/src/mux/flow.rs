@@ -33,6 +33,13 @@ pub(super) fn grown_window(
         .max(current)
 }
 
+/// The largest window a receiver ever grants a stream: [`grown_window`]'s ceiling. What a
+/// sender's credit is clipped to, whatever a peer grants.
+pub(super) fn max_window(stream_window: u32, cap: Option<u32>) -> u32 {
+    let ceiling = stream_window.max(MAX_STREAM_WINDOW);
+    cap.map_or(ceiling, |c| c.min(ceiling))
+}
+
 /// A stream's window: the tunnel's `stream_window`, or the stream's buffer cap when its
 /// service has a smaller one (`bufferBytes`, carried in the OPEN record so both ends agree).
 pub(super) fn capped(stream_window: u32, cap: Option<u32>) -> u32 {
@@ -62,5 +69,21 @@ mod tests {
         // A buffer cap stops growth, even below the base.
         assert_eq!(grown_window(2048, base, conn, 1, Some(2048)), 2048);
         assert_eq!(grown_window(2048, base, conn, 1, Some(3000)), 3000);
+    }
+
+    /// However a window grows, it stays within `max_window`, which is what senders clip a
+    /// peer's grants to.
+    #[test]
+    fn no_window_grows_past_max_window() {
+        let conn = 16 * 1024 * 1024;
+        for base in [16 * 1024, 512 * 1024, 8 << 20] {
+            for cap in [None, Some(4096), Some(3 << 20), Some(u32::MAX)] {
+                let mut w = capped(base, cap);
+                for open in [1, 1, 1, 2, 1, 1, 1] {
+                    w = grown_window(w, base, conn, open, cap);
+                    assert!(w <= max_window(base, cap), "{w} with base {base}, cap {cap:?}");
+                }
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use crate::wire::frame::{self, Decoded, Frame, FrameType, FLAG_ACK, FLAG_FIN};
 use crate::wire::open::OpenRecord;
 
 mod batch;
+mod budget;
 mod conn;
 mod flow;
 mod inbound;
@@ -52,6 +53,7 @@ pub(crate) use stream::{abortive_close, read_marking_drained};
 pub use stream::{StreamCtx, StreamShared};
 
 use batch::OutBatch;
+pub use budget::{SendBudget, TUNNEL_SEND_BUDGET};
 pub use conn::start;
 use flow::grown_window;
 use io::{read_now, write_or_flush};
@@ -119,7 +121,7 @@ const GATHER_MORE_AFTER: usize = 4 * 1024;
 /// into `max_frame` frames so streams interleave as before. Larger reads measured worse: a
 /// buffer at or above glibc's mmap threshold (128 KiB) is a fresh mapping per read, and the
 /// page faults nearly doubled the edge's CPU per byte at 256 KiB.
-const SOCKET_READ: usize = 64 * 1024;
+pub(crate) const SOCKET_READ: usize = 64 * 1024;
 
 /// A stream keeps room for this many pending chunks between batches: one batch of full-size
 /// frames (READ_BATCH / 16 KiB). Longer lists (a peer sending tiny frames) are freed after use.
@@ -131,7 +133,7 @@ const MAX_WRITE_SLICES: usize = 64;
 /// Datagrams queued for the tunnel beyond this are dropped: UDP must not build a standing
 /// queue in front of TCP streams. 4 MiB ≈ 3 ms at 10 Gbit/s, yet holds a burst of ~70
 /// maximum-size (60 KiB) datagrams, or ~3,000 typical 1,200-byte ones.
-const MAX_PENDING_DATAGRAMS: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_PENDING_DATAGRAMS: usize = 4 * 1024 * 1024;
 
 /// How long a closing tunnel may spend telling the peer why (GOAWAY + close_notify).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
@@ -143,7 +145,7 @@ const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// If the peer stops reading while we still owe it control frames (PONGs, WINDOWs), this much
 /// pending control data means it is hostile or dead; the tunnel is closed instead of queueing.
-const MAX_PENDING_CONTROL: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_PENDING_CONTROL: usize = 4 * 1024 * 1024;
 
 /// What a stream writer receives.
 #[derive(Debug)]
@@ -241,6 +243,8 @@ pub enum StreamIo {
         port: u16,
         /// Set for a capped stream whose ends enforce the cap with credit.
         credit: Option<crate::transport::quic::StreamCredit>,
+        /// The tunnel's send budget.
+        budget: Arc<SendBudget>,
     },
 }
 
@@ -289,6 +293,7 @@ impl StreamIo {
                 closed,
                 port,
                 credit,
+                budget,
             } => {
                 stats.open_streams.fetch_add(1, Ordering::Relaxed);
                 stats.streams_total.fetch_add(1, Ordering::Relaxed);
@@ -301,7 +306,7 @@ impl StreamIo {
                 };
                 // Boxed: the QUIC pump's future is several times the muxer stream's, and a
                 // task sized for it would make every TLS stream's task that large too.
-                let pump = Box::pin(crate::transport::quic::pump(sock, send, recv, credit));
+                let pump = Box::pin(crate::transport::quic::pump(sock, send, recv, credit, budget));
                 done.totals = Some(pump.await);
             }
         }
@@ -371,6 +376,11 @@ pub struct MuxHandle {
     pub stats: Arc<MuxStats>,
     config: Arc<MuxConfig>,
     going_away: Arc<AtomicBool>,
+    /// What this tunnel's stream readers may hold ([`SendBudget`]).
+    budget: Arc<SendBudget>,
+    /// DATAGRAM frame bytes on their way to the tunnel (in the command channel or the mux's
+    /// datagram queue): bounded by [`MAX_PENDING_DATAGRAMS`] from the moment they are offered.
+    dgram_bytes: Arc<AtomicUsize>,
 }
 
 impl MuxHandle {
@@ -396,6 +406,7 @@ impl MuxHandle {
             shared,
             self.cmd.clone(),
             self.config.max_frame,
+            self.budget.clone(),
         ))
     }
 
@@ -411,6 +422,16 @@ impl MuxHandle {
 
     /// Sends a UDP datagram for `flow` (dropped if the tunnel is backed up, like UDP).
     pub fn datagram(&self, flow: u32, payload: Bytes) {
+        let len = frame::HEADER_LEN + payload.len();
+        let room = self
+            .dgram_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + len <= MAX_PENDING_DATAGRAMS).then_some(q + len)
+            });
+        if room.is_err() {
+            self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let _ = self.cmd.send(Cmd::Datagram { flow, payload });
     }
 

@@ -35,6 +35,7 @@ pub struct StreamCtx {
     shared: Arc<StreamShared>,
     cmd: mpsc::UnboundedSender<Cmd>,
     max_frame: usize,
+    budget: Arc<SendBudget>,
     guard: ResetOnDrop,
 }
 
@@ -65,6 +66,7 @@ impl StreamCtx {
         shared: Arc<StreamShared>,
         cmd: mpsc::UnboundedSender<Cmd>,
         max_frame: usize,
+        budget: Arc<SendBudget>,
     ) -> StreamCtx {
         let guard = ResetOnDrop {
             id,
@@ -77,6 +79,7 @@ impl StreamCtx {
             shared,
             cmd,
             max_frame,
+            budget,
             guard,
         }
     }
@@ -98,20 +101,20 @@ impl StreamCtx {
         }
     }
 
-    /// Sends bytes the caller obtained credit for (≤ the last `credit()` answer).
-    pub fn send(&self, bytes: Bytes) {
-        self.shared.credit.fetch_sub(bytes.len() as i64, Ordering::AcqRel);
-        let _ = self.cmd.send(Cmd::Data { id: self.id, bytes });
-    }
-
-    /// Convenience for tests and small writes: waits for credit and sends all of `data`.
+    /// Convenience for tests and small writes: waits for credit and room in the tunnel's
+    /// send budget, and sends all of `data`.
     pub async fn send_all(&self, mut data: Bytes) -> bool {
         while !data.is_empty() {
             let Some(n) = self.credit().await else {
                 return false;
             };
             let chunk = data.split_to(n.min(data.len()));
-            self.send(chunk);
+            self.budget.reserve(chunk.len()).await;
+            self.shared.credit.fetch_sub(chunk.len() as i64, Ordering::AcqRel);
+            let _ = self.cmd.send(Cmd::Data {
+                id: self.id,
+                bytes: chunk,
+            });
         }
         true
     }
@@ -157,6 +160,7 @@ impl StreamCtx {
             shared,
             cmd,
             max_frame,
+            budget,
             guard,
         } = self;
         // Let the mux write straight to this socket while the writer task is idle.
@@ -170,6 +174,7 @@ impl StreamCtx {
             shared.clone(),
             cmd.clone(),
             max_frame,
+            budget,
         ));
         let abort = pump_mux_to_socket(&sock, rx, id, &shared, &cmd).await;
         if abort {
@@ -189,6 +194,7 @@ pub(super) async fn pump_socket_to_mux(
     shared: Arc<StreamShared>,
     cmd: mpsc::UnboundedSender<Cmd>,
     max_frame: usize,
+    budget: Arc<SendBudget>,
 ) {
     // One read may take several frames' worth; `fill` cuts it into frames. Fewer, larger
     // reads mean fewer syscalls and channel messages per byte.
@@ -211,10 +217,19 @@ pub(super) async fn pump_socket_to_mux(
             }
             _ = shared.notify.notified() => continue,
         }
-        // Allocated only once the socket is readable: an idle connection holds no buffer.
+        // What this read may take is reserved from the tunnel's send budget first; the mux gives
+        // it back as the bytes leave for the tunnel (or are dropped).
         let want = (credit as usize).min(max_read);
+        if !budget.try_reserve(want) {
+            tokio::select! {
+                () = budget.reserve(want) => {}
+                _ = shared.notify.notified() => continue,
+            }
+        }
+        // Allocated only once the socket is readable: an idle connection holds no buffer.
         let mut buf = BytesMut::with_capacity(want);
         let res = read_marking_drained(&sock, &mut buf, want);
+        budget.release(want - buf.len());
         match res {
             Ok(0) => {
                 let _ = cmd.send(Cmd::Fin { id });

@@ -425,3 +425,62 @@ async fn a_tls_streams_carrying_future_stays_small() {
     let size = std::mem::size_of_val(&carry);
     assert!(size <= 1024, "StreamIo::run_tcp's future is {size} bytes");
 }
+
+/// A peer that grants absurd credit (u32::MAX per stream and for the connection) and then stops
+/// reading: one stream takes no more than the largest window a receiver ever grants, and all
+/// streams together no more than the tunnel's send budget (plus what the transport took).
+#[tokio::test]
+async fn absurd_credit_from_a_peer_that_stops_reading_is_clipped_and_budgeted() {
+    // 64 KiB of pipe the peer never reads: the tunnel socket fills and stays full.
+    let (a, mut peer) = tokio::io::duplex(64 * 1024);
+    let c = Collect::default();
+    let (hub, fut) = start(a, cfg(Side::Hub), c.clone());
+    tokio::spawn(fut);
+    const STREAMS: u32 = 64;
+    let mut out = BytesMut::new();
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        let mut p = BytesMut::new();
+        record().encode(&mut p);
+        frame::encode(&mut out, FrameType::Open, 0, id, &p);
+        frame::encode(&mut out, FrameType::Window, 0, id, &u32::MAX.to_be_bytes());
+        frame::encode(&mut out, FrameType::Window, 0, id, &u32::MAX.to_be_bytes());
+    }
+    frame::encode(&mut out, FrameType::Window, 0, 0, &u32::MAX.to_be_bytes());
+    peer.write_all(&out).await.unwrap();
+    // Every stream's writer pushes as much as the mux takes, counting what it took.
+    let accepted: Vec<Arc<AtomicU64>> = (0..STREAMS).map(|_| Arc::default()).collect();
+    for n in &accepted {
+        let n = n.clone();
+        let remote = c.next_open().await;
+        tokio::spawn(async move {
+            loop {
+                if !remote.ctx.send_all(Bytes::from(vec![7u8; 16 * 1024])).await {
+                    return;
+                }
+                n.fetch_add(16 * 1024, Ordering::Relaxed);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let each: Vec<u64> = accepted.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    let total: u64 = each.iter().sum();
+    let window = u64::from(flow::max_window(8 * 1024, None));
+    assert!(
+        each.iter().all(|&n| n <= window),
+        "a stream took more than its window: {each:?}"
+    );
+    // What left for the transport: at most the connection window (64 KiB) and the pipe (64 KiB)
+    // beyond what the budget holds.
+    let budget = TUNNEL_SEND_BUDGET as u64;
+    assert!(
+        total <= budget + 2 * 64 * 1024 + 64 * 1024,
+        "{total} bytes taken in all"
+    );
+    assert!(hub.budget.held() <= TUNNEL_SEND_BUDGET);
+    assert!(
+        total >= budget / 2,
+        "the streams should have filled the budget: {total}"
+    );
+    assert!(!hub.is_closed());
+}

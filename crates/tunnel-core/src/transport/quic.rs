@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::Performance;
 use crate::error::{Error, Result};
-use crate::mux::{reset, ClosedStream, Handler, MuxStats, RemoteStream, StreamIo};
+use crate::mux::{reset, ClosedStream, Handler, MuxStats, RemoteStream, SendBudget, StreamIo};
 use crate::supervise::DependencyTask;
 use crate::wire::frame::{self, Decoded, Frame, FrameType};
 use crate::wire::open::OpenRecord;
@@ -261,20 +261,22 @@ pub const CLOSE_ERROR: u32 = 1;
 #[derive(Clone)]
 pub struct QuicTunnel {
     pub conn: quinn::Connection,
-    ctrl: mpsc::UnboundedSender<Bytes>,
+    ctrl: Arc<ControlQueue>,
     pub stats: Arc<MuxStats>,
     going_away: Arc<AtomicBool>,
     /// Where streams this side opened report their end (to the driver's handler).
     closed: mpsc::UnboundedSender<ClosedStream>,
     /// Send credit of this tunnel's capped streams, for the peer's WINDOW frames.
     credits: Credits,
+    /// What this tunnel's stream readers may hold before quinn takes it ([`SendBudget`]).
+    budget: Arc<SendBudget>,
     /// The edge's client endpoint, kept as long as its connection.
     _endpoint: Option<quinn::Endpoint>,
 }
 
 impl QuicTunnel {
     pub fn control(&self, kind: FrameType, stream: u32, payload: &[u8]) {
-        send_control(&self.ctrl, kind, stream, payload);
+        self.ctrl.send(kind, stream, payload);
     }
 
     /// A UDP datagram for `flow`, in a buffer with [`DATAGRAM_HEADER`] bytes of headroom
@@ -346,16 +348,127 @@ impl QuicTunnel {
             closed: self.closed.clone(),
             port: record.listen_port,
             credit: self.credits.for_record(&record, id),
+            budget: self.budget.clone(),
         };
         io.run_tcp(sock).await;
     }
 }
 
-/// Queues one control frame for the control stream's writer (gone only with the connection).
-fn send_control(ctrl: &mpsc::UnboundedSender<Bytes>, kind: FrameType, stream: u32, payload: &[u8]) {
-    let mut b = BytesMut::with_capacity(frame::HEADER_LEN + payload.len());
-    frame::encode(&mut b, kind, 0, stream, payload);
-    let _ = ctrl.send(b.freeze());
+/// Frames waiting for the control stream's writer, which hands them to quinn as the peer's
+/// flow control allows. Bounded both ways a peer could abuse it (see docs/internals.md, "Queues"):
+///
+/// - DATAGRAM frames (UDP payloads too large for a QUIC datagram) are dropped and counted past
+///   [`MAX_PENDING_DATAGRAMS`] bytes, as the TLS muxer drops them: public clients choose their
+///   size and rate, and a slow or stopped peer must not make this end hold them;
+/// - any other frame past [`MAX_PENDING_CONTROL`] bytes means the peer has stopped reading its
+///   control stream: the connection is closed, since a tunnel whose CONFIG, FLOW_OPEN or
+///   WINDOW frames cannot reach the peer does not work anyway.
+pub(crate) struct ControlQueue {
+    state: Mutex<ControlState>,
+    ready: Notify,
+    conn: quinn::Connection,
+    stats: Arc<MuxStats>,
+}
+
+#[derive(Default)]
+struct ControlState {
+    /// Encoded frames, and whether each is a droppable DATAGRAM frame.
+    frames: VecDeque<(Bytes, bool)>,
+    /// Bytes of queued (or being written) frames, other frames and DATAGRAM frames apart.
+    control: usize,
+    datagrams: usize,
+    /// The writer is gone (the stream or the connection ended): nothing is queued any more.
+    closed: bool,
+}
+
+/// Control bytes (CONFIG, FLOW_OPEN, WINDOW, GOAWAY…) that may wait for a peer that is not
+/// reading its control stream before the tunnel is closed: as the TLS muxer's limit.
+const MAX_PENDING_CONTROL: usize = crate::mux::MAX_PENDING_CONTROL;
+/// DATAGRAM frame bytes that may wait for the control stream before new ones are dropped: as
+/// the TLS muxer's limit.
+const MAX_PENDING_DATAGRAMS: usize = crate::mux::MAX_PENDING_DATAGRAMS;
+
+impl ControlQueue {
+    fn new(conn: quinn::Connection, stats: Arc<MuxStats>) -> Arc<ControlQueue> {
+        Arc::new(ControlQueue {
+            state: Mutex::new(ControlState::default()),
+            ready: Notify::new(),
+            conn,
+            stats,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        // Every critical section is a few field updates that cannot panic half-way.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues one frame (see the type's documentation for what happens at the bounds).
+    fn send(&self, kind: FrameType, stream: u32, payload: &[u8]) {
+        let mut b = BytesMut::with_capacity(frame::HEADER_LEN + payload.len());
+        frame::encode(&mut b, kind, 0, stream, payload);
+        let len = b.len();
+        let datagram = kind == FrameType::Datagram;
+        {
+            let mut st = self.state();
+            if st.closed {
+                return;
+            }
+            if datagram && st.datagrams + len > MAX_PENDING_DATAGRAMS {
+                drop(st);
+                self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if !datagram && st.control + len > MAX_PENDING_CONTROL {
+                st.closed = true;
+                st.frames.clear();
+                drop(st);
+                self.conn.close(
+                    quinn::VarInt::from_u32(CLOSE_ERROR),
+                    b"the peer is not reading its control stream",
+                );
+                return;
+            }
+            if datagram {
+                st.datagrams += len;
+            } else {
+                st.control += len;
+            }
+            st.frames.push_back((b.freeze(), datagram));
+        }
+        self.ready.notify_one();
+    }
+
+    /// The writer: hands frames to quinn in order; their bytes stop counting once quinn took
+    /// them (quinn holds at most the peer's stream credit, within the connection's send window).
+    async fn write(self: Arc<Self>, mut send: quinn::SendStream) {
+        loop {
+            let next = self.state().frames.pop_front();
+            let Some((frame, datagram)) = next else {
+                self.ready.notified().await;
+                continue;
+            };
+            let ok = send.write_all(&frame).await.is_ok();
+            let mut st = self.state();
+            if datagram {
+                st.datagrams -= frame.len();
+            } else {
+                st.control -= frame.len();
+            }
+            if !ok {
+                st.closed = true;
+                st.frames.clear();
+                return;
+            }
+        }
+    }
+
+    /// Bytes waiting: (control, datagrams).
+    #[cfg(test)]
+    fn pending(&self) -> (usize, usize) {
+        let st = self.state();
+        (st.control, st.datagrams)
+    }
 }
 
 /// Sets up the control stream writer and returns the tunnel handle plus the future that drives
@@ -367,26 +480,22 @@ pub fn start<H: Handler>(
     handler: H,
     is_hub: bool,
 ) -> (QuicTunnel, impl std::future::Future<Output = Error>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     let (closed_tx, closed_rx) = mpsc::unbounded_channel::<ClosedStream>();
-    let Duplex { mut send, recv } = control;
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if send.write_all(&b).await.is_err() {
-                return;
-            }
-        }
-    });
+    let Duplex { send, recv } = control;
+    let stats = Arc::new(MuxStats::default());
+    let ctrl = ControlQueue::new(conn.clone(), stats.clone());
+    let writer = tokio::spawn(ctrl.clone().write(send));
     let tunnel = QuicTunnel {
         conn: conn.clone(),
-        ctrl: tx.clone(),
-        stats: Arc::new(MuxStats::default()),
+        ctrl: ctrl.clone(),
+        stats,
         going_away: Arc::new(AtomicBool::new(false)),
         closed: closed_tx,
         credits: Credits {
             streams: Arc::default(),
-            ctrl: tx,
+            ctrl,
         },
+        budget: Arc::new(SendBudget::default()),
         _endpoint: endpoint,
     };
     let t2 = tunnel.clone();
@@ -471,10 +580,11 @@ async fn drive<H: Handler>(
                 let closed = closed_tx.clone();
                 let opened = open_tx.clone();
                 let credits = t.credits.clone();
+                let budget = t.budget.clone();
                 // The OPEN record arrives on the stream itself: read it in a side task (bounded
                 // by the handshake-scale timeout) so a slow opener never stalls this loop.
                 tokio::spawn(async move {
-                    let read = tokio::time::timeout(OPEN_RECORD_TIMEOUT, read_open(send, recv, stats, closed, credits)).await;
+                    let read = tokio::time::timeout(OPEN_RECORD_TIMEOUT, read_open(send, recv, stats, closed, credits, budget)).await;
                     if let Ok(Some(r)) = read {
                         let _ = opened.send(r);
                     }
@@ -541,6 +651,7 @@ async fn read_open(
     stats: Arc<MuxStats>,
     closed: mpsc::UnboundedSender<ClosedStream>,
     credits: Credits,
+    budget: Arc<SendBudget>,
 ) -> Option<RemoteStream> {
     let mut len = [0u8; 1];
     recv.read_exact(&mut len).await.ok()?;
@@ -561,6 +672,7 @@ async fn read_open(
             closed,
             port: record.listen_port,
             credit: credits.for_record(&record, id),
+            budget,
         },
         record,
     })
@@ -583,14 +695,20 @@ const WRITE_CHUNKS: usize = 32;
 async fn copy_to_quic(
     r: &mut tokio::net::tcp::OwnedReadHalf,
     send: &mut quinn::SendStream,
+    budget: &SendBudget,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
     loop {
         r.readable().await?;
+        // Held from the read until quinn takes the bytes: a peer that grants credit but does
+        // not acknowledge leaves this stream's chunk waiting here, within the tunnel's budget.
+        budget.reserve(READ_CHUNK).await;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         // A short read marks the socket drained, so the next wait is for a fresh event rather
         // than a `recv` that can only return EAGAIN (see `read_marking_drained`).
-        let n = match crate::mux::read_marking_drained(r.as_ref(), &mut buf, READ_CHUNK) {
+        let read = crate::mux::read_marking_drained(r.as_ref(), &mut buf, READ_CHUNK);
+        budget.release(READ_CHUNK - buf.len());
+        let n = match read {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -602,7 +720,9 @@ async fn copy_to_quic(
         } else {
             buf.freeze()
         };
-        send.write_chunk(chunk).await?;
+        let written = send.write_chunk(chunk).await;
+        budget.release(n);
+        written?;
     }
 }
 
@@ -651,13 +771,14 @@ pub async fn pump(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     credit: Option<StreamCredit>,
+    budget: Arc<SendBudget>,
 ) -> (u64, u64, Option<(u16, String)>) {
     let _ = sock.set_nodelay(true);
     let (mut r, mut w) = sock.into_split();
     let up = async {
         let res = match &credit {
-            None => copy_to_quic(&mut r, &mut send).await,
-            Some(c) => c.copy_within_credit(&mut r, &mut send).await,
+            None => copy_to_quic(&mut r, &mut send, &budget).await,
+            Some(c) => c.copy_within_credit(&mut r, &mut send, &budget).await,
         };
         match res {
             Ok(n) => {
@@ -750,7 +871,7 @@ impl Credit {
 #[derive(Clone)]
 struct Credits {
     streams: Arc<Mutex<HashMap<u32, Arc<Credit>>>>,
-    ctrl: mpsc::UnboundedSender<Bytes>,
+    ctrl: Arc<ControlQueue>,
 }
 
 impl Credits {
@@ -798,8 +919,9 @@ impl StreamCredit {
     /// Socket → stream, never more than the credit ahead of the peer's socket.
     async fn copy_within_credit(
         &self,
-        from: &mut (impl AsyncRead + Unpin),
+        from: &mut tokio::net::tcp::OwnedReadHalf,
         to: &mut quinn::SendStream,
+        budget: &SendBudget,
     ) -> std::io::Result<u64> {
         // Reserved, not zeroed: a connection that never sends touches none of it.
         let chunk = (self.credit.cap as usize).min(CAPPED_CHUNK);
@@ -807,15 +929,24 @@ impl StreamCredit {
         let mut total = 0u64;
         loop {
             let allowed = (self.credit.wait().await as usize).min(chunk);
+            from.readable().await?;
+            // Held until quinn takes the bytes, as for an uncapped stream.
+            budget.reserve(allowed).await;
             buf.clear();
-            let n = from.read_buf(&mut (&mut buf).limit(allowed)).await?;
-            if n == 0 {
-                return Ok(total);
-            }
+            let read = from.try_read_buf(&mut (&mut buf).limit(allowed));
+            budget.release(allowed - buf.len());
+            let n = match read {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
             // Spent before the write, so a grant for these bytes can never find the credit
             // still counting them (and be clipped at the cap).
             self.credit.available.fetch_sub(n as u32, Ordering::AcqRel);
-            to.write_all(&buf).await?;
+            let written = to.write_all(&buf).await;
+            budget.release(n);
+            written?;
             total += n as u64;
         }
     }
@@ -870,7 +1001,7 @@ impl StreamCredit {
                     total += n as u64;
                     unreported += n as u32;
                     if unreported >= threshold {
-                        send_control(&self.credits.ctrl, FrameType::Window, self.key, &unreported.to_be_bytes());
+                        self.credits.ctrl.send(FrameType::Window, self.key, &unreported.to_be_bytes());
                         unreported = 0;
                     }
                 }
@@ -906,6 +1037,7 @@ mod tests {
     use super::*;
     use crate::transport::tls::{Identity, Trust};
     use std::sync::Mutex;
+    use tokio::io::AsyncReadExt;
 
     /// Throwaway self-signed identity for tests only (not used by anything else).
     const CERT: &str = include_str!("../testdata/cert.pem");
@@ -1115,6 +1247,41 @@ mod tests {
         assert_eq!(frame.stream, 3);
         assert_eq!(frame.payload.len(), max + 100);
         assert_eq!(tunnel.stats.datagrams_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// A peer that stops reading its control stream: large datagrams (which take it) are
+    /// dropped past their bound and counted, and control frames past theirs close the tunnel,
+    /// instead of either queueing without end.
+    #[tokio::test]
+    async fn a_peer_not_reading_its_control_stream_costs_bounded_memory() {
+        let (tunnel, client, _seen, _control) = pair().await;
+        let mut big = BytesMut::zeroed(DATAGRAM_HEADER);
+        big.extend_from_slice(&[5u8; 60_000]);
+        // 24 MB offered; the client's stream window (512 KiB) takes a little of it.
+        for _ in 0..400 {
+            tunnel.datagram(9, big.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_, datagrams) = tunnel.ctrl.pending();
+        assert!(
+            datagrams <= MAX_PENDING_DATAGRAMS,
+            "{datagrams} bytes of datagrams queued"
+        );
+        let dropped = tunnel.stats.datagrams_dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 300, "{dropped} dropped");
+        assert!(!tunnel.is_closed(), "dropping datagrams does not end the tunnel");
+        // Other control frames past their bound: the tunnel closes and says why.
+        for _ in 0..100 {
+            tunnel.control(FrameType::Config, 0, &[b' '; 60_000]);
+        }
+        let why = tokio::time::timeout(Duration::from_secs(5), client.closed())
+            .await
+            .expect("the tunnel closes");
+        assert!(
+            why.to_string().contains("not reading its control stream"),
+            "{why}"
+        );
+        assert!(tunnel.ctrl.pending().0 <= MAX_PENDING_CONTROL);
     }
 
     /// Carries every stream the client opens to `target`, as the hub does.
