@@ -199,6 +199,11 @@ pub struct Limits {
     pub udp_flow_idle_ms: u64,
     /// UDP flows at once per edge: each costs an upstream socket at the hub.
     pub max_udp_flows_per_edge: u32,
+    /// A tunnel replaced by a newer one of the same edge drains — finishes its streams, takes
+    /// no new ones — and is closed after this whatever it still carries. 60 s lets ordinary
+    /// requests and downloads finish, while a tunnel nobody uses any more (a second process
+    /// with the edge's id, a half-open tunnel) does not hold the edge's allowance for long.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -215,6 +220,7 @@ impl Default for Limits {
             auth_failures_per_minute: 30,
             udp_flow_idle_ms: 60_000,
             max_udp_flows_per_edge: 16_384,
+            drain_timeout_ms: 60_000,
         }
     }
 }
@@ -239,6 +245,7 @@ impl Limits {
         pos("heartbeatIntervalMs", self.heartbeat_interval_ms)?;
         pos("udpFlowIdleMs", self.udp_flow_idle_ms)?;
         pos("maxUdpFlowsPerEdge", self.max_udp_flows_per_edge.into())?;
+        pos("drainTimeoutMs", self.drain_timeout_ms)?;
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return Err(Error::InvalidConfig(format!(
                 "limits.heartbeatTimeoutMs: {} must exceed heartbeatIntervalMs {}",

@@ -236,8 +236,10 @@ export interface ILimitsConfig {
   authFailuresPerMinute?: number;
   /** A UDP flow idle this long is forgotten at both ends (default 60 000). */
   udpFlowIdleMs?: number;
-  /** UDP flows at once per edge (default 16 384). */
+  /** UDP flows at once per edge, all its tunnels together (default 16 384). */
   maxUdpFlowsPerEdge?: number;
+  /** A tunnel replaced by a newer one of the same edge drains (finishes its streams, takes no new ones) and is closed after this (default 60 000). */
+  drainTimeoutMs?: number;
 }
 
 export interface IHubConfig {
@@ -287,6 +289,25 @@ export interface IHubEdgeStatus {
   datagramsDropped: number;
   /** The edge's public address as its STUN server saw it (`stunIntervalSecs`), if it reported one. */
   publicAddress?: string | null;
+  /** Tunnels of this edge that drain (replaced by a newer one: they finish their streams, take no new ones, and close at `limits.drainTimeoutMs`). */
+  drainingTunnels?: number;
+  /** Every live tunnel of this edge, the one in use last. */
+  tunnels?: IHubTunnelStatus[];
+  /** What the per-edge limits (`maxStreamsPerEdge`, `maxUdpFlowsPerEdge`) count: all tunnels of the edge together. */
+  allTunnels?: { openStreams: number; udpFlows: number } | null;
+}
+
+/** One tunnel of an edge at the hub. */
+export interface IHubTunnelStatus {
+  state: 'active' | 'draining';
+  /** When it began to drain (ms since the epoch), or null. */
+  drainingSince: number | null;
+  transport: string;
+  remoteAddress: string;
+  remotePort: number;
+  connectedSince: number;
+  openStreams: number;
+  udpFlows: number;
 }
 
 export interface IUdpCounters {
@@ -575,6 +596,13 @@ export interface IEdgeTransportChangedEvent {
   to: string;
   reason: string;
 }
+/** The hub gave this edge's tunnel to a newer one that another process with the same edge id opened: this edge stops taking new clients on it and reconnects after `retryInMs`. */
+export interface IEdgeTunnelReplacedEvent {
+  kind: 'tunnelReplaced';
+  reason: string;
+  hint: string;
+  retryInMs: number;
+}
 export interface IEdgeTunnelDisconnectedEvent {
   kind: 'tunnelDisconnected';
   code: TDisconnectCode;
@@ -708,6 +736,7 @@ export interface IEdgeEvents {
   firewallConfigRejected: [IEdgeFirewallConfigRejectedEvent];
   firewallUnavailable: [IEdgeFirewallUnavailableEvent];
   transportChanged: [IEdgeTransportChangedEvent];
+  tunnelReplaced: [IEdgeTunnelReplacedEvent];
   udpFlowsExpired: [IEdgeUdpFlowsExpiredEvent];
   serviceLimitReached: [IEdgeServiceLimitReachedEvent];
   /** STUN found a public address other than the last one (or the first). */

@@ -83,6 +83,7 @@ const LIMIT_KEYS = [
   'authFailuresPerMinute',
   'udpFlowIdleMs',
   'maxUdpFlowsPerEdge',
+  'drainTimeoutMs',
 ] as const;
 
 export function isValidIp(value: unknown): value is string {

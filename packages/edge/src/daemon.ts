@@ -6,6 +6,7 @@ import { RemoteIngressEdge } from './edge.js';
 const EVENT_KINDS = [
   'tunnelConnected',
   'tunnelDisconnected',
+  'tunnelReplaced',
   'portsAssigned',
   'portBindFailed',
   'firewallConfigUpdated',

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -28,7 +28,7 @@ use crate::transport::dial;
 use crate::transport::quic;
 use crate::transport::tls::{self, Identity, Trust};
 use crate::transport::tunnel::Tunnel;
-use crate::wire::frame::{Frame, FrameType};
+use crate::wire::frame::{goaway, Frame, FrameType};
 use crate::wire::open::{OpenRecord, KIND_TCP};
 
 #[derive(Clone)]
@@ -477,7 +477,7 @@ impl Edge {
             self.inner.udp.close_all();
             self.inner.stun.stop();
             if let Some(t) = current(&self.inner.current) {
-                t.go_away(0, "edge shutting down");
+                t.go_away(goaway::DRAIN, "edge shutting down");
                 let deadline = Instant::now() + grace;
                 while Instant::now() < deadline && !t.is_closed() && t.open_streams() > 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -539,9 +539,9 @@ async fn run(inner: Arc<Inner>) {
         close_listeners(&inner);
         inner.udp.close_all();
         set_current(&inner, None);
-        let (err, was_up) = match outcome {
-            Ok(e) => (e, true),
-            Err(e) => (e, false),
+        let (err, was_up, replaced) = match outcome {
+            Ok(Ended { why, replaced }) => (why, true, replaced),
+            Err(e) => (e, false, false),
         };
         {
             let mut st = lock(&inner.status);
@@ -561,9 +561,12 @@ async fn run(inner: Arc<Inner>) {
             attempt = 0;
         }
         // A drained tunnel (hub restarting or rebalancing) is redialled at once; an edge that
-        // listens just waits for the hub's next call.
+        // listens just waits for the hub's next call. A tunnel the hub gave to another process
+        // with this edge's id is taken back only after the backoff's cap.
         let delay = if listening {
             Duration::ZERO
+        } else if replaced {
+            Duration::from_millis(inner.opts.reconnect.cap_ms)
         } else if matches!(err, Error::GoAway(_)) {
             Duration::from_millis(inner.opts.reconnect.base_ms / 4)
         } else {
@@ -584,7 +587,7 @@ type TunnelFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Error> + 
 /// Dials per the transport mode. Returns the tunnel, its driver, and why this transport.
 async fn connect(
     inner: &Arc<Inner>,
-    cfg_tx: &mpsc::UnboundedSender<Value>,
+    to: &SessionChannels,
     arrivals: Option<&mut mpsc::Receiver<Arrival>>,
 ) -> Result<(Tunnel, TunnelFuture, String)> {
     if let Some(rx) = arrivals {
@@ -592,18 +595,18 @@ async fn connect(
             .recv()
             .await
             .ok_or_else(|| Error::LocalClosed("the listener for the hub stopped".into()))?;
-        return Ok(arrived(inner, cfg_tx, a));
+        return Ok(arrived(inner, to, a));
     }
     match inner.opts.transport_mode.as_str() {
-        "tcpTls" => dial_tls(inner, cfg_tx)
+        "tcpTls" => dial_tls(inner, to)
             .await
             .map(|(t, f)| (t, f, "transportMode tcpTls".into())),
-        "quic" => dial_quic(inner, cfg_tx)
+        "quic" => dial_quic(inner, to)
             .await
             .map(|(t, f)| (t, f, "transportMode quic".into())),
         _ => {
             let limit = Duration::from_millis(inner.opts.quic_connect_timeout_ms);
-            let quic_err = match tokio::time::timeout(limit, dial_quic(inner, cfg_tx)).await {
+            let quic_err = match tokio::time::timeout(limit, dial_quic(inner, to)).await {
                 Ok(Ok((t, f))) => return Ok((t, f, "QUIC connected".into())),
                 Ok(Err(e)) => e,
                 Err(_) => Error::Timeout(format!("QUIC did not come up within {} ms", limit.as_millis())),
@@ -613,31 +616,30 @@ async fn connect(
                 return Err(quic_err);
             }
             note_probe(inner, &quic_err);
-            let (t, f) = dial_tls(inner, cfg_tx).await?;
+            let (t, f) = dial_tls(inner, to).await?;
             Ok((t, f, format!("falling back to TLS: {quic_err}")))
         }
     }
 }
 
 /// Starts the edge's side of a tunnel the hub dialed.
-fn arrived(
-    inner: &Arc<Inner>,
-    cfg_tx: &mpsc::UnboundedSender<Value>,
-    a: Arrival,
-) -> (Tunnel, TunnelFuture, String) {
+fn arrived(inner: &Arc<Inner>, to: &SessionChannels, a: Arrival) -> (Tunnel, TunnelFuture, String) {
     let peer = match &a {
         Arrival::Tls(_, _, p) | Arrival::Quic(_, _, _, p) => *p,
     };
     lock(&inner.status).hub_peer = Some(peer.to_string());
     match a {
         Arrival::Tls(tls, params, peer) => {
-            let (t, f) = start_tls(inner, cfg_tx, *tls, params);
+            let (t, f) = start_tls(inner, to, *tls, params);
             (t, f, format!("the hub dialed in from {peer} over TLS"))
         }
         Arrival::Quic(conn, control, _params, peer) => {
-            let (q, f) = quic::start(conn, None, control, handler(inner, cfg_tx), false);
+            let (h, slot) = handler(inner, to);
+            let (q, f) = quic::start(conn, None, control, h, false);
+            let tunnel = Tunnel::Quic(q);
+            let _ = slot.set(tunnel.clone());
             (
-                Tunnel::Quic(q),
+                tunnel,
                 Box::pin(f),
                 format!("the hub dialed in from {peer} over QUIC"),
             )
@@ -666,7 +668,7 @@ fn replace_tunnel(
     let old = std::mem::replace(tunnel, new.0);
     let old_fut = std::mem::replace(fut, new.1);
     set_current(inner, Some(tunnel.clone()));
-    old.go_away(0, goaway);
+    old.go_away(goaway::DRAIN, goaway);
     tokio::spawn(old_fut);
     lock(&inner.status).transport_reason = Some(why.into());
     inner.events.as_ref()(event!("transportChanged", {
@@ -681,16 +683,34 @@ fn note_probe(inner: &Inner, e: &Error) {
     }));
 }
 
-/// One connected period: the first tunnel, possibly replaced by QUIC after a successful probe.
-/// `Err` = it never came up; `Ok(why)` = it came up and ended because `why`.
+/// How a connected period ended: why its last tunnel ended, and whether the hub gave that
+/// tunnel to another process with this edge's id (GOAWAY `REPLACED`), in which case this edge
+/// steps back for a while instead of taking it back at once.
+struct Ended {
+    why: Error,
+    replaced: bool,
+}
+
+/// A replacement tunnel being dialed (the current one got GOAWAY).
+type Redial<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Tunnel, TunnelFuture, String)>> + Send + 'a>>;
+
+/// One connected period: the first tunnel, possibly replaced by QUIC after a successful probe,
+/// or by a new tunnel when the hub drains the current one (GOAWAY: the hub is restarting or
+/// stopping). `Err` = it never came up; `Ok` = it came up and ended.
 async fn session(
     inner: &Arc<Inner>,
     stop: &mut watch::Receiver<bool>,
     mut arrivals: Option<&mut mpsc::Receiver<Arrival>>,
-) -> std::result::Result<Error, Error> {
+) -> std::result::Result<Ended, Error> {
     let (cfg_tx, mut cfg_rx) = mpsc::unbounded_channel();
+    let (goaway_tx, mut goaway_rx) = mpsc::unbounded_channel();
+    let to = SessionChannels {
+        configs: cfg_tx,
+        goaways: goaway_tx,
+    };
     let (mut tunnel, mut fut, reason) = tokio::select! {
-        r = connect(inner, &cfg_tx, arrivals.as_deref_mut()) => r?,
+        r = connect(inner, &to, arrivals.as_deref_mut()) => r?,
         _ = stop.changed() => return Err(Error::LocalClosed("edge stopped".into())),
     };
     set_current(inner, Some(tunnel.clone()));
@@ -712,21 +732,69 @@ async fn session(
     tell_public_address(inner);
     let probe_every = Duration::from_millis(inner.opts.quic_probe_interval_ms);
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + probe_every, probe_every);
+    // A new tunnel being dialed because the current one drains, and how many tries it took.
+    let mut redial: Option<Redial<'_>> = None;
+    let mut redials: u32 = 0;
+    let mut replaced = false;
     loop {
         let probing = inner.trust.is_some()
             && inner.opts.transport_mode == "quicWithFallback"
-            && matches!(tunnel, Tunnel::Tls(_));
+            && matches!(tunnel, Tunnel::Tls(_))
+            && redial.is_none();
         tokio::select! {
-            why = &mut fut => return Ok(why),
+            why = &mut fut => return Ok(Ended { why, replaced }),
             Some(cfg) = cfg_rx.recv() => apply_config(inner, cfg).await,
+            Some(g) = goaway_rx.recv() => {
+                if !g.tunnel.same(&tunnel) || redial.is_some() {
+                    continue; // an older tunnel's, or already being replaced
+                }
+                if g.code == goaway::REPLACED {
+                    // The hub took a newer tunnel with this edge's id that is not ours: another
+                    // process uses the id. Let this tunnel drain and step back (run() waits the
+                    // backoff's cap) rather than take it back at once and flap.
+                    replaced = true;
+                    inner.events.as_ref()(event!("tunnelReplaced", {
+                        "reason": g.reason,
+                        "hint": "another edge process with this edge id connected to the hub; this one stops taking new clients and reconnects later",
+                        "retryInMs": inner.opts.reconnect.cap_ms
+                    }));
+                } else if inner.trust.is_some() {
+                    // The hub drains (restart, shutdown) or this tunnel's stream ids ran out:
+                    // dial a new tunnel now and move new clients to it while this one finishes
+                    // its streams. (An edge that listens waits for the hub to dial again.)
+                    redial = Some(Box::pin(connect(inner, &to, None)));
+                }
+            }
+            r = async { redial.as_mut().expect("polled only while set").await }, if redial.is_some() => {
+                redial = None;
+                match r {
+                    Ok((t, f, why)) => {
+                        redials = 0;
+                        let why = format!("the hub drained the previous tunnel; {why}");
+                        replace_tunnel(inner, &mut tunnel, &mut fut, (t, f), "edge moved to a new tunnel", &why);
+                    }
+                    Err(e) => {
+                        // Keep serving the draining tunnel's streams and try again; the session
+                        // ends (and run() redials) if the tunnel ends first.
+                        let delay = dial::backoff(inner.opts.reconnect.base_ms, inner.opts.reconnect.cap_ms, redials);
+                        redials = redials.saturating_add(1);
+                        lock(&inner.status).last_error = Some(json!({ "code": e.code(), "message": e.to_string() }));
+                        let to = &to;
+                        redial = Some(Box::pin(async move {
+                            tokio::time::sleep(delay).await;
+                            connect(inner, to, None).await
+                        }));
+                    }
+                }
+            }
             Some(a) = next_arrival(&mut arrivals) => {
                 // The hub dialed again (moved to QUIC, or redialed over a tunnel it gave up).
-                let (t, f, why) = arrived(inner, &cfg_tx, a);
+                let (t, f, why) = arrived(inner, &to, a);
                 replace_tunnel(inner, &mut tunnel, &mut fut, (t, f), "the hub dialed a newer tunnel", &why);
             }
             _ = probe.tick(), if probing => {
                 let limit = Duration::from_millis(inner.opts.quic_connect_timeout_ms);
-                match tokio::time::timeout(limit, dial_quic(inner, &cfg_tx)).await {
+                match tokio::time::timeout(limit, dial_quic(inner, &to)).await {
                     Ok(Ok(quic)) => {
                         let why = "QUIC probe succeeded; new streams use QUIC, open TLS streams finish";
                         replace_tunnel(inner, &mut tunnel, &mut fut, quic, "edge moved to QUIC", why);
@@ -738,7 +806,7 @@ async fn session(
             _ = stop.changed() => {
                 // stop() already drained; close in order (GOAWAY, close_notify) and return.
                 tunnel.close("edge stopped");
-                return Ok(fut.await);
+                return Ok(Ended { why: fut.await, replaced });
             }
         }
     }
@@ -753,10 +821,7 @@ fn dialing(inner: &Inner) -> Result<Trust> {
 }
 
 /// TCP connect, TLS with the pinned fingerprint, authentication, and the muxer.
-async fn dial_tls(
-    inner: &Arc<Inner>,
-    cfg_tx: &mpsc::UnboundedSender<Value>,
-) -> Result<(Tunnel, TunnelFuture)> {
+async fn dial_tls(inner: &Arc<Inner>, to: &SessionChannels) -> Result<(Tunnel, TunnelFuture)> {
     let hs = async {
         let (mut tls, binding) = dial::tls(
             &inner.opts.hub_host,
@@ -774,13 +839,13 @@ async fn dial_tls(
     let (tls, params) = tokio::time::timeout(timeout, hs)
         .await
         .map_err(|_| Error::Timeout("hub did not finish the handshake in time".into()))??;
-    Ok(start_tls(inner, cfg_tx, tls, params))
+    Ok(start_tls(inner, to, tls, params))
 }
 
 /// The edge's muxer on an authenticated TLS stream, whichever side opened it.
 fn start_tls<IO>(
     inner: &Arc<Inner>,
-    cfg_tx: &mpsc::UnboundedSender<Value>,
+    to: &SessionChannels,
     io: IO,
     params: handshake::SessionParams,
 ) -> (Tunnel, TunnelFuture)
@@ -797,24 +862,45 @@ where
         // Three missed heartbeats: one lost PING is not a dead peer.
         heartbeat_timeout: Duration::from_millis(u64::from(params.heartbeat_ms) * 3),
     };
-    let (mux, fut) = mux::start(io, cfg, handler(inner, cfg_tx));
-    (Tunnel::Tls(mux), Box::pin(fut))
+    let (h, slot) = handler(inner, to);
+    let (mux, fut) = mux::start(io, cfg, h);
+    let tunnel = Tunnel::Tls(mux);
+    let _ = slot.set(tunnel.clone());
+    (tunnel, Box::pin(fut))
 }
 
-fn handler(inner: &Arc<Inner>, cfg_tx: &mpsc::UnboundedSender<Value>) -> EdgeHandler {
-    EdgeHandler {
+/// The handler of one tunnel, and the slot its tunnel goes into once started (a GOAWAY names
+/// the tunnel it came on).
+fn handler(inner: &Arc<Inner>, to: &SessionChannels) -> (EdgeHandler, Arc<OnceLock<Tunnel>>) {
+    let slot = Arc::new(OnceLock::new());
+    let h = EdgeHandler {
         events: inner.events.clone(),
-        configs: cfg_tx.clone(),
+        configs: to.configs.clone(),
+        goaways: to.goaways.clone(),
+        tunnel: slot.clone(),
         udp: inner.udp.clone(),
         services: inner.services.clone(),
-    }
+    };
+    (h, slot)
+}
+
+/// What a tunnel's handler tells the session loop: CONFIGs to apply, and GOAWAYs (from the
+/// peer, or the tunnel's own when its stream ids run out).
+#[derive(Clone)]
+struct SessionChannels {
+    configs: mpsc::UnboundedSender<Value>,
+    goaways: mpsc::UnboundedSender<GoAway>,
+}
+
+/// A GOAWAY on one of the session's tunnels.
+struct GoAway {
+    tunnel: Tunnel,
+    code: u16,
+    reason: String,
 }
 
 /// QUIC connect (same pinning), control stream, authentication.
-async fn dial_quic(
-    inner: &Arc<Inner>,
-    cfg_tx: &mpsc::UnboundedSender<Value>,
-) -> Result<(Tunnel, TunnelFuture)> {
+async fn dial_quic(inner: &Arc<Inner>, to: &SessionChannels) -> Result<(Tunnel, TunnelFuture)> {
     let transport = quic::transport_config(
         &inner.opts.performance,
         Duration::from_millis(inner.opts.limits.heartbeat_interval_ms),
@@ -846,8 +932,11 @@ async fn dial_quic(
     let d = tokio::time::timeout(timeout, hs)
         .await
         .map_err(|_| Error::Timeout("hub did not finish the QUIC handshake in time".into()))??;
-    let (q, fut) = quic::start(d.conn, Some(d.endpoint), d.control, handler(inner, cfg_tx), false);
-    Ok((Tunnel::Quic(q), Box::pin(fut)))
+    let (h, slot) = handler(inner, to);
+    let (q, fut) = quic::start(d.conn, Some(d.endpoint), d.control, h, false);
+    let tunnel = Tunnel::Quic(q);
+    let _ = slot.set(tunnel.clone());
+    Ok((tunnel, Box::pin(fut)))
 }
 
 /// The edge's own settings (consumer.xml) for the TCP services the hub names: its port, bind
@@ -1337,6 +1426,9 @@ fn refuse(sock: TcpStream) {
 struct EdgeHandler {
     events: EventSink,
     configs: mpsc::UnboundedSender<Value>,
+    goaways: mpsc::UnboundedSender<GoAway>,
+    /// The tunnel this handler serves, set once it started.
+    tunnel: Arc<OnceLock<Tunnel>>,
     udp: Arc<EdgeUdp>,
     /// To count each closed stream's bytes to its service.
     services: Services,
@@ -1373,6 +1465,18 @@ impl Handler for EdgeHandler {
             }
             other => Err(Error::Protocol(format!("hub sent a {other:?} frame"))),
         }
+    }
+
+    fn on_goaway(&mut self, code: u16, reason: &str) {
+        // Once per tunnel: the session loop decides what to do (redial, or step back).
+        if let Some(tunnel) = self.tunnel.get() {
+            let _ = self.goaways.send(GoAway {
+                tunnel: tunnel.clone(),
+                code,
+                reason: reason.to_string(),
+            });
+        }
+        self.tunnel = Arc::new(OnceLock::new());
     }
 
     fn on_closed(&mut self, c: ClosedStream) {

@@ -5,7 +5,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
@@ -16,15 +16,16 @@ use tokio::task::JoinHandle;
 use crate::auth::handshake::{self, HubVerdict, SessionParams};
 use crate::config::{validate_edges, EdgeSpec, HubOptions, Limits, Performance, PortSpec};
 use crate::engine::listen::{self, Gate, ServerTls};
-use crate::engine::udp::HubFlows;
+use crate::engine::udp::{FlowTunnel, HubFlows};
+use crate::engine::Slot;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::{log, EventSink};
 use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
-use crate::supervise::{self, supervise, FaultPoint};
+use crate::supervise::{self, supervise, AbortOnDrop, FaultPoint};
 use crate::transport::tls::Identity;
 use crate::transport::tunnel::Tunnel;
-use crate::wire::frame::FrameType;
+use crate::wire::frame::{goaway, FrameType};
 use crate::wire::open::{OpenRecord, KIND_UDP};
 use crate::wire::proxy_protocol;
 
@@ -60,10 +61,16 @@ struct Inner {
 struct State {
     edges: HashMap<String, Arc<EdgeSpec>>,
     generation: u64,
-    sessions: HashMap<String, Session>,
+    /// Every live tunnel of every edge, oldest first. The last one is the edge's; the others
+    /// drain (GOAWAY sent: they finish their streams and take no new ones) until they are
+    /// empty or `limits.drainTimeoutMs` has passed. Removing an edge, changing its secret or
+    /// stopping the hub ends all of them.
+    sessions: HashMap<String, Vec<Session>>,
     /// What each edge told about itself (INFO: its public address from STUN), kept across its
     /// reconnects: the edge repeats it on every new tunnel.
     public_addresses: HashMap<String, String>,
+    /// What all tunnels of an edge hold together, against the per-edge limits.
+    allowances: HashMap<String, Arc<Allowance>>,
 }
 
 struct Session {
@@ -74,6 +81,17 @@ struct Session {
     since: SystemTime,
     /// The secret this session authenticated with: a changed secret ends the session.
     secret: String,
+    /// Since when the session drains, and the timer that closes it at the drain limit.
+    draining: Option<(SystemTime, AbortOnDrop<()>)>,
+}
+
+/// What all live tunnels of one edge hold together (streams open, UDP flows), counted against
+/// `maxStreamsPerEdge` and `maxUdpFlowsPerEdge`: an edge that reconnects, or two processes with
+/// one id, get one allowance between them, not a full one per tunnel.
+#[derive(Default)]
+pub struct Allowance {
+    pub streams: Arc<AtomicUsize>,
+    pub flows: Arc<AtomicUsize>,
 }
 
 /// Stream reset codes → the stable codes JavaScript sees on `streamClosed`.
@@ -215,7 +233,12 @@ impl Hub {
             edges.into_iter().map(|e| (e.id.clone(), Arc::new(e))).collect();
         let mut to_close = Vec::new();
         let mut to_push = Vec::new();
-        for (id, session) in st.sessions.iter() {
+        // Every tunnel of an edge, draining ones included: a revoked credential ends them all.
+        for (id, session) in st
+            .sessions
+            .iter()
+            .flat_map(|(id, list)| list.iter().map(move |s| (id, s)))
+        {
             match new.get(id) {
                 None => to_close.push((session.tunnel.clone(), "edge removed from the allowed edges")),
                 Some(spec) if spec.secret != session.secret => {
@@ -231,7 +254,7 @@ impl Hub {
                             || o.stun_interval_secs != spec.stun_interval_secs
                             || o.stun_servers != spec.stun_servers
                     });
-                    if changed {
+                    if changed && session.draining.is_none() {
                         to_push.push((
                             session.tunnel.clone(),
                             config_json(spec, generation, &self.inner.limits),
@@ -241,6 +264,11 @@ impl Hub {
             }
         }
         st.edges = new;
+        // An allowance lives while its edge is allowed or a tunnel of it still holds it.
+        let State {
+            edges, allowances, ..
+        } = &mut *st;
+        allowances.retain(|id, a| edges.contains_key(id) || Arc::strong_count(a) > 1);
         drop(st);
         for (mux, why) in to_close {
             mux.close(why);
@@ -255,10 +283,13 @@ impl Hub {
     pub fn status(&self) -> Value {
         let pending = self.inner.gate.pending();
         let st = lock(&self.inner.state);
+        // One entry per edge with a live tunnel: the newest tunnel's figures, and every tunnel
+        // (draining ones too) in `tunnels`.
         let edges: Vec<Value> = st
             .sessions
             .iter()
-            .map(|(id, s)| {
+            .filter_map(|(id, list)| Some((id, list, list.last()?)))
+            .map(|(id, list, s)| {
                 let stats = s.tunnel.stats();
                 json!({
                     "edgeId": id,
@@ -275,6 +306,13 @@ impl Hub {
                     "bytesOut": stats.bytes_out.load(Ordering::Relaxed),
                     "rttMs": stats.rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
                     "quicPathMtu": s.tunnel.quic_path_mtu(),
+                    "drainingTunnels": list.iter().filter(|s| s.draining.is_some()).count(),
+                    // What the per-edge limits count: all tunnels of the edge together.
+                    "allTunnels": st.allowances.get(id).map(|a| json!({
+                        "openStreams": a.streams.load(Ordering::Relaxed),
+                        "udpFlows": a.flows.load(Ordering::Relaxed),
+                    })),
+                    "tunnels": list.iter().map(Session::status).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -309,10 +347,11 @@ impl Hub {
         let muxes: Vec<Tunnel> = lock(&self.inner.state)
             .sessions
             .values()
+            .flatten()
             .map(|s| s.tunnel.clone())
             .collect();
         for m in &muxes {
-            m.go_away(0, "hub shutting down");
+            m.go_away(goaway::DRAIN, "hub shutting down");
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && muxes.iter().any(|m| !m.is_closed() && m.open_streams() > 0) {
@@ -321,7 +360,8 @@ impl Hub {
         for m in &muxes {
             m.close("hub shutting down");
         }
-        // Each session's task unregisters it once its muxer has ended.
+        // Each session's task unregisters it once its tunnel has ended. A tunnel that arrived
+        // while the others closed is refused by `register_session` (the hub is stopped).
         while !lock(&self.inner.state).sessions.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -497,8 +537,11 @@ async fn run_session(
     flows.close_all();
     {
         let mut st = lock(&inner.state);
-        if st.sessions.get(&edge_id).map(|s| s.serial) == Some(serial) {
-            st.sessions.remove(&edge_id);
+        if let Some(list) = st.sessions.get_mut(&edge_id) {
+            list.retain(|s| s.serial != serial);
+            if list.is_empty() {
+                st.sessions.remove(&edge_id);
+            }
         }
     }
     inner.events.as_ref()(event!("edgeDisconnected", {
@@ -527,24 +570,49 @@ fn register_session(
         0,
         handshake::json_payload(&config_json(&spec, st.generation, &inner.limits)),
     );
-    let old = st.sessions.insert(
-        edge_id.to_string(),
-        Session {
-            serial,
-            tunnel: tunnel.clone(),
-            flows: flows.clone(),
-            remote: peer,
-            since: SystemTime::now(),
-            secret,
-        },
-    );
-    if let Some(old) = old {
-        // The same edge has a newer tunnel (it reconnected after a half-open tunnel, or moved
-        // from TLS to QUIC): the old one drains — its open streams finish, a dead one times out.
+    let drain_limit = Duration::from_millis(inner.limits.drain_timeout_ms);
+    let list = st.sessions.entry(edge_id.to_string()).or_default();
+    for old in list.iter_mut().filter(|s| s.draining.is_none()) {
+        // The same edge has a newer tunnel (it reconnected after a half-open tunnel, moved
+        // from TLS to QUIC, or another process uses its id): the old one drains — its open
+        // streams finish, it takes no new streams or flows, and it is closed at the drain
+        // limit whatever it still carries.
         old.tunnel
-            .go_away(0, "replaced by a newer tunnel from the same edge");
+            .go_away(goaway::REPLACED, "replaced by a newer tunnel from the same edge");
+        let tunnel = old.tunnel.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(drain_limit).await;
+            tunnel.close("the tunnel drained for longer than limits.drainTimeoutMs");
+        });
+        old.draining = Some((SystemTime::now(), AbortOnDrop(timer)));
     }
+    list.push(Session {
+        serial,
+        tunnel: tunnel.clone(),
+        flows: flows.clone(),
+        remote: peer,
+        since: SystemTime::now(),
+        secret,
+        draining: None,
+    });
     true
+}
+
+impl Session {
+    /// One tunnel of an edge, as status lists it.
+    fn status(&self) -> Value {
+        let stats = self.tunnel.stats();
+        json!({
+            "state": if self.draining.is_some() { "draining" } else { "active" },
+            "drainingSince": self.draining.as_ref().map(|(t, _)| millis(*t)),
+            "transport": self.tunnel.transport(),
+            "remoteAddress": proxy_protocol::unmap(self.remote).ip().to_string(),
+            "remotePort": self.remote.port(),
+            "connectedSince": millis(self.since),
+            "openStreams": stats.open_streams.load(Ordering::Relaxed),
+            "udpFlows": self.flows.stats.flows.load(Ordering::Relaxed),
+        })
+    }
 }
 
 struct HubHandler {
@@ -552,6 +620,8 @@ struct HubHandler {
     edge_id: String,
     connect_timeout: Duration,
     flows: Arc<HubFlows>,
+    /// What all tunnels of this edge hold together.
+    allowance: Arc<Allowance>,
     /// The tunnel this handler serves, set right after the transport starts (UDP replies go
     /// back through it).
     tunnel: Arc<OnceLock<Tunnel>>,
@@ -560,15 +630,22 @@ struct HubHandler {
 impl HubHandler {
     fn new(inner: &Arc<Inner>, edge_id: &str) -> (HubHandler, Arc<OnceLock<Tunnel>>) {
         let slot = Arc::new(OnceLock::new());
+        let allowance = lock(&inner.state)
+            .allowances
+            .entry(edge_id.to_string())
+            .or_default()
+            .clone();
         let h = HubHandler {
             inner: inner.clone(),
             edge_id: edge_id.to_string(),
             connect_timeout: Duration::from_millis(inner.limits.target_connect_timeout_ms),
             flows: HubFlows::new(
                 edge_id,
+                allowance.flows.clone(),
                 inner.limits.max_udp_flows_per_edge as usize,
                 inner.events.clone(),
             ),
+            allowance,
             tunnel: slot.clone(),
         };
         (h, slot)
@@ -649,6 +726,14 @@ impl Handler for HubHandler {
                 return;
             }
         };
+        let max = self.inner.limits.max_streams_per_edge as usize;
+        let Some(place) = Slot::take(&self.allowance.streams, max) else {
+            io.reset(
+                mux::reset::REFUSED,
+                format!("the edge has {max} streams open over all its tunnels (limits.maxStreamsPerEdge)"),
+            );
+            return;
+        };
         let client = proxy_protocol::unmap(record.client);
         self.inner.events.as_ref()(event!("streamOpened", {
             "edgeId": self.edge_id, "streamId": io.id(), "port": record.listen_port,
@@ -662,6 +747,8 @@ impl Handler for HubHandler {
         // only the box, not the route and record as well.
         let connect = Box::pin(connect_target(route, record, self.connect_timeout));
         tokio::spawn(async move {
+            // The edge's place for this stream, held until it ends.
+            let _place = place;
             supervise::check(FaultPoint::HubStream);
             match connect.await {
                 Ok(sock) => io.run_tcp(sock).await,
@@ -703,6 +790,13 @@ impl Handler for HubHandler {
                 let Some(tunnel) = self.tunnel.get().cloned() else {
                     return Ok(());
                 };
+                if tunnel.is_going_away() {
+                    // A draining tunnel takes no new flows (as it takes no new streams): the
+                    // edge opens them on its newer tunnel.
+                    self.flows.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tunnel.flow_close(frame.stream);
+                    return Ok(());
+                }
                 let route = self.route(true, &record).ok();
                 self.flows.open(frame.stream, record, route, Arc::new(tunnel));
                 Ok(())

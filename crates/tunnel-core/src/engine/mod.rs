@@ -11,6 +11,28 @@ pub mod stun;
 pub mod udp;
 pub mod udp_io;
 
+/// One place in a shared count (an edge's streams, its UDP flows), given back when dropped.
+pub struct Slot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    /// A place if fewer than `max` are taken.
+    pub fn take(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Sets a socket's buffers to `bytes`, beyond `net.core.[rw]mem_max` when the process may
 /// (SO_*BUFFORCE needs CAP_NET_ADMIN), else as far as the sysctl allows. Best effort; returns
 /// what the kernel granted (the smaller of the two buffers), which callers may ignore.

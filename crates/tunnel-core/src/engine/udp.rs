@@ -17,6 +17,7 @@ use tokio::net::UdpSocket;
 use crate::config::PortSpec;
 use crate::engine::service::{Admitted, Service, REBIND_ATTEMPTS, REBIND_PAUSE};
 use crate::engine::udp_io;
+use crate::engine::Slot;
 use crate::error::{Error, Result};
 use crate::event;
 use crate::events::EventSink;
@@ -752,6 +753,8 @@ struct HubFlow {
     /// `Upstream` is the right to send them).
     out: Outbox<Bytes, Upstream>,
     _task: Option<AbortOnDrop<()>>,
+    /// The flow's place in its edge's allowance (all its tunnels' flows together).
+    _place: Slot,
 }
 
 /// A flow's upstream side: the socket, and the PROXY v2 header still to go with its
@@ -817,6 +820,8 @@ pub struct HubFlows {
     /// Highest flow id opened so far. The edge allocates ids in increasing order, so a datagram
     /// for an unknown id at or below this belongs to a flow that already ended: dropped at once.
     highest_opened: std::sync::atomic::AtomicU32,
+    /// Flows of every tunnel of this edge (shared with its other sessions), and their cap.
+    edge_flows: Arc<std::sync::atomic::AtomicUsize>,
     max_flows: usize,
     pub stats: Arc<UdpStats>,
     events: EventSink,
@@ -826,11 +831,17 @@ pub struct HubFlows {
 }
 
 impl HubFlows {
-    pub fn new(edge_id: &str, max_flows: usize, events: EventSink) -> Arc<HubFlows> {
+    pub fn new(
+        edge_id: &str,
+        edge_flows: Arc<std::sync::atomic::AtomicUsize>,
+        max_flows: usize,
+        events: EventSink,
+    ) -> Arc<HubFlows> {
         Arc::new(HubFlows {
             flows: Mutex::new(HashMap::new()),
             orphans: Mutex::new(VecDeque::new()),
             highest_opened: std::sync::atomic::AtomicU32::new(0),
+            edge_flows,
             max_flows,
             stats: Arc::new(UdpStats::default()),
             events,
@@ -855,12 +866,16 @@ impl HubFlows {
         let wake = Arc::new(tokio::sync::Notify::new());
         {
             let mut flows = lock(&self.flows);
-            if flows.len() >= self.max_flows || flows.contains_key(&flow) {
+            let place = match flows.contains_key(&flow) {
+                false => Slot::take(&self.edge_flows, self.max_flows),
+                true => None,
+            };
+            let Some(place) = place else {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 drop(flows);
                 tunnel.flow_close(flow);
                 return;
-            }
+            };
             self.highest_opened.fetch_max(flow, Ordering::Relaxed);
             // Datagrams of this flow that overtook its FLOW_OPEN go first, in order.
             let early: VecDeque<Bytes> = {
@@ -875,6 +890,7 @@ impl HubFlows {
                 HubFlow {
                     out: Outbox::new(early, bytes, None, wake.clone()),
                     _task: None,
+                    _place: place,
                 },
             );
             self.stats.flows.store(flows.len() as u64, Ordering::Relaxed);
@@ -1150,7 +1166,7 @@ mod tests {
             "proxyProtocol": proxy, "proxyProtocolUdp": mode,
         }))
         .unwrap();
-        let mut flows = HubFlows::new("e", 16, crate::events::null_sink());
+        let mut flows = HubFlows::new("e", Arc::default(), 16, crate::events::null_sink());
         Arc::get_mut(&mut flows).expect("not shared yet").gso = gso;
         let record = OpenRecord {
             kind: crate::wire::open::KIND_UDP,
@@ -1361,7 +1377,7 @@ mod tests {
                 "proxyProtocol": "v2", "proxyProtocolUdp": name,
             }))
             .unwrap();
-            let flows = HubFlows::new("e", 16, crate::events::null_sink());
+            let flows = HubFlows::new("e", Arc::default(), 16, crate::events::null_sink());
             let record = OpenRecord {
                 kind: crate::wire::open::KIND_UDP,
                 service: 0,

@@ -148,11 +148,15 @@ impl<H: Handler> Mux<H> {
                 self.fill();
             }
             let datagrams_waiting = !self.dgrams.is_empty();
+            // Drained: nothing open, nothing to send, and no command waiting (the handle sets
+            // `going_away` before its GOAWAY command arrives, so streams it opened just before
+            // may still be in the channel).
             if (self.going_away.load(Ordering::Acquire) || self.remote_going_away.is_some())
                 && self.streams.is_empty()
                 && self.wbuf.is_empty()
                 && self.control.is_empty()
                 && !datagrams_waiting
+                && rx.is_empty()
             {
                 let _ = wr.flush().await;
                 let _ = wr.shutdown().await;
@@ -459,6 +463,13 @@ impl<H: Handler> Mux<H> {
                 frame::encode(&mut self.control, FrameType::GoAway, 0, 0, &p);
             }
             Cmd::Close { reason } => return Err(Error::LocalClosed(reason)),
+            Cmd::IdsRunOut => {
+                let reason = "this side's stream ids are used up; it moves to a new tunnel";
+                self.going_away.store(true, Ordering::Release);
+                let p = frame::goaway_payload(self.last_remote_id, frame::goaway::DRAIN, reason);
+                frame::encode(&mut self.control, FrameType::GoAway, 0, 0, &p);
+                self.handler.on_goaway(frame::goaway::DRAIN, reason);
+            }
         }
         Ok(())
     }

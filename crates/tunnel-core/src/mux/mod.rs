@@ -135,6 +135,12 @@ const MAX_WRITE_SLICES: usize = 64;
 /// maximum-size (60 KiB) datagrams, or ~3,000 typical 1,200-byte ones.
 pub(crate) const MAX_PENDING_DATAGRAMS: usize = 4 * 1024 * 1024;
 
+/// Stream ids at or past this are never opened: the tunnel drains instead (GOAWAY) and its
+/// owner moves new streams to a new tunnel, rather than the ids wrapping, which the peer would
+/// rightly refuse. At 5,000 connections a second a tunnel gets there after ~5 days; the 64 Ki
+/// ids left over are just a margin.
+const STREAM_IDS_END: u32 = u32::MAX - 0x1_0000;
+
 /// How long a closing tunnel may spend telling the peer why (GOAWAY + close_notify).
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
@@ -205,6 +211,8 @@ pub(crate) enum Cmd {
     Close {
         reason: String,
     },
+    /// This side's stream ids are used up: drain (GOAWAY, and the owner is told).
+    IdsRunOut,
 }
 
 /// Live counters, readable from any thread (status calls).
@@ -384,12 +392,23 @@ pub struct MuxHandle {
 }
 
 impl MuxHandle {
-    /// Opens a local stream (edge: one per accepted client). `None` if the tunnel is closing.
+    /// Opens a local stream (edge: one per accepted client). `None` if the tunnel is closing,
+    /// or has used up its stream ids (it then drains, and the owner moves to a new tunnel).
     pub fn open(&self, record: OpenRecord) -> Option<StreamCtx> {
         if self.going_away.load(Ordering::Acquire) {
             return None;
         }
-        let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+        let next = self
+            .next_id
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| {
+                (id < STREAM_IDS_END).then_some(id + 2)
+            });
+        let Ok(id) = next else {
+            if !self.going_away.swap(true, Ordering::AcqRel) {
+                let _ = self.cmd.send(Cmd::IdsRunOut);
+            }
+            return None;
+        };
         let (tx, rx) = inbound::channel();
         let shared = StreamShared::new(flow::capped(self.config.stream_window, record.buffer));
         self.cmd
@@ -453,6 +472,11 @@ impl MuxHandle {
 
     pub fn is_closed(&self) -> bool {
         self.cmd.is_closed()
+    }
+
+    /// GOAWAY sent or received.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.load(Ordering::Acquire)
     }
 
     pub fn open_streams(&self) -> u64 {

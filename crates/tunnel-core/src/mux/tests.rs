@@ -6,6 +6,7 @@ use std::sync::Mutex;
 struct Collect {
     opened: Arc<Mutex<Vec<RemoteStream>>>,
     closed: Arc<Mutex<Vec<ClosedStream>>>,
+    goaways: Arc<Mutex<Vec<(u16, String)>>>,
     notify: Arc<Notify>,
 }
 
@@ -19,6 +20,10 @@ impl Handler for Collect {
     }
     fn on_closed(&mut self, c: ClosedStream) {
         self.closed.lock().unwrap().push(c);
+        self.notify.notify_one();
+    }
+    fn on_goaway(&mut self, code: u16, reason: &str) {
+        self.goaways.lock().unwrap().push((code, reason.to_string()));
         self.notify.notify_one();
     }
 }
@@ -483,4 +488,39 @@ async fn absurd_credit_from_a_peer_that_stops_reading_is_clipped_and_budgeted() 
         "the streams should have filled the budget: {total}"
     );
     assert!(!hub.is_closed());
+}
+
+/// A tunnel whose stream ids run out drains and tells its owner, instead of letting the ids
+/// wrap (which the peer refuses, closing the tunnel with every stream on it).
+#[tokio::test]
+async fn running_out_of_stream_ids_drains_the_tunnel_and_tells_its_owner() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (ce, ch) = (Collect::default(), Collect::default());
+    let (edge, fe) = start(a, cfg(Side::Edge), ce.clone());
+    let (_hub, fh) = start(b, cfg(Side::Hub), ch.clone());
+    tokio::spawn(fe);
+    tokio::spawn(fh);
+    // Two ids left before the end.
+    edge.next_id.store(STREAM_IDS_END - 4, Ordering::Relaxed);
+    let first = edge.open(record()).expect("an id is left");
+    let second = edge.open(record()).expect("the last id");
+    assert_eq!((first.id, second.id), (STREAM_IDS_END - 4, STREAM_IDS_END - 2));
+    assert!(edge.open(record()).is_none(), "no id past the end is used");
+    assert!(edge.open(record()).is_none());
+    // The owner hears it once; the peer gets GOAWAY and the open streams still work.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while ch.goaways.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ce.goaways.lock().unwrap().len(), 1);
+    assert_eq!(ce.goaways.lock().unwrap()[0].0, frame::goaway::DRAIN);
+    assert_eq!(ch.goaways.lock().unwrap().len(), 1, "the peer was told");
+    let mut remote = ch.next_open().await;
+    if remote.ctx.id != first.id {
+        remote = ch.next_open().await;
+    }
+    assert!(first.send_all(Bytes::from_static(b"still carried")).await);
+    first.fin();
+    assert_eq!(read_all(&mut remote.ctx).await.unwrap(), b"still carried");
+    assert!(edge.is_going_away());
 }

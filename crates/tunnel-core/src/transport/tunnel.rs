@@ -26,6 +26,11 @@ impl Tunnel {
         }
     }
 
+    /// The same tunnel (handles of one tunnel share its counters).
+    pub fn same(&self, other: &Tunnel) -> bool {
+        Arc::ptr_eq(self.stats(), other.stats())
+    }
+
     pub fn stats(&self) -> &Arc<MuxStats> {
         match self {
             Tunnel::Tls(m) => &m.stats,
@@ -51,6 +56,14 @@ impl Tunnel {
         match self {
             Tunnel::Tls(m) => m.close(reason),
             Tunnel::Quic(q) => q.close(reason),
+        }
+    }
+
+    /// GOAWAY sent or received: the tunnel takes no new streams or flows.
+    pub fn is_going_away(&self) -> bool {
+        match self {
+            Tunnel::Tls(m) => m.is_going_away(),
+            Tunnel::Quic(q) => q.is_going_away(),
         }
     }
 

@@ -294,6 +294,19 @@ pub fn parse_reset(p: &[u8]) -> Result<(u16, String), FrameError> {
     Ok((code, String::from_utf8_lossy(&p[2..]).into_owned()))
 }
 
+/// GOAWAY codes (the u16 after the last stream id).
+pub mod goaway {
+    /// The sender drains: a hub stopping or restarting, an edge moving to a newer tunnel. An
+    /// edge that receives it dials a new tunnel at once and moves new clients to it.
+    pub const DRAIN: u16 = 0;
+    /// The sender closes the tunnel because of an error; the reason says which.
+    pub const ERROR: u16 = 1;
+    /// From the hub: a newer tunnel authenticated with this edge's id took over. If the edge
+    /// did not open that tunnel itself, another process uses its id: it must not take the
+    /// tunnel back at once (the two would take it from each other without end).
+    pub const REPLACED: u16 = 2;
+}
+
 /// GOAWAY / AUTH_FAIL payload: last stream id u32 (0 for AUTH_FAIL), code u16, reason.
 pub fn goaway_payload(last_stream: u32, code: u16, reason: &str) -> BytesMut {
     let reason = clip_reason(reason);
