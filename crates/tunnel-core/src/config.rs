@@ -197,8 +197,20 @@ pub struct Limits {
     /// typical NAT/DNS/game keep-alive intervals, short enough that a scan's one-packet flows
     /// do not pile up). Sent to edges in CONFIG so both ends agree.
     pub udp_flow_idle_ms: u64,
-    /// UDP flows at once per edge: each costs an upstream socket at the hub.
+    /// UDP flows at once per edge, all its tunnels together: each costs an upstream socket at
+    /// the hub.
     pub max_udp_flows_per_edge: u32,
+    /// UDP flows at once per service of an edge (or its `maxConnections`, if lower): half the
+    /// edge's cap, so a flood at one service leaves room for the others.
+    pub max_udp_flows_per_service: u32,
+    /// UDP flows at once per client source — an IPv4 address or an IPv6 /64 (a /48 as a whole
+    /// gets four times as many). 1,024: many times what even a busy NAT's DNS clients hold, yet
+    /// one host spraying source ports holds 1/16 of the edge's cap at most.
+    pub max_udp_flows_per_source: u32,
+    /// A UDP flow whose target never answered is forgotten after this much silence instead of
+    /// `udpFlowIdleMs`. 10 s: longer than any answer that still helps (DNS resolvers give up
+    /// sooner), while a scan's or a flood's one-datagram flows hold their place for 10 s, not 60.
+    pub udp_unanswered_idle_ms: u64,
     /// A tunnel replaced by a newer one of the same edge drains — finishes its streams, takes
     /// no new ones — and is closed after this whatever it still carries. 60 s lets ordinary
     /// requests and downloads finish, while a tunnel nobody uses any more (a second process
@@ -220,6 +232,9 @@ impl Default for Limits {
             auth_failures_per_minute: 30,
             udp_flow_idle_ms: 60_000,
             max_udp_flows_per_edge: 16_384,
+            max_udp_flows_per_service: 8_192,
+            max_udp_flows_per_source: 1_024,
+            udp_unanswered_idle_ms: 10_000,
             drain_timeout_ms: 60_000,
         }
     }
@@ -246,6 +261,9 @@ impl Limits {
         pos("udpFlowIdleMs", self.udp_flow_idle_ms)?;
         pos("maxUdpFlowsPerEdge", self.max_udp_flows_per_edge.into())?;
         pos("drainTimeoutMs", self.drain_timeout_ms)?;
+        pos("maxUdpFlowsPerService", self.max_udp_flows_per_service.into())?;
+        pos("maxUdpFlowsPerSource", self.max_udp_flows_per_source.into())?;
+        pos("udpUnansweredIdleMs", self.udp_unanswered_idle_ms)?;
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return Err(Error::InvalidConfig(format!(
                 "limits.heartbeatTimeoutMs: {} must exceed heartbeatIntervalMs {}",

@@ -238,6 +238,12 @@ export interface ILimitsConfig {
   udpFlowIdleMs?: number;
   /** UDP flows at once per edge, all its tunnels together (default 16 384). */
   maxUdpFlowsPerEdge?: number;
+  /** UDP flows at once per service of an edge (default 8 192; a service's `maxConnections` may lower it). */
+  maxUdpFlowsPerService?: number;
+  /** UDP flows at once per client source, an IPv4 address or IPv6 /64; an IPv6 /48 gets 4× (default 1 024). */
+  maxUdpFlowsPerSource?: number;
+  /** A UDP flow its target never answered is forgotten after this much silence (default 10 000). */
+  udpUnansweredIdleMs?: number;
   /** A tunnel replaced by a newer one of the same edge drains (finishes its streams, takes no new ones) and is closed after this (default 60 000). */
   drainTimeoutMs?: number;
 }
@@ -316,6 +322,8 @@ export interface IUdpCounters {
   datagramsOut: number;
   /** Malformed, unknown-flow, over-cap and queue-full datagrams. */
   dropped: number;
+  /** Edge: new flows refused at a cap (`maxUdpFlowsPerEdge`, `…PerService`, `…PerSource`). */
+  flowsRefused?: number;
 }
 
 export interface IHubStatus {

@@ -83,6 +83,9 @@ const LIMIT_KEYS = [
   'authFailuresPerMinute',
   'udpFlowIdleMs',
   'maxUdpFlowsPerEdge',
+  'maxUdpFlowsPerService',
+  'maxUdpFlowsPerSource',
+  'udpUnansweredIdleMs',
   'drainTimeoutMs',
 ] as const;
 

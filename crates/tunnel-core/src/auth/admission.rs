@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use super::source_key;
+use super::{prefix48, source_key, PREFIX48_SHARE};
 
 /// Which listener a connection came through (counted separately for status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub struct Admission {
 struct Counts {
     /// Only sources with at least one connection: bounded by `global`.
     by_source: HashMap<IpAddr, u32>,
+    /// The same per IPv6 /48, capped at [`PREFIX48_SHARE`] times a source's share.
+    by_prefix48: HashMap<IpAddr, u32>,
     tls: usize,
     quic: usize,
 }
@@ -67,11 +69,17 @@ impl Admission {
         if full {
             return Err(Refusal::Full);
         }
-        let n = c.by_source.entry(key).or_insert(0);
-        if *n >= self.per_source {
+        let site = prefix48(ip);
+        let site_full = site.is_some_and(|p| {
+            c.by_prefix48.get(&p).copied().unwrap_or(0) >= self.per_source.saturating_mul(PREFIX48_SHARE)
+        });
+        if c.by_source.get(&key).copied().unwrap_or(0) >= self.per_source || site_full {
             return Err(Refusal::SourceFull);
         }
-        *n += 1;
+        *c.by_source.entry(key).or_insert(0) += 1;
+        if let Some(p) = site {
+            *c.by_prefix48.entry(p).or_insert(0) += 1;
+        }
         match via {
             Via::Tls => c.tls += 1,
             Via::Quic => c.quic += 1,
@@ -79,6 +87,7 @@ impl Admission {
         Ok(Admitted {
             admission: self.clone(),
             key,
+            site,
             via,
         })
     }
@@ -100,17 +109,24 @@ impl Admission {
 pub struct Admitted {
     admission: Arc<Admission>,
     key: IpAddr,
+    site: Option<IpAddr>,
     via: Via,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut c = self.admission.counts();
-        if let Some(n) = c.by_source.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                c.by_source.remove(&self.key);
+        let less = |m: &mut HashMap<IpAddr, u32>, k: IpAddr| {
+            if let Some(n) = m.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&k);
+                }
             }
+        };
+        less(&mut c.by_source, self.key);
+        if let Some(p) = self.site {
+            less(&mut c.by_prefix48, p);
         }
         match self.via {
             Via::Tls => c.tls -= 1,
@@ -147,5 +163,22 @@ mod tests {
         drop(p1);
         assert_eq!(a.pending(), (2, 4));
         assert!(a.try_admit(one, Via::Tls).is_ok());
+    }
+
+    /// An IPv6 site spread over many /64s holds at most PREFIX48_SHARE sources' shares.
+    #[test]
+    fn an_ipv6_site_holds_a_few_shares_not_one_per_64() {
+        let a = Admission::new(1000, 1000, 2);
+        let held: Vec<Admitted> = (0..50u16)
+            .flat_map(|i| {
+                let ip: IpAddr = format!("2001:db8:5:{i:x}::1").parse().unwrap();
+                [a.try_admit(ip, Via::Tls), a.try_admit(ip, Via::Tls)]
+            })
+            .filter_map(Result::ok)
+            .collect();
+        assert_eq!(held.len(), 2 * PREFIX48_SHARE as usize);
+        assert!(a.try_admit("2001:db8:6::1".parse().unwrap(), Via::Tls).is_ok());
+        drop(held);
+        assert!(a.try_admit("2001:db8:5:99::1".parse().unwrap(), Via::Tls).is_ok());
     }
 }

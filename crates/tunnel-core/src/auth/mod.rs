@@ -90,13 +90,34 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An IPv6 /48 as a whole gets this many times one source's budget (failures, pending
+/// handshakes, UDP flows): one site holds 65,536 /64s, so counting per /64 alone would give it
+/// that many budgets, while 4 keeps room for a few neighbours behind one /48.
+pub const PREFIX48_SHARE: u32 = 4;
+
+/// The IPv6 /48 an address is in (`None` for IPv4 and IPv4-mapped addresses): the coarser tier
+/// of the per-source limits, since one site's /48 holds 65,536 /64s.
+pub fn prefix48(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => None,
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[6..].fill(0);
+            Some(IpAddr::V6(o.into()))
+        }
+    }
+}
+
 /// Per-source limiter for failed attempts (wrong secret, unknown edge, a handshake that timed
 /// out or was abandoned): a token bucket per [`source_key`]. A source that spent its budget is
 /// refused before TLS, so guessing secrets or burning the hub's CPU with handshakes is slow,
 /// while a legitimate edge that fails a few times (wrong secret during a rollout) is never
 /// locked out for long.
 pub struct FailureLimiter {
-    buckets: HashMap<IpAddr, (f64, Instant)>,
+    /// Per source ([`source_key`], prefix length 0 in the key) and per IPv6 /48 (48), whose
+    /// bucket is [`PREFIX48_SHARE`] times as large and refills as much faster.
+    buckets: HashMap<(IpAddr, u8), (f64, Instant)>,
     burst: f64,
     per_sec: f64,
 }
@@ -119,29 +140,42 @@ impl FailureLimiter {
         }
     }
 
-    fn level(&self, key: &IpAddr, now: Instant) -> f64 {
+    /// The buckets an address spends from: its source's, and its /48's (IPv6).
+    fn keys(ip: IpAddr) -> impl Iterator<Item = (IpAddr, u8)> {
+        std::iter::once((source_key(ip), 0)).chain(prefix48(ip).map(|p| (p, 48)))
+    }
+
+    fn level(&self, key: &(IpAddr, u8), now: Instant) -> f64 {
+        let share = if key.1 == 48 {
+            f64::from(PREFIX48_SHARE)
+        } else {
+            1.0
+        };
+        let burst = self.burst * share;
         match self.buckets.get(key) {
-            None => self.burst,
+            None => burst,
             Some((tokens, at)) => {
-                (tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst)
+                (tokens + now.duration_since(*at).as_secs_f64() * self.per_sec * share).min(burst)
             }
         }
     }
 
-    /// May this source attempt a handshake now?
+    /// May this source attempt a handshake now? (Its own budget and its /48's both left.)
     pub fn allowed(&self, ip: &IpAddr) -> bool {
-        self.level(&source_key(*ip), Instant::now()) >= 1.0
+        let now = Instant::now();
+        Self::keys(*ip).all(|k| self.level(&k, now) >= 1.0)
     }
 
     /// Records one failed attempt.
     pub fn record_failure(&mut self, ip: IpAddr) {
-        let key = source_key(ip);
         let now = Instant::now();
-        let tokens = (self.level(&key, now) - 1.0).max(0.0);
-        if self.buckets.len() >= LIMITER_MAX_ENTRIES && !self.buckets.contains_key(&key) {
-            self.evict(now);
+        for key in Self::keys(ip) {
+            let tokens = (self.level(&key, now) - 1.0).max(0.0);
+            if self.buckets.len() >= LIMITER_MAX_ENTRIES && !self.buckets.contains_key(&key) {
+                self.evict(now);
+            }
+            self.buckets.insert(key, (tokens, now));
         }
-        self.buckets.insert(key, (tokens, now));
     }
 
     /// Makes room: idle entries first, then the oldest sixteenth (so the cost is amortised
@@ -223,6 +257,27 @@ mod tests {
         slow.record_failure(ip);
         assert!(!slow.allowed(&ip));
         assert!(slow.allowed(&"127.0.0.10".parse().unwrap()));
+    }
+
+    /// One /48 spread over many /64s: each /64 has its own budget, but the /48 as a whole
+    /// only PREFIX48_SHARE times one; another /48 is untouched.
+    #[test]
+    fn an_ipv6_site_gets_a_few_budgets_not_one_per_64() {
+        let mut l = FailureLimiter::new(2, 1);
+        let in_site = |i: u16| -> IpAddr { format!("2001:db8:7:{i:x}::1").parse().unwrap() };
+        let mut spent = 0;
+        for i in 0..100u16 {
+            let ip = in_site(i);
+            while l.allowed(&ip) {
+                l.record_failure(ip);
+                spent += 1;
+            }
+        }
+        assert_eq!(spent, 2 * PREFIX48_SHARE as usize, "the site's budget");
+        assert!(!l.allowed(&in_site(500)), "a fresh /64 of the same site");
+        assert!(l.allowed(&"2001:db8:8::1".parse().unwrap()), "another site");
+        assert_eq!(prefix48("10.0.0.1".parse().unwrap()), None);
+        assert_eq!(prefix48("::ffff:10.0.0.1".parse().unwrap()), None);
     }
 
     #[test]

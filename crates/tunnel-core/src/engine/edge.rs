@@ -461,6 +461,7 @@ impl Edge {
                 "datagramsIn": u.datagrams_in.load(Ordering::Relaxed),
                 "datagramsOut": u.datagrams_out.load(Ordering::Relaxed),
                 "dropped": u.dropped.load(Ordering::Relaxed) + dropped,
+                "flowsRefused": u.flows_refused.load(Ordering::Relaxed),
             },
         })
     }
@@ -1137,9 +1138,22 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
             Err(e) => report(*port, "tcp", &e),
         }
     }
-    let idle = Duration::from_millis(cfg["udpIdleMs"].as_u64().unwrap_or(60_000).max(1));
-    let max_flows = cfg["maxUdpFlows"].as_u64().unwrap_or(16_384) as usize;
-    for (port, e) in inner.udp.apply(bind_ip, udp_services, idle, max_flows).await {
+    // What a hub from before a cap was sent leaves out keeps the default.
+    let d = crate::engine::udp::FlowCaps::default();
+    let count = |key: &str, default: usize| cfg[key].as_u64().map_or(default, |n| n.max(1) as usize);
+    let ms = |key: &str, default: Duration| {
+        cfg[key]
+            .as_u64()
+            .map_or(default, |n| Duration::from_millis(n.max(1)))
+    };
+    let caps = crate::engine::udp::FlowCaps {
+        per_edge: count("maxUdpFlows", d.per_edge),
+        per_service: count("maxUdpFlowsPerService", d.per_service),
+        per_source: count("maxUdpFlowsPerSource", d.per_source),
+        unanswered_idle: ms("udpUnansweredIdleMs", d.unanswered_idle),
+        idle: ms("udpIdleMs", d.idle),
+    };
+    for (port, e) in inner.udp.apply(bind_ip, udp_services, caps).await {
         report(port, "udp", &e);
     }
     let bound: Vec<u16> = lock(&inner.listeners).keys().copied().collect();

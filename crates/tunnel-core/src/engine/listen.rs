@@ -342,103 +342,110 @@ pub async fn tls_accept_loop<A: Authenticator>(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let gate = a.gate();
-            let deadline = tokio::time::Instant::now() + gate.limits.handshake_timeout();
-            let handshakes = gate.handshakes.clone();
-            let slot = tokio::time::timeout_at(deadline, async {
-                // A client holds no handshake slot until its whole first TLS record (the
-                // ClientHello) has arrived: silent clients and clients that dribble a few bytes
-                // and stall wait here, costing only a socket, while real peers go ahead.
-                first_record_arrived(&tcp).await?;
-                handshakes.acquire_owned().await.ok()
-            })
-            .await;
-            let Ok(Some(slot)) = slot else {
-                // Silent, or gone, until the deadline: an abandoned attempt. Not worth an event
-                // per connection, but it counts against the source.
-                gate.failed_attempt(ip, "abandoned");
-                return;
-            };
-            let hs = tokio::time::timeout_at(deadline, tls_handshake(&a, &tls, tcp, peer)).await;
-            drop(slot);
-            let result = hs
-                .unwrap_or_else(|_| Err(Error::Timeout("peer did not finish the handshake in time".into())));
+            let result = tls_connection(&a, &tls, tcp, peer, ip).await;
             match result {
-                Ok(Some((tls, who))) => {
+                Some(Ok(Some((tls, who)))) => {
                     drop(admitted);
                     a.gate().count_authenticated(false);
                     a.serve_tls(tls, who, peer).await
                 }
-                // Refused by authenticate(), which counted it.
-                Ok(None) => {}
-                Err(e) => a.gate().attempt_failed(peer, &e),
+                // Refused by authenticate() (which counted it), or abandoned (counted).
+                Some(Ok(None)) | None => {}
+                Some(Err(e)) => a.gate().attempt_failed(peer, &e),
             }
         });
     }
 }
 
-/// Largest TLS record (2^14 + 2048 for ciphertext expansion) plus its 5-byte header.
-const MAX_TLS_RECORD: usize = 5 + 16384 + 2048;
-/// How often a partially received first record is looked at again. Readiness stays set while
-/// unread bytes wait, so this is a poll; 20 ms keeps it cheap and adds at most that to a
-/// handshake whose ClientHello arrived in pieces.
-const FIRST_RECORD_POLL: Duration = Duration::from_millis(20);
+/// A peer that finished the TLS or QUIC handshake must prove itself within this: the exchange
+/// is one round trip and an HMAC, so 2 s covers a slow link's round trip and a lost packet's
+/// retransmission, while a peer that stalls after the handshake (the part that costs CPU)
+/// holds its place for 2 s, not the whole handshake deadline.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Waits until the first TLS record is complete in the socket's receive queue (peeked, not
-/// consumed). `None` if the client closed or sent something that is not a TLS record.
-async fn first_record_arrived(tcp: &TcpStream) -> Option<()> {
-    let mut buf = vec![0u8; MAX_TLS_RECORD];
-    loop {
-        tcp.readable().await.ok()?;
-        let n = tcp.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if n >= 5 {
-            // 0x16 = handshake record; anything else is not a TLS client.
-            if buf[0] != 0x16 {
-                return Some(()); // let TLS reject it with a proper alert and reason
-            }
-            let len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-            if n >= 5 + len || 5 + len > MAX_TLS_RECORD {
-                return Some(());
-            }
-        }
-        tokio::time::sleep(FIRST_RECORD_POLL).await;
-    }
-}
-
-async fn tls_handshake<A: Authenticator>(
+/// One TLS connection until it authenticated (or failed): its ClientHello, read as it arrives
+/// into the TLS library's own buffer, with nothing but the socket and that buffer spent on it;
+/// then, holding one of the few handshake slots, the TLS handshake; then, with the slot given
+/// back, authentication within [`AUTH_DEADLINE`]. `None`: abandoned (silent, gone, or stalled
+/// before its ClientHello was whole), already counted.
+async fn tls_connection<A: Authenticator>(
     a: &Arc<A>,
-    tls_config: &Arc<rustls::ServerConfig>,
+    tls: &Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<Option<(ServerTls, A::Peer)>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config.clone());
-    let mut tls = match acceptor.accept(tcp).await {
-        Ok(t) => t,
-        Err(e) => {
+    ip: std::net::IpAddr,
+) -> Option<Result<Option<(ServerTls, A::Peer)>>> {
+    let gate = a.gate();
+    let deadline = tokio::time::Instant::now() + gate.limits.handshake_timeout();
+    let hello = tokio::time::timeout_at(
+        deadline,
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp),
+    )
+    .await;
+    let start = match hello {
+        Ok(Ok(start)) => start,
+        // Something that is not a TLS ClientHello: refused with an alert, and said why.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Some(Err(Error::Tls(format!("not a TLS client: {e}"))));
+        }
+        // Silent, gone, or dribbling until the deadline: an abandoned attempt. Not worth an
+        // event per connection, but it counts against the source.
+        _ => {
+            gate.failed_attempt(ip, "abandoned");
+            return None;
+        }
+    };
+    let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, gate.handshakes.clone().acquire_owned()).await
+    else {
+        gate.failed_attempt(ip, "abandoned");
+        return None;
+    };
+    let handshake = tokio::time::timeout_at(deadline, start.into_stream(tls.clone())).await;
+    drop(slot);
+    let mut tls = match handshake {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             let msg = e.to_string();
             let reason = if msg.contains("BadCertificate") || msg.contains("alert") {
                 format!("the peer rejected our certificate or TLS parameters ({msg}); a wrong pinned fingerprint looks like this")
             } else {
                 format!("TLS handshake failed: {msg}")
             };
-            return Err(Error::Tls(reason));
+            return Some(Err(Error::Tls(reason)));
+        }
+        Err(_) => {
+            return Some(Err(Error::Timeout(
+                "peer did not finish the handshake in time".into(),
+            )))
         }
     };
+    let auth_deadline = deadline.min(tokio::time::Instant::now() + AUTH_DEADLINE);
+    let authenticated = tokio::time::timeout_at(auth_deadline, authenticate_tls(a, &mut tls, peer)).await;
+    Some(match authenticated {
+        Ok(Ok(Some(who))) => Ok(Some((tls, who))),
+        Ok(Ok(None)) => {
+            let _ = tls.shutdown().await;
+            Ok(None)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Timeout(
+            "peer did not authenticate in time after the TLS handshake".into(),
+        )),
+    })
+}
+
+/// The authentication exchange on an established TLS session, with its channel binding.
+async fn authenticate_tls<A: Authenticator>(
+    a: &Arc<A>,
+    tls: &mut ServerTls,
+    peer: SocketAddr,
+) -> Result<Option<A::Peer>> {
     let binding = tls
         .get_ref()
         .1
         .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
         .map_err(|e| Error::Tls(format!("exporter: {e}")))?;
-    match a.authenticate(&mut tls, &binding, peer).await? {
-        Some(who) => Ok(Some((tls, who))),
-        None => {
-            let _ = tls.shutdown().await;
-            Ok(None)
-        }
-    }
+    a.authenticate(tls, &binding, peer).await
 }
 
 /// quinn runs its endpoint state machine (the first Initial's frames included) under the
@@ -527,6 +534,8 @@ async fn quic_handshake<A: Authenticator>(
     let conn = connecting
         .await
         .map_err(|e| Error::Tls(format!("QUIC handshake failed: {e}")))?;
+    // From here the peer has [`AUTH_DEADLINE`] to open the control stream and prove itself.
+    let auth_deadline = tokio::time::Instant::now() + AUTH_DEADLINE;
     let discard_datagrams = async {
         while conn.read_datagram().await.is_ok() {}
         std::future::pending::<()>().await
@@ -563,7 +572,9 @@ async fn quic_handshake<A: Authenticator>(
         }
     };
     let authenticated = tokio::select! {
-        r = exchange => r?,
+        r = tokio::time::timeout_at(auth_deadline, exchange) => r.map_err(|_| {
+            Error::Timeout("peer did not authenticate in time after the QUIC handshake".into())
+        })??,
         () = discard_datagrams => unreachable!("discard_datagrams never completes"),
     };
     Ok(authenticated.map(|(control, who)| (conn, control, who)))

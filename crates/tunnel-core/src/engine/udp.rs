@@ -165,6 +165,8 @@ pub struct UdpStats {
     pub datagrams_out: AtomicU64,
     /// Malformed datagrams, unknown flow ids, full queues, flow cap reached.
     pub dropped: AtomicU64,
+    /// New flows refused at a cap (the edge's, a service's, a source's).
+    pub flows_refused: AtomicU64,
     /// Runs of datagrams sent with one GSO call each (not in status; tests read it).
     pub gso_sends: AtomicU64,
 }
@@ -173,13 +175,57 @@ pub struct UdpStats {
 
 struct EdgeFlow {
     port: u16,
+    /// Where its datagrams come from and replies go: the client, or a trusted previous hop.
     client: SocketAddr,
+    /// The first client a trusted hop's PROXY header named (part of the flow's key: a hop
+    /// sends many clients' datagrams from one socket).
+    named: Option<SocketAddr>,
+    /// Whom the flow counts against (`maxUdpFlowsPerSource`): the named client, or the sender.
+    source: IpAddr,
     last: Instant,
+    /// A reply came back for it: until then it is forgotten after `udpUnansweredIdleMs`.
+    answered: bool,
     /// The flow's place in its service's `maxConnections` (dropped with the flow).
     admitted: Option<Admitted>,
     /// The service's idle timeout, or the edge-wide one.
     idle: Duration,
 }
+
+/// A flow's key: the public port, the sender, and the first client a trusted hop named.
+type FlowKey = (u16, SocketAddr, Option<SocketAddr>);
+
+/// The edge's caps on UDP flows, from the hub's CONFIG (defaults for a hub that sends none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowCaps {
+    /// All flows of the edge (`maxUdpFlowsPerEdge`).
+    pub per_edge: usize,
+    /// Flows of one service (`maxUdpFlowsPerService`): a flood at one service leaves room for
+    /// the others.
+    pub per_service: usize,
+    /// Flows of one source (`maxUdpFlowsPerSource`): an IPv4 address or an IPv6 /64; an IPv6
+    /// /48 as a whole gets [`PREFIX48_SHARE`] times as many.
+    pub per_source: usize,
+    /// A flow the target never answered is forgotten after this (`udpUnansweredIdleMs`).
+    pub unanswered_idle: Duration,
+    /// Any other flow after this (`udpFlowIdleMs`).
+    pub idle: Duration,
+}
+
+impl Default for FlowCaps {
+    fn default() -> Self {
+        let l = crate::config::Limits::default();
+        FlowCaps {
+            per_edge: l.max_udp_flows_per_edge as usize,
+            per_service: l.max_udp_flows_per_service as usize,
+            per_source: l.max_udp_flows_per_source as usize,
+            unanswered_idle: Duration::from_millis(l.udp_unanswered_idle_ms),
+            idle: Duration::from_millis(l.udp_flow_idle_ms),
+        }
+    }
+}
+
+/// An IPv6 /48 may hold this many times one source's flows (see [`crate::auth::PREFIX48_SHARE`]).
+const PREFIX48_SHARE: usize = crate::auth::PREFIX48_SHARE as usize;
 
 /// A bound public port: socket, its task, the address asked for (a service whose bind address
 /// changes is bound anew), and the replies waiting to leave it.
@@ -232,10 +278,79 @@ struct EdgeState {
     /// Per port, its service: the number FLOW_OPEN records carry (0 = route by port), and the
     /// previous hops whose datagrams carry a PROXY v2 header naming the first client (chains).
     services: BTreeMap<u16, Arc<Service>>,
-    by_client: HashMap<(u16, SocketAddr), u32>,
+    by_client: HashMap<FlowKey, u32>,
     flows: HashMap<u32, EdgeFlow>,
+    /// Live flows per source (IPv4 address, IPv6 /64), per IPv6 /48 and per port (service).
+    per_source: HashMap<IpAddr, usize>,
+    per_prefix48: HashMap<IpAddr, usize>,
+    per_port: HashMap<u16, usize>,
+    /// A trusted hop's latest flow per port: where its datagrams without a PROXY header go.
+    hop_flows: HashMap<(u16, SocketAddr), u32>,
     next_flow: u32,
     tunnel: Option<Arc<dyn FlowTunnel>>,
+}
+
+/// How many of `k`.
+fn count<K: std::hash::Hash + Eq>(m: &HashMap<K, usize>, k: K) -> usize {
+    m.get(&k).copied().unwrap_or(0)
+}
+
+/// One less of `k`; a count that reaches 0 leaves the map (so it holds live keys only).
+fn decrement<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K) {
+    if let Some(n) = m.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(&k);
+        }
+    }
+}
+
+impl EdgeState {
+    /// Forgets every flow (and what counts them).
+    fn clear_flows(&mut self) {
+        self.flows.clear();
+        self.by_client.clear();
+        self.per_source.clear();
+        self.per_prefix48.clear();
+        self.per_port.clear();
+        self.hop_flows.clear();
+    }
+
+    /// Removes one flow and its place in every count.
+    fn remove_flow(&mut self, id: u32) -> Option<EdgeFlow> {
+        let f = self.flows.remove(&id)?;
+        self.by_client.remove(&(f.port, f.client, f.named));
+        if self.hop_flows.get(&(f.port, f.client)) == Some(&id) {
+            self.hop_flows.remove(&(f.port, f.client));
+        }
+        decrement(&mut self.per_source, crate::auth::source_key(f.source));
+        if let Some(p) = crate::auth::prefix48(f.source) {
+            decrement(&mut self.per_prefix48, p);
+        }
+        decrement(&mut self.per_port, f.port);
+        Some(f)
+    }
+
+    /// Whether a new flow from `source` on `port` fits every cap.
+    fn fits(&self, caps: &FlowCaps, port: u16, source: IpAddr) -> bool {
+        self.flows.len() < caps.per_edge
+            && count(&self.per_port, port) < caps.per_service
+            && count(&self.per_source, crate::auth::source_key(source)) < caps.per_source
+            && crate::auth::prefix48(source)
+                .is_none_or(|p| count(&self.per_prefix48, p) < caps.per_source.saturating_mul(PREFIX48_SHARE))
+    }
+
+    /// Counts a new flow.
+    fn count_flow(&mut self, port: u16, source: IpAddr) {
+        *self
+            .per_source
+            .entry(crate::auth::source_key(source))
+            .or_default() += 1;
+        if let Some(p) = crate::auth::prefix48(source) {
+            *self.per_prefix48.entry(p).or_default() += 1;
+        }
+        *self.per_port.entry(port).or_default() += 1;
+    }
 }
 
 /// The edge's UDP side: bound ports and their client flows.
@@ -244,10 +359,10 @@ pub struct EdgeUdp {
     events: EventSink,
     pub stats: Arc<UdpStats>,
     idle: Mutex<Duration>,
-    /// The shortest idle timeout of any flow (the edge-wide one or a service's): what the
-    /// sweeper's pace follows.
+    /// The shortest idle timeout of any flow (the edge-wide one, a service's, the unanswered
+    /// one): what the sweeper's pace follows.
     sweep_idle: Mutex<Duration>,
-    max_flows: Mutex<usize>,
+    caps: Mutex<FlowCaps>,
     sweeper: Mutex<Option<AbortOnDrop<()>>>,
 }
 
@@ -259,7 +374,7 @@ impl EdgeUdp {
             stats: Arc::new(UdpStats::default()),
             idle: Mutex::new(Duration::from_secs(60)),
             sweep_idle: Mutex::new(Duration::from_secs(60)),
-            max_flows: Mutex::new(16_384),
+            caps: Mutex::new(FlowCaps::default()),
             sweeper: Mutex::new(None),
         })
     }
@@ -269,8 +384,7 @@ impl EdgeUdp {
     /// new one: the next datagram of each client opens a new flow there.
     pub fn set_tunnel(&self, t: Option<Arc<dyn FlowTunnel>>) {
         let mut st = lock(&self.state);
-        st.flows.clear();
-        st.by_client.clear();
+        st.clear_flows();
         self.stats.flows.store(0, Ordering::Relaxed);
         st.tunnel = t;
     }
@@ -294,8 +408,7 @@ impl EdgeUdp {
         self: &Arc<Self>,
         bind_ip: Option<IpAddr>,
         services: BTreeMap<u16, Arc<Service>>,
-        idle: Duration,
-        max_flows: usize,
+        caps: FlowCaps,
     ) -> Vec<(u16, Error)> {
         let wanted: BTreeMap<u16, Option<IpAddr>> =
             services.iter().map(|(p, s)| (*p, s.bind.or(bind_ip))).collect();
@@ -303,11 +416,11 @@ impl EdgeUdp {
         let shortest = services
             .values()
             .filter_map(|s| s.idle_timeout)
-            .fold(idle, Duration::min);
-        *lock(&self.idle) = idle;
+            .fold(caps.idle.min(caps.unanswered_idle), Duration::min);
+        *lock(&self.idle) = caps.idle;
         *lock(&self.sweep_idle) = shortest;
         lock(&self.state).services = services;
-        *lock(&self.max_flows) = max_flows;
+        *lock(&self.caps) = caps;
         {
             let mut sw = lock(&self.sweeper);
             if sw.is_none() {
@@ -350,8 +463,7 @@ impl EdgeUdp {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in gone {
-                    if let Some(f) = st.flows.remove(&id) {
-                        st.by_client.remove(&(f.port, f.client));
+                    if st.remove_flow(id).is_some() {
                         if let Some(t) = &st.tunnel {
                             t.flow_close(id);
                         }
@@ -403,8 +515,7 @@ impl EdgeUdp {
     pub fn close_all(&self) {
         let mut st = lock(&self.state);
         st.ports.clear();
-        st.flows.clear();
-        st.by_client.clear();
+        st.clear_flows();
         self.stats.flows.store(0, Ordering::Relaxed);
         *lock(&self.sweeper) = None;
     }
@@ -549,7 +660,14 @@ impl EdgeUdp {
                 start = h.len;
             }
         }
-        let flow = match st.by_client.get(&(port, client)) {
+        // A trusted hop's flows are its clients' (it may send many over one socket); its
+        // datagrams without a header belong to its latest flow on the port.
+        let key = (port, client, named.map(|(first, _)| first));
+        let existing = match (trusted, named) {
+            (true, None) => st.hop_flows.get(&(port, client)),
+            _ => st.by_client.get(&key),
+        };
+        let flow = match existing {
             Some(&id) => {
                 if let Some(f) = st.flows.get_mut(&id) {
                     f.last = now;
@@ -557,9 +675,17 @@ impl EdgeUdp {
                 id
             }
             None => {
-                if st.flows.len() >= *lock(&self.max_flows) || (trusted && named.is_none()) {
-                    // Over the flow cap, or a trusted hop's new flow without its header.
+                if trusted && named.is_none() {
+                    // A trusted hop's new flow without its header.
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                let source = named.map_or(client, |(first, _)| first).ip();
+                if !st.fits(&lock(&self.caps), port, source) {
+                    // Over a cap (the edge's, the service's, the source's): dropped, and
+                    // counted apart so status shows why.
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.flows_refused.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
                 // The service's maxConnections counts its flows (refused ones are counted and
@@ -595,16 +721,23 @@ impl EdgeUdp {
                     EdgeFlow {
                         port,
                         client,
+                        named: key.2,
+                        source,
                         last: now,
+                        answered: false,
                         admitted,
                         idle,
                     },
                 );
-                st.by_client.insert((port, client), id);
+                st.by_client.insert(key, id);
+                st.count_flow(port, source);
                 self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
                 id
             }
         };
+        if trusted && named.is_some() {
+            st.hop_flows.insert((port, client), flow);
+        }
         // A header sent alone (a hop in separateDatagram mode) only opened the flow.
         (start < payload.len() || named.is_none()).then_some((flow, start))
     }
@@ -619,6 +752,7 @@ impl EdgeUdp {
             return;
         };
         f.last = Instant::now();
+        f.answered = true;
         let client = f.client;
         let Some(p) = st.ports.get_mut(&f.port) else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -641,24 +775,29 @@ impl EdgeUdp {
     /// The hub ended a flow (its upstream failed or it expired there).
     pub fn closed_by_hub(&self, flow: u32) {
         let mut st = lock(&self.state);
-        if let Some(f) = st.flows.remove(&flow) {
-            st.by_client.remove(&(f.port, f.client));
-        }
+        st.remove_flow(flow);
         self.stats.flows.store(st.flows.len() as u64, Ordering::Relaxed);
     }
 
     fn sweep(&self) {
+        let unanswered = lock(&self.caps).unanswered_idle;
         let mut st = lock(&self.state);
         let now = Instant::now();
         let expired: Vec<u32> = st
             .flows
             .iter()
-            .filter(|(_, f)| now.duration_since(f.last) >= f.idle)
+            .filter(|(_, f)| {
+                let idle = if f.answered {
+                    f.idle
+                } else {
+                    f.idle.min(unanswered)
+                };
+                now.duration_since(f.last) >= idle
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            if let Some(f) = st.flows.remove(id) {
-                st.by_client.remove(&(f.port, f.client));
+            if let Some(f) = st.remove_flow(*id) {
                 if let Some(a) = &f.admitted {
                     a.idle_closed();
                 }
@@ -806,6 +945,18 @@ fn count_sent(stats: &UdpStats, sent: &udp_io::Sent) {
     }
 }
 
+thread_local! {
+    /// Where hub flows receive their upstream's replies: one buffer per worker thread (the
+    /// largest datagram, headroom included), borrowed only between a readiness event and the
+    /// copy into the tunnel's buffer, never across an await.
+    static RECV_BUF: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM]);
+}
+
+/// Replies one flow's task takes from its socket before it lets the other tasks of its worker
+/// run: a target answering a burst does not hold the thread.
+const REPLIES_PER_TURN: usize = 64;
+
 /// Datagrams that arrive for a flow whose FLOW_OPEN has not been processed yet: over QUIC a
 /// datagram can overtake the reliable control stream, and dropping a flow's first datagram
 /// (a DNS query, an iperf3 hello) would stall it. Bounded in count and age.
@@ -942,9 +1093,6 @@ impl HubFlows {
                     gso: me.gso,
                 });
             }
-            // Received after the tunnel's headroom, so the datagram is copied once, headroom and
-            // all, into the buffer the tunnel sends.
-            let mut buf = vec![0u8; DATAGRAM_HEADER + MAX_DATAGRAM];
             // The datagrams that waited for the socket go first.
             let mut queued = true;
             loop {
@@ -953,13 +1101,9 @@ impl HubFlows {
                 }
                 queued = tokio::select! {
                     _ = wake.notified() => true,
-                    r = sock.recv(&mut buf[DATAGRAM_HEADER..]) => {
-                        // An error is ICMP port unreachable from a target that is not (yet)
-                        // listening: the flow stays; the client may retry, as with plain UDP.
-                        // (Each ICMP error is reported once, so this cannot spin.)
-                        if let Ok(n) = r {
-                            me.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                            tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
+                    r = sock.readable() => {
+                        if r.is_ok() {
+                            me.replies(&sock, flow, &*tunnel);
                         }
                         false
                     }
@@ -969,6 +1113,29 @@ impl HubFlows {
         if let Some(f) = lock(&self.flows).get_mut(&flow) {
             f._task = Some(AbortOnDrop(task));
         }
+    }
+
+    /// The replies waiting on a flow's upstream socket, into the tunnel (up to
+    /// [`REPLIES_PER_TURN`], then the task yields). Received into this worker thread's buffer,
+    /// not one of the flow's own: a flow holds no receive buffer while it waits, which is most
+    /// of its life (a 64 KiB one each was ~2/3 of what a live flow cost the hub).
+    fn replies(&self, sock: &UdpSocket, flow: u32, tunnel: &dyn FlowTunnel) {
+        RECV_BUF.with_borrow_mut(|buf| {
+            for _ in 0..REPLIES_PER_TURN {
+                // Received after the tunnel's headroom, so the datagram is copied once, headroom
+                // and all, into the buffer the tunnel sends.
+                match sock.try_recv(&mut buf[DATAGRAM_HEADER..]) {
+                    Ok(n) => {
+                        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                        tunnel.datagram(flow, BytesMut::from(&buf[..DATAGRAM_HEADER + n]));
+                    }
+                    // Drained (readiness is cleared), or ICMP port unreachable from a target that
+                    // is not (yet) listening: the flow stays; the client may retry, as with
+                    // plain UDP. (Each ICMP error is reported once, so this cannot spin.)
+                    Err(_) => return,
+                }
+            }
+        });
     }
 
     /// A datagram from the client side for `flow`: queued for the flow's task, which sends
@@ -1105,6 +1272,7 @@ async fn connect_upstream(route: &PortSpec) -> Result<UdpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// Records what a hub flow sends back towards the edge (nothing, here).
     struct NoTunnel;
@@ -1113,6 +1281,178 @@ mod tests {
         fn flow_open(&self, _flow: u32, _record: &OpenRecord) {}
         fn datagram(&self, _flow: u32, _framed: BytesMut) {}
         fn flow_close(&self, _flow: u32) {}
+    }
+
+    /// Records the flows an edge opens and what they carry (the tunnel side of the edge).
+    #[derive(Default)]
+    struct Opened {
+        records: Mutex<Vec<(u32, OpenRecord)>>,
+        datagrams: Mutex<Vec<(u32, Vec<u8>)>>,
+    }
+
+    impl FlowTunnel for Opened {
+        fn flow_open(&self, flow: u32, record: &OpenRecord) {
+            lock(&self.records).push((flow, record.clone()));
+        }
+        fn datagram(&self, flow: u32, framed: BytesMut) {
+            lock(&self.datagrams).push((flow, framed[DATAGRAM_HEADER..].to_vec()));
+        }
+        fn flow_close(&self, _flow: u32) {}
+    }
+
+    /// An edge's UDP side serving `services` (port → service JSON) with `caps`, and the tunnel
+    /// that records what it opens.
+    async fn edge_udp(services: &[Value], caps: FlowCaps) -> (Arc<EdgeUdp>, Arc<Opened>, Vec<u16>) {
+        let udp = EdgeUdp::new(crate::events::null_sink());
+        let opened = Arc::new(Opened::default());
+        udp.set_tunnel(Some(opened.clone()));
+        let mut map = BTreeMap::new();
+        let mut ports = Vec::new();
+        for v in services {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut v = v.clone();
+            v["port"] = json!(port);
+            let s = Service::from_config(&v, Some("127.0.0.1".parse().unwrap())).unwrap();
+            map.insert(port, Arc::new(s));
+            ports.push(port);
+        }
+        assert!(udp.apply(None, map, caps).await.is_empty(), "ports bind");
+        (udp, opened, ports)
+    }
+
+    fn caps(per_edge: usize, per_service: usize, per_source: usize) -> FlowCaps {
+        FlowCaps {
+            per_edge,
+            per_service,
+            per_source,
+            ..FlowCaps::default()
+        }
+    }
+
+    /// Sends one datagram from a new socket on `from` to `port` (a client with its own source
+    /// port).
+    async fn one_datagram(from: &str, port: u16, payload: &[u8]) -> UdpSocket {
+        let c = UdpSocket::bind((from, 0)).await.unwrap();
+        c.send_to(payload, ("127.0.0.1", port)).await.unwrap();
+        c
+    }
+
+    async fn until_opened(opened: &Opened, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&opened.records).len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} flows opened",
+                lock(&opened.records).len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// One host spraying source ports gets its source's share of flows; another host, and
+    /// another service, still get theirs; a service's cap leaves room for the others.
+    #[tokio::test]
+    async fn flows_are_capped_per_source_and_per_service() {
+        let a = json!({ "sid": 1, "id": "udp/a" });
+        let b = json!({ "sid": 2, "id": "udp/b" });
+        let (udp, opened, ports) = edge_udp(&[a, b], caps(100, 12, 8)).await;
+        let mut keep = Vec::new();
+        for _ in 0..20 {
+            keep.push(one_datagram("127.0.0.1", ports[0], b"spray").await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(lock(&opened.records).len(), 8, "one source's share");
+        assert_eq!(udp.stats.flows_refused.load(Ordering::Relaxed), 12);
+        // Other hosts fill service a up to its cap…
+        for host in 2..=6 {
+            keep.push(one_datagram(&format!("127.0.0.{host}"), ports[0], b"other host").await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(lock(&opened.records).len(), 12, "service a's cap");
+        // …and service b still takes new clients.
+        keep.push(one_datagram("127.0.0.7", ports[1], b"service b").await);
+        until_opened(&opened, 13).await;
+        assert_eq!(lock(&opened.records)[12].1.listen_port, ports[1]);
+        // A flow that ends gives its place back.
+        let first = lock(&opened.records)[0].0;
+        udp.closed_by_hub(first);
+        keep.push(one_datagram("127.0.0.1", ports[0], b"again").await);
+        until_opened(&opened, 14).await;
+    }
+
+    /// Behind a trusted hop (dnsdist, haproxy, a previous hub) many clients share the hop's
+    /// socket: each client its PROXY header names is a flow of its own, counted against that
+    /// client, and the hop's datagrams without a header go to its latest flow.
+    #[tokio::test]
+    async fn a_trusted_hops_clients_are_flows_of_their_own() {
+        let svc = json!({ "sid": 1, "id": "udp/dns", "trustProxyFrom": ["127.0.0.0/8"] });
+        let (udp, opened, ports) = edge_udp(&[svc], caps(100, 100, 1)).await;
+        let hop = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let client = |i: u8| SocketAddr::from(([198, 51, 100, i], 5300 + u16::from(i)));
+        for i in 1..=3u8 {
+            let mut d = proxy_protocol::v2(client(i), local, Transport::Datagram);
+            d.extend_from_slice(&[i]);
+            hop.send_to(&d, local).await.unwrap();
+        }
+        until_opened(&opened, 3).await;
+        let named: Vec<SocketAddr> = lock(&opened.records).iter().map(|(_, r)| r.client).collect();
+        assert_eq!(
+            named,
+            vec![client(1), client(2), client(3)],
+            "one flow per named client"
+        );
+        // Client 2 again (with its header): its own flow, not a new one, and not the first.
+        let mut d = proxy_protocol::v2(client(2), local, Transport::Datagram);
+        d.extend_from_slice(b"two again");
+        hop.send_to(&d, local).await.unwrap();
+        // No header: the hop's latest flow (client 2's now).
+        hop.send_to(b"no header", local).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&opened.datagrams).len() < 5 {
+            assert!(
+                Instant::now() < deadline,
+                "datagrams: {:?}",
+                lock(&opened.datagrams)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let flows: Vec<u32> = lock(&opened.records).iter().map(|(f, _)| *f).collect();
+        let got = lock(&opened.datagrams).clone();
+        assert_eq!(got[3], (flows[1], b"two again".to_vec()));
+        assert_eq!(got[4], (flows[1], b"no header".to_vec()));
+        assert_eq!(lock(&opened.records).len(), 3);
+        // Per-source caps count the named clients (1 each here), not the hop.
+        assert_eq!(udp.stats.flows_refused.load(Ordering::Relaxed), 0);
+    }
+
+    /// A flow whose target never answered goes after `unanswered_idle`; an answered one stays
+    /// for the full idle time.
+    #[tokio::test]
+    async fn unanswered_flows_are_forgotten_sooner() {
+        let svc = json!({ "sid": 1, "id": "udp/x" });
+        let caps = FlowCaps {
+            unanswered_idle: Duration::from_millis(200),
+            idle: Duration::from_secs(30),
+            ..FlowCaps::default()
+        };
+        let (udp, opened, ports) = edge_udp(&[svc], caps).await;
+        let _quiet = one_datagram("127.0.0.1", ports[0], b"anyone?").await;
+        let _answered = one_datagram("127.0.0.2", ports[0], b"hello").await;
+        until_opened(&opened, 2).await;
+        let answered = lock(&opened.records)[1].0;
+        udp.to_client(answered, Bytes::from_static(b"hi"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            udp.stats.flows.load(Ordering::Relaxed),
+            1,
+            "the unanswered flow is gone, the answered one stays"
+        );
+        assert!(lock(&udp.state).flows.contains_key(&answered));
     }
 
     /// The outbox's protocol: bounds, a wake when it stops being empty, "send now" only at
