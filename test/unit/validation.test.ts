@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { TunnelError, diffAllowedEdges, validateAllowedEdges, validateLimits, validatePerformance } from '../../packages/core/src/index.js';
+import { TunnelError, diffAllowedEdges, parseJsonText, validateAllowedEdges, validateLimits, validatePerformance } from '../../packages/core/src/index.js';
 
 const SECRET = 's3cret-s3cret-s3cret';
 const opts = { targetHost: '127.0.0.1' };
@@ -303,5 +303,60 @@ describe('validateAllowedEdges: firewall ids', () => {
     for (const bad of ['web.conns', 'x'.repeat(33), '']) {
       expect(rejection(edge(bad)).message).toContain('firewallConfig.rateLimits[0].id');
     }
+  });
+});
+
+describe('parseJsonText: a syntax error is reported by position, never by quoting the text', () => {
+  function failure(text: string): string {
+    try {
+      parseJsonText(text, '--allowed-edges edges.json');
+    } catch (error) {
+      expect(error).toBeInstanceOf(TunnelError);
+      expect((error as TunnelError).code).toBe('ERR_INVALID_CONFIG');
+      expect((error as Error).cause).toBeUndefined();
+      return (error as Error).message;
+    }
+    throw new Error('expected a parse error');
+  }
+
+  it('names line and column and leaves a secret next to the error out', () => {
+    const secretValue = 'hunter2-hunter2-hunter2-do-not-print';
+    const text = `[\n  { "id": "edge-1",\n    "secret": ${secretValue} }\n]`;
+    const message = failure(text);
+    expect(message).toBe('--allowed-edges edges.json is not valid JSON: InvalidSymbol at line 3, column 15');
+    expect(message).not.toContain('hunter2');
+  });
+
+  it('reports a missing bracket at the end, a trailing comma and empty input', () => {
+    expect(failure('[{')).toMatch(/at line 1, column 3$/);
+    expect(failure('[1,]')).toMatch(/ValueExpected at line 1, column 4$/);
+    expect(failure('  \n')).toMatch(/is not valid JSON: it is empty$/);
+  });
+
+  // Seeded mutations of a valid file: whatever JSON.parse refuses gets a position, and the
+  // message never carries more of the input than the source's name.
+  it('gives every refused mutation a position and quotes none of it', () => {
+    const valid = JSON.stringify([{ id: 'edge-1', secret: 'zq-Secret-Value-1234', listenPorts: [443, 8443] }], null, 2);
+    let seed = 20241207;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed % n;
+    };
+    let refused = 0;
+    for (let i = 0; i < 500; i += 1) {
+      const at = next(valid.length);
+      const junk = '{}[],:"x\\ 1'.charAt(next(11));
+      const mutated = next(2) === 0 ? valid.slice(0, at) + junk + valid.slice(at) : valid.slice(0, at) + valid.slice(at + 1);
+      try {
+        JSON.parse(mutated);
+        continue;
+      } catch {
+        refused += 1;
+      }
+      const message = failure(mutated);
+      expect(message).toMatch(/ at line \d+, column \d+$|: it is empty$/);
+      expect(message).not.toContain('Secret-Value');
+    }
+    expect(refused).toBeGreaterThan(300);
   });
 });

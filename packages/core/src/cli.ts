@@ -181,12 +181,12 @@ export async function runProgram(program: IProgram, argv: string[], env: TEnv = 
 function reportFatal(name: string, error: unknown): void {
   const message = error instanceof Error ? error.message : String(error);
   if (isTunnelError(error) && USAGE_CODES.has(error.code)) {
-    process.stderr.write(`${name}: error: ${message}\nRun "${name} --help" for usage.\n`);
+    process.stderr.write(`${name}: error: ${escapeControls(message, true)}\nRun "${name} --help" for usage.\n`);
     process.exitCode = EXIT_USAGE;
     return;
   }
   const code = isTunnelError(error) ? ` [${error.code}]` : '';
-  process.stderr.write(`${name}: fatal${code}: ${message}\n`);
+  process.stderr.write(`${name}: fatal${code}: ${escapeControls(message, true)}\n`);
   process.exitCode = EXIT_RUNTIME_FAILURE;
 }
 
@@ -226,7 +226,7 @@ export type TLogLevel = 'debug' | 'info' | 'warn' | 'error';
 const LOG_LEVELS: readonly TLogLevel[] = ['debug', 'info', 'warn', 'error'];
 const LOG_FORMATS: readonly TLogFormat[] = ['text', 'json'];
 /** Events that report something going wrong print at `warn`; every other event at `info`. */
-const WARN_EVENTS = new Set(['authFailed', 'edgeDialFailed', 'streamFailed', 'portBindFailed', 'firewallConfigRejected', 'firewallUnavailable', 'eventsDropped', 'crashRecovered', 'serviceLimitReached', 'udpFlowFailed']);
+const WARN_EVENTS = new Set(['authFailed', 'tunnelReplaced', 'edgeDialFailed', 'streamFailed', 'portBindFailed', 'firewallConfigRejected', 'firewallUnavailable', 'eventsDropped', 'crashRecovered', 'serviceLimitReached', 'udpFlowFailed']);
 
 const logging: { format: TLogFormat; level: TLogLevel } = { format: 'text', level: 'info' };
 
@@ -280,15 +280,36 @@ function enabled(level: TLogLevel): boolean {
   return LOG_LEVELS.indexOf(level) >= LOG_LEVELS.indexOf(logging.level);
 }
 
+/**
+ * Characters that must not reach an operator's terminal or log viewer as they are: C0 and C1
+ * controls (escape sequences, carriage returns and newlines that forge or hide lines), DEL,
+ * the Unicode line and paragraph separators, and the bidirectional overrides and isolates
+ * (text shown in another order than it is). An unauthenticated peer's claimed edge id, a
+ * reason a peer sent, any string from the network can carry them.
+ */
+const UNSAFE_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * `text` with every unsafe character written as a `\uXXXX` escape (the same in text and JSON
+ * lines). `keepNewlines`: for our own multi-line messages (a list of config problems), never
+ * for a log line, where a newline would start a forged one.
+ */
+export function escapeControls(text: string, keepNewlines = false): string {
+  return text.replace(UNSAFE_CHARACTERS, (c) =>
+    keepNewlines && c === '\n' ? c : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
 /** One log line: `text` as given, or a JSON object with time, level, message and the fields. */
 function writeRecord(level: TLogLevel, message: string, fields: Record<string, unknown> | undefined, text: string): void {
   if (!enabled(level)) return;
   const stream = level === 'warn' || level === 'error' ? process.stderr : process.stdout;
   if (logging.format === 'text') {
-    stream.write(`${text}\n`);
+    stream.write(`${escapeControls(text)}\n`);
     return;
   }
-  stream.write(`${JSON.stringify({ time: new Date().toISOString(), level, message, ...fields })}\n`);
+  // JSON.stringify escapes C0 controls itself; the rest become JSON's own \uXXXX escapes.
+  stream.write(`${escapeControls(JSON.stringify({ time: new Date().toISOString(), level, message, ...fields }))}\n`);
 }
 
 /** Where a daemon's admin endpoint listens, if it has one. */

@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { parse as parseJsonc, printParseErrorCode, type ParseError } from 'jsonc-parser';
 import { TunnelError, type IConfigIssue } from './errors.js';
 import { decodeEdgeToken, normaliseFingerprint, type IEdgeToken } from './token.js';
 import type {
@@ -697,12 +698,27 @@ function firewallId(value: unknown, path: string, seen: Set<string>, issues: Iss
 export function parseJsonText(text: string, source: string): unknown {
   try {
     return JSON.parse(text) as unknown;
-  } catch (error) {
-    throw new TunnelError('ERR_INVALID_CONFIG', `${source} is not valid JSON: ${(error as Error).message}`, {
-      field: source,
-      cause: error,
-    });
+  } catch {
+    // Not V8's message (nor the error as `cause`): it quotes the text around the error, and the
+    // text may be a file of secrets.
+    throw new TunnelError('ERR_INVALID_CONFIG', `${source} is not valid JSON: ${describeJsonError(text)}`, { field: source });
   }
+}
+
+/**
+ * What and where the first syntax error of `text` is — jsonc-parser's name for it and the line
+ * and column — without quoting any of the text.
+ */
+export function describeJsonError(text: string): string {
+  if (text.trim() === '') return 'it is empty';
+  const errors: ParseError[] = [];
+  parseJsonc(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
+  const first = errors[0];
+  if (first === undefined) return 'a syntax error JSON.parse found and jsonc-parser did not';
+  const before = text.slice(0, first.offset);
+  const line = before.split('\n').length;
+  const column = first.offset - (before.lastIndexOf('\n') + 1) + 1;
+  return `${printParseErrorCode(first.error)} at line ${line}, column ${column}`;
 }
 
 function validateNumbers<T extends object>(

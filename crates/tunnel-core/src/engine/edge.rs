@@ -28,6 +28,7 @@ use crate::transport::dial;
 use crate::transport::quic;
 use crate::transport::tls::{self, Identity, Trust};
 use crate::transport::tunnel::Tunnel;
+use crate::wire::control::{ConfigAck, PortFailure};
 use crate::wire::frame::{goaway, Frame, FrameType};
 use crate::wire::open::{OpenRecord, KIND_TCP};
 
@@ -67,6 +68,8 @@ struct Inner {
 /// The edge's nftables state. `nft` is opened on the first snapshot; the table is ours alone.
 struct Firewall {
     table: String,
+    /// An earlier version's table for this edge, removed with the first snapshot applied.
+    legacy_table: Option<String>,
     nft: Option<Nft>,
     /// Why enforcement is impossible here (no library, no permission), once known.
     unavailable: Option<String>,
@@ -363,6 +366,7 @@ impl Edge {
             udp,
             firewall: Arc::new(Mutex::new(Firewall {
                 table: firewall::table_name(&opts_edge_id),
+                legacy_table: firewall::legacy_table_name(&opts_edge_id),
                 nft: None,
                 unavailable: None,
                 applied: None,
@@ -1170,9 +1174,26 @@ async fn apply_config(inner: &Arc<Inner>, cfg: Value) {
     }));
     apply_firewall(inner, &cfg).await;
     apply_stun(inner, &cfg);
-    let ack = json!({ "generation": cfg["generation"], "tcp": bound, "udp": bound_udp, "failed": failed });
+    let ack = ConfigAck {
+        generation: cfg["generation"].as_u64().unwrap_or(0),
+        tcp: bound,
+        udp: bound_udp,
+        failed: failed
+            .iter()
+            .map(|f| PortFailure {
+                port: f["port"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(0),
+                protocol: f["protocol"].as_str().unwrap_or_default().to_string(),
+                code: f["code"].as_str().unwrap_or_default().to_string(),
+                reason: f["reason"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect(),
+        truncated: false,
+    };
     if let Some(t) = current(&inner.current) {
-        t.control(FrameType::ConfigAck, 0, handshake::json_payload(&ack));
+        t.control(FrameType::ConfigAck, 0, bytes::Bytes::from(ack.encode()));
     }
 }
 
@@ -1253,10 +1274,15 @@ async fn apply_firewall(inner: &Arc<Inner>, cfg: &Value) {
         if fw.unavailable.is_some() {
             return;
         }
-        let script = firewall::render(&snap, &table);
+        let mut script = firewall::render(&snap, &table);
+        if let Some(legacy) = &fw.legacy_table {
+            // In the same transaction: the old table goes as the new one comes.
+            script = format!("add table inet {legacy}\ndelete table inet {legacy}\n{script}");
+        }
         let result = fw.nft().and_then(|nft| nft.run(&script, false));
         match result {
             Ok(_) => {
+                fw.legacy_table = None;
                 fw.applied = Some((generation.clone(), hash.clone()));
                 fw.last_error = None;
                 events.as_ref()(event!("firewallConfigUpdated", {

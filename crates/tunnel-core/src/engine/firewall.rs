@@ -264,13 +264,44 @@ pub fn hash(v: &Value) -> String {
         .to_string()
 }
 
-/// The nftables table name for an edge: its own, so nothing else on the host is touched.
+/// Prefix of every table an edge makes.
+const TABLE_PREFIX: &str = "remoteingress_";
+/// An id of up to this many letters and digits is the table name as it is; anything else is
+/// shortened to it (nftables takes names of up to 255 bytes).
+const TABLE_ID_MAX: usize = 32;
+
+/// The nftables table name for an edge: its own, so nothing else on the host is touched, and no
+/// other edge's. An id of only ASCII letters and digits (up to 32) is used as it is; any other
+/// gets its characters other than those as `_`, at most 32 of them, and 16 hex digits of the
+/// id's SHA-256 (`a.b` and `a-b` no longer share `remoteingress_a_b`, and a 255-byte id fits).
+/// The two forms cannot meet: only the second has a `_` after the prefix.
 pub fn table_name(edge_id: &str) -> String {
+    if !edge_id.is_empty()
+        && edge_id.len() <= TABLE_ID_MAX
+        && edge_id.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return format!("{TABLE_PREFIX}{edge_id}");
+    }
+    let clean: String = edge_id
+        .chars()
+        .take(TABLE_ID_MAX)
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, edge_id.as_bytes());
+    let hash = crate::transport::tls::hex(&digest.as_ref()[..8]);
+    format!("{TABLE_PREFIX}{clean}_{hash}")
+}
+
+/// The table an earlier version made for this edge, where it differs from [`table_name`]'s
+/// (ids with characters other than letters and digits): removed with the first snapshot this
+/// version applies, so an upgrade leaves no stale rules behind.
+pub fn legacy_table_name(edge_id: &str) -> Option<String> {
     let clean: String = edge_id
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    format!("remoteingress_{clean}")
+    let legacy = format!("{TABLE_PREFIX}{clean}");
+    (legacy != table_name(edge_id) && legacy.len() <= 255).then_some(legacy)
 }
 
 /// The whole-table replacement script.
@@ -609,6 +640,30 @@ mod tests {
             let e = snap(v.clone()).unwrap_err().to_string();
             assert!(e.contains(field), "{v} → {e}");
         }
+    }
+
+    #[test]
+    fn table_names_are_the_edges_own_and_fit_nftables() {
+        assert_eq!(table_name("e1"), "remoteingress_e1");
+        assert_eq!(legacy_table_name("e1"), None);
+        // Ids that used to share a table no longer do.
+        let (dot, dash, under) = (table_name("a.b"), table_name("a-b"), table_name("a_b"));
+        assert!(
+            dot != dash && dash != under && dot != under,
+            "{dot} {dash} {under}"
+        );
+        assert!(dot.starts_with("remoteingress_a_b_"));
+        assert_eq!(legacy_table_name("a.b").as_deref(), Some("remoteingress_a_b"));
+        // An id that looks like a hashed name is a different table.
+        let lookalike = format!("a_b_{}", &dot["remoteingress_a_b_".len()..]);
+        assert_ne!(table_name(&lookalike), dot);
+        // The longest id an edge takes (255 bytes) fits nftables' 255-byte names.
+        let long = "x".repeat(255);
+        let name = table_name(&long);
+        assert!(name.len() <= 64, "{} bytes", name.len());
+        assert_ne!(table_name(&"x".repeat(254)), name);
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        assert_eq!(legacy_table_name(&long), None, "too long ever to have been made");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::mux::{self, ClosedStream, Handler, MuxConfig, RemoteStream, Side};
 use crate::supervise::{self, supervise, AbortOnDrop, FaultPoint};
 use crate::transport::tls::Identity;
 use crate::transport::tunnel::Tunnel;
+use crate::wire::control::ConfigAck;
 use crate::wire::frame::{goaway, FrameType};
 use crate::wire::open::{OpenRecord, KIND_UDP};
 use crate::wire::proxy_protocol;
@@ -625,6 +626,8 @@ struct HubHandler {
     flows: Arc<HubFlows>,
     /// What all tunnels of this edge hold together.
     allowance: Arc<Allowance>,
+    /// The generation of the last CONFIG_ACK reported.
+    acked: Option<u64>,
     /// The tunnel this handler serves, set right after the transport starts (UDP replies go
     /// back through it).
     tunnel: Arc<OnceLock<Tunnel>>,
@@ -649,6 +652,7 @@ impl HubHandler {
                 inner.events.clone(),
             ),
             allowance,
+            acked: None,
             tunnel: slot.clone(),
         };
         (h, slot)
@@ -763,10 +767,16 @@ impl Handler for HubHandler {
     fn on_control(&mut self, frame: crate::wire::frame::Frame) -> Result<()> {
         match frame.kind {
             FrameType::ConfigAck => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&frame.payload) {
-                    self.inner.events.as_ref()(event!("configApplied", {
-                        "edgeId": self.edge_id, "result": v
-                    }));
+                // Informational, from an untrusted edge: only a well-formed one of at most
+                // CONFIG_ACK_MAX bytes, and only one per CONFIG (its generation must be newer
+                // than the last one this tunnel acknowledged), becomes an event.
+                if let Some(ack) = ConfigAck::decode(&frame.payload) {
+                    if self.acked.is_none_or(|g| ack.generation > g) {
+                        self.acked = Some(ack.generation);
+                        self.inner.events.as_ref()(event!("configApplied", {
+                            "edgeId": self.edge_id, "result": ack
+                        }));
+                    }
                 }
                 Ok(())
             }
