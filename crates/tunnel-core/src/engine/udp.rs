@@ -957,6 +957,13 @@ thread_local! {
 /// run: a target answering a burst does not hold the thread.
 const REPLIES_PER_TURN: usize = 64;
 
+/// Datagram bytes one tunnel's flows may have waiting at the hub, all flows and orphans
+/// together: each flow's own bounds ([`QUEUE_PER_FLOW`], [`QUEUE_BYTES_PER_FLOW`]) times the
+/// flows an edge may open would be gigabytes, while datagrams wait only for an upstream being
+/// set up or a task's turn. 8 MiB holds ~6,000 typical 1,200-byte datagrams; past it they are
+/// dropped and counted.
+const QUEUED_BYTES_PER_TUNNEL: usize = 8 * 1024 * 1024;
+
 /// Datagrams that arrive for a flow whose FLOW_OPEN has not been processed yet: over QUIC a
 /// datagram can overtake the reliable control stream, and dropping a flow's first datagram
 /// (a DNS query, an iperf3 hello) would stall it. Bounded in count and age.
@@ -973,6 +980,9 @@ pub struct HubFlows {
     highest_opened: std::sync::atomic::AtomicU32,
     /// Flows of every tunnel of this edge (shared with its other sessions), and their cap.
     edge_flows: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes waiting in this tunnel's flow queues and orphans together (see
+    /// [`QUEUED_BYTES_PER_TUNNEL`]).
+    queued: std::sync::atomic::AtomicUsize,
     max_flows: usize,
     pub stats: Arc<UdpStats>,
     events: EventSink,
@@ -993,6 +1003,7 @@ impl HubFlows {
             orphans: Mutex::new(VecDeque::new()),
             highest_opened: std::sync::atomic::AtomicU32::new(0),
             edge_flows,
+            queued: std::sync::atomic::AtomicUsize::new(0),
             max_flows,
             stats: Arc::new(UdpStats::default()),
             events,
@@ -1147,9 +1158,14 @@ impl HubFlows {
         match flows.get_mut(&flow) {
             Some(f) => {
                 let len = payload.len();
+                if !self.hold(len) {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 match f.out.push(payload, len, QUEUE_PER_FLOW, QUEUE_BYTES_PER_FLOW) {
                     Pushed::Queued => {}
                     Pushed::Dropped => {
+                        self.let_go(len);
                         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Pushed::SendNow => {
@@ -1185,16 +1201,37 @@ impl HubFlows {
                     return true;
                 }
             }
+            // Out of the queue: no longer held for the tunnel.
+            self.let_go(batch.iter().map(Bytes::len).sum());
             if let Some(up) = &mut up {
                 up.send_all(&mut batch, &self.stats);
             }
         }
     }
 
+    /// Counts `len` more bytes waiting in this tunnel's queues, if they fit
+    /// [`QUEUED_BYTES_PER_TUNNEL`].
+    fn hold(&self, len: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + len <= QUEUED_BYTES_PER_TUNNEL).then_some(q + len)
+            })
+            .is_ok()
+    }
+
+    /// `len` bytes left this tunnel's queues (sent, or dropped).
+    fn let_go(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::AcqRel);
+    }
+
     /// Keeps a datagram for a flow not opened yet; expired or excess ones are dropped, counted.
     fn park(&self, flow: u32, payload: Bytes) {
         let mut o = lock(&self.orphans);
         self.expire(&mut o, ORPHANS_MAX - 1);
+        if !self.hold(payload.len()) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         o.push_back((flow, Instant::now(), payload));
     }
 
@@ -1205,7 +1242,9 @@ impl HubFlows {
             if now.duration_since(*at) < ORPHAN_TTL && o.len() <= keep {
                 break;
             }
-            o.pop_front();
+            if let Some((_, _, d)) = o.pop_front() {
+                self.let_go(d.len());
+            }
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1216,7 +1255,10 @@ impl HubFlows {
 
     /// Forgets every flow (the tunnel ended): their upstream sockets close.
     pub fn close_all(&self) {
-        lock(&self.flows).clear();
+        let gone: Vec<HubFlow> = lock(&self.flows).drain().map(|(_, f)| f).collect();
+        for f in &gone {
+            self.let_go(f.out.items.iter().map(Bytes::len).sum());
+        }
         self.expire(&mut lock(&self.orphans), 0);
         self.stats.flows.store(0, Ordering::Relaxed);
     }
@@ -1226,6 +1268,7 @@ impl HubFlows {
         if let Some(f) = flows.remove(&flow) {
             // Datagrams that waited for an upstream that never came (or for a turn that never
             // came) are lost: count them.
+            self.let_go(f.out.items.iter().map(Bytes::len).sum());
             self.stats
                 .dropped
                 .fetch_add(f.out.items.len() as u64, Ordering::Relaxed);

@@ -76,10 +76,15 @@ fn commands() -> tokio::sync::mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// `arg`: `{ "edgePort": N, "limits": {...} }`. Runs a TCP echo target and a hub whose one
-/// allowed edge serves `edgePort` → the echo target. Says `{tunnelPort, fingerprint}`.
+/// `arg`: `{ "edgePort": N, "udpPort"?: N, "limits": {...}, "extraEdges"?: [...] }`. Runs a TCP
+/// echo target, a TCP flood target ([`flood_server`]) and a UDP echo target, and a hub whose
+/// allowed edge `edge-1` serves `edgePort` → the echo target (and `udpPort` → the UDP echo);
+/// `extraEdges` are more allowed edges, whose `targetPort` may name a target: `"echo"`,
+/// `"flood"` or `"udpEcho"`. Says `{tunnelPort, fingerprint}`.
 async fn run_hub_child(arg: Value) {
     let echo = echo_server().await;
+    let flood = flood_server(FLOOD_BYTES).await;
+    let udp_echo = udp_echo_server().await;
     let events: EventSink = std::sync::Arc::new(|_| {});
     let opts = json!({
         "tunnelPort": arg.get("tunnelPort").cloned().unwrap_or(json!(0)),
@@ -92,8 +97,31 @@ async fn run_hub_child(arg: Value) {
         .expect("hub starts");
     // The edge binds 127.0.0.1 only: on all addresses, its port (picked free earlier) could
     // collide with an ephemeral source port a flood test's client bound on 127.0.0.2 meanwhile.
-    let edges = json!([{ "id": EDGE_ID, "secret": SECRET, "bindAddress": "127.0.0.1",
+    let mut edges = json!([{ "id": EDGE_ID, "secret": SECRET, "bindAddress": "127.0.0.1",
         "tcp": [{ "port": arg["edgePort"], "targetHost": "127.0.0.1", "targetPort": echo.port(), "proxyProtocol": "none" }] }]);
+    if let Some(port) = arg.get("udpPort") {
+        edges[0]["udp"] = json!([{ "port": port, "targetHost": "127.0.0.1", "targetPort": udp_echo.port(), "proxyProtocol": "none" }]);
+    }
+    let targets = [
+        ("echo", echo.port()),
+        ("flood", flood.port()),
+        ("udpEcho", udp_echo.port()),
+    ];
+    for mut extra in arg
+        .get("extraEdges")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
+        for list in ["tcp", "udp"] {
+            for p in extra[list].as_array_mut().into_iter().flatten() {
+                if let Some((_, port)) = targets.iter().find(|(name, _)| p["targetPort"] == *name) {
+                    p["targetPort"] = json!(port);
+                }
+            }
+        }
+        edges.as_array_mut().expect("a list").push(extra);
+    }
     hub.set_edges(serde_json::from_value(edges).expect("edge specs"))
         .expect("edges accepted");
     say(json!({ "tunnelPort": hub.port(), "fingerprint": hub.fingerprint() }));
@@ -238,6 +266,76 @@ pub async fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// What the flood target writes to each connection (300 MB, as in issue 24).
+pub const FLOOD_BYTES: u64 = 300_000_000;
+
+/// A TCP target that writes `bytes` to every connection as fast as it is read, then closes.
+pub async fn flood_server(bytes: u64) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind flood");
+    let addr = l.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            // A small send buffer: a target on another host would not make the kernel under
+            // test copy megabytes per connection into buffers, and hundreds of connections
+            // doing that here would be a CPU burst on a 2-core machine that no bound of the
+            // daemon's could prevent (the daemon reads none of it beyond its budget).
+            let _ = socket2::SockRef::from(&s).set_send_buffer_size(128 * 1024);
+            tokio::spawn(async move {
+                // One static chunk for every connection: the target runs inside the process
+                // whose memory a test measures, and must not add a buffer per connection to it.
+                static CHUNK: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(CHUNK.len() as u64) as usize;
+                    if s.write_all(&CHUNK[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A UDP echo target on an ephemeral loopback port, for the life of the runtime.
+pub async fn udp_echo_server() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp echo");
+    let addr = sock.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// CPU time a process has used (user + system), from /proc.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) begin after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 /// A port the code under test can bind a moment later, for TCP and UDP, on 127.0.0.1.
