@@ -393,3 +393,138 @@ async fn an_unauthenticated_quic_peer_gets_one_stream() {
     );
     assert!(hub.alive());
 }
+
+/// Peers that finish the TLS handshake (the part that costs CPU) and then never send AUTH,
+/// one per source address, as many as a botnet would use.
+const STALLED_AFTER_TLS: usize = 300;
+/// Connections that dribble their ClientHello a byte at a time.
+const TRICKLING: usize = 1000;
+/// What the hub may burn meanwhile: half a core.
+const MAX_TRICKLE_CPU_SHARE: f64 = 0.5;
+
+/// A TLS ClientHello as the edge's TLS client sends it (one record).
+fn client_hello() -> Vec<u8> {
+    let config = Arc::new(tls::client_config(tls::Trust::DangerouslyAnyCertificate));
+    let name = rustls::pki_types::ServerName::try_from("hub.remoteingress.invalid").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+/// A connection to `hub` from `ip`.
+async fn connect_from(ip: IpAddr, hub: SocketAddr) -> Option<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+    sock.bind(SocketAddr::new(ip, 0)).ok()?;
+    sock.connect(hub).await.ok()
+}
+
+/// 300 peers from 300 sources finish TLS and never authenticate: a legitimate edge still
+/// connects within 2 s (they hold no handshake slot once TLS is done, and must authenticate
+/// within 2 s). Then 1,000 connections trickle their ClientHellos: the hub spends time, not CPU,
+/// on them (under half a core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_stall_after_tls_or_trickle_their_hello_cost_time_not_cpu() {
+    let _serial = SERIAL.lock().await;
+    let edge_port = free_port();
+    // The default deadline (10 s): the trickles last all of the measurement.
+    let (mut hub, info) = Daemon::spawn("hub", json!({ "edgePort": edge_port }));
+    let hub_addr: SocketAddr = format!("127.0.0.1:{}", info["tunnelPort"]).parse().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(
+        tls::Trust::DangerouslyAnyCertificate,
+    )));
+    let held = Arc::new(Mutex::new(Vec::<Box<dyn std::any::Any + Send>>::new()));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..STALLED_AFTER_TLS {
+        let (connector, held) = (connector.clone(), held.clone());
+        // 127.0.1.0 ..: a source each.
+        let ip: IpAddr = format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250).parse().unwrap();
+        tasks.push(tokio::spawn(async move {
+            let tcp = connect_from(ip, hub_addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("hub.remoteingress.invalid").unwrap();
+            let tls = connector.connect(name, tcp).await.ok()?;
+            held.lock().unwrap().push(Box::new(tls));
+            Some(())
+        }));
+    }
+    let mut stalled = 0;
+    for t in tasks {
+        stalled += usize::from(t.await.unwrap().is_some());
+    }
+    let handshakes = t0.elapsed();
+    // The legitimate edge, while all of them hold their connections.
+    let t1 = Instant::now();
+    let edge = start_edge(edge_options(&info, "tcpTls"));
+    while edge.status()["state"] != "connected" {
+        assert!(
+            t1.elapsed() < LEGIT_CONNECT_LIMIT,
+            "the legitimate edge did not connect within {LEGIT_CONNECT_LIMIT:?}: {}",
+            edge.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t1.elapsed();
+    wait_for_echo(edge_port, Duration::from_secs(5)).await;
+    eprintln!("{stalled} peers finished TLS in {handshakes:?} and said nothing; the legitimate edge connected {took:?} after");
+    assert_eq!(
+        stalled, STALLED_AFTER_TLS,
+        "every peer finished its TLS handshake"
+    );
+    drop(std::mem::take(&mut *held.lock().unwrap()));
+
+    // The trickle: a byte of the ClientHello every 100 ms on each connection, from a source
+    // each (127.0.3.0 ..), for longer than the measurement.
+    let hello = Arc::new(client_hello());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut trickles = Vec::new();
+    for i in 0..TRICKLING {
+        let (hello, stop, open) = (hello.clone(), stop.clone(), open.clone());
+        let ip: IpAddr = format!("127.0.{}.{}", 3 + i / 250, 1 + i % 250).parse().unwrap();
+        trickles.push(tokio::spawn(async move {
+            let Some(mut tcp) = connect_from(ip, hub_addr).await else {
+                return;
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            use tokio::io::AsyncWriteExt;
+            for b in hello.iter() {
+                if stop.load(Ordering::Acquire) || tcp.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (c0, w0) = (cpu_time(hub.pid()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let share = (cpu_time(hub.pid()) - c0).as_secs_f64() / w0.elapsed().as_secs_f64();
+    let pending = hub.status()["pendingHandshakes"].clone();
+    stop.store(true, Ordering::Release);
+    for t in trickles {
+        let _ = t.await;
+    }
+    eprintln!(
+        "{} connections trickling a {}-byte ClientHello: hub CPU {:.1} % of a core; pending {pending}",
+        open.load(Ordering::Relaxed),
+        hello.len(),
+        share * 100.0
+    );
+    assert_eq!(
+        open.load(Ordering::Relaxed),
+        TRICKLING,
+        "every trickle reached the hub"
+    );
+    assert!(
+        pending["tls"].as_u64() >= Some(TRICKLING as u64 * 9 / 10),
+        "the trickles were pending: {pending}"
+    );
+    assert!(
+        share <= MAX_TRICKLE_CPU_SHARE,
+        "the hub used {:.0} % of a core",
+        share * 100.0
+    );
+    assert!(hub.alive());
+    edge.stop(Duration::from_millis(100)).await;
+}

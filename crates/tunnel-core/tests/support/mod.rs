@@ -76,7 +76,7 @@ fn commands() -> tokio::sync::mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// `arg`: `{ "edgePort": N, "udpPort"?: N, "limits": {...}, "extraEdges"?: [...] }`. Runs a TCP
+/// `arg`: `{ "edgePort": N, "udpPort"?: N, "udpPorts"?: [N], "limits": {...}, "extraEdges"?: [...] }`. Runs a TCP
 /// echo target, a TCP flood target ([`flood_server`]) and a UDP echo target, and a hub whose
 /// allowed edge `edge-1` serves `edgePort` → the echo target (and `udpPort` → the UDP echo);
 /// `extraEdges` are more allowed edges, whose `targetPort` may name a target: `"echo"`,
@@ -99,9 +99,16 @@ async fn run_hub_child(arg: Value) {
     // collide with an ephemeral source port a flood test's client bound on 127.0.0.2 meanwhile.
     let mut edges = json!([{ "id": EDGE_ID, "secret": SECRET, "bindAddress": "127.0.0.1",
         "tcp": [{ "port": arg["edgePort"], "targetHost": "127.0.0.1", "targetPort": echo.port(), "proxyProtocol": "none" }] }]);
-    if let Some(port) = arg.get("udpPort") {
-        edges[0]["udp"] = json!([{ "port": port, "targetHost": "127.0.0.1", "targetPort": udp_echo.port(), "proxyProtocol": "none" }]);
-    }
+    // `udpPort`, or several `udpPorts`: UDP services of edge-1, each to the UDP echo.
+    let udp_ports: Vec<Value> = match (arg.get("udpPort"), arg.get("udpPorts")) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(Value::Array(list))) => list.clone(),
+        _ => vec![],
+    };
+    edges[0]["udp"] = udp_ports
+        .iter()
+        .map(|p| json!({ "port": p, "targetHost": "127.0.0.1", "targetPort": udp_echo.port(), "proxyProtocol": "none" }))
+        .collect();
     let targets = [
         ("echo", echo.port()),
         ("flood", flood.port()),
