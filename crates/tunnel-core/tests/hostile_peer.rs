@@ -80,10 +80,14 @@ fn hostile_edge_spec(tcp: u16, udp: u16, dial: Option<Value>) -> Value {
 /// limits, 1 GiB of credit for each stream and the tunnel, oversized datagrams, a flood of
 /// CONFIG_ACKs (oversized ones and one per generation), and then never a byte read. Returns
 /// the halves, held open by the caller.
+///
+/// Over QUIC (`quic`) the streams and their credit are QUIC's own (the caller opened them):
+/// the frames here are the control stream's.
 async fn misbehave_as_edge<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     tcp: u16,
     udp: u16,
+    quic: bool,
 ) -> (tokio::io::ReadHalf<S>, tokio::io::WriteHalf<S>) {
     let (r, mut w) = tokio::io::split(io);
     let mut out = BytesMut::new();
@@ -91,14 +95,16 @@ async fn misbehave_as_edge<S: AsyncRead + AsyncWrite + Unpin>(
         record(KIND_TCP, tcp, &format!("tcp/{tcp}")),
         record(KIND_UDP, udp, &format!("udp/{udp}")),
     );
-    for i in 0..STREAMS + 32 {
+    for i in (0..STREAMS + 32).filter(|_| !quic) {
         let id = 2 * i + 1;
         let mut p = BytesMut::new();
         tcp_rec.encode(&mut p);
         encode(&mut out, FrameType::Open, id, &p);
         encode(&mut out, FrameType::Window, id, &GRANT.to_be_bytes());
     }
-    encode(&mut out, FrameType::Window, 0, &GRANT.to_be_bytes());
+    if !quic {
+        encode(&mut out, FrameType::Window, 0, &GRANT.to_be_bytes());
+    }
     let big = vec![0x42u8; frame::MAX_DATA_PAYLOAD];
     for flow in 1..=FLOWS + 32 {
         let mut p = BytesMut::new();
@@ -276,6 +282,7 @@ async fn edge_attack<F, Fut, S>(
     tcp: u16,
     udp: u16,
     tunnels: usize,
+    quic: bool,
     mut connect: F,
 ) where
     F: FnMut() -> Fut,
@@ -286,10 +293,10 @@ async fn edge_attack<F, Fut, S>(
     let prober = Prober::start(edge_port);
     // Two tunnels with the hostile edge's id (where it dials): the first drains (holding its
     // streams), the second finds the edge's allowance used up.
-    let mut held = vec![misbehave_as_edge(connect().await, tcp, udp).await];
+    let mut held = vec![misbehave_as_edge(connect().await, tcp, udp, quic).await];
     watch.during(Duration::from_millis(1500)).await;
     if tunnels > 1 {
-        held.push(misbehave_as_edge(connect().await, tcp, udp).await);
+        held.push(misbehave_as_edge(connect().await, tcp, udp, quic).await);
     }
     watch.during(Duration::from_secs(3)).await;
     let status = hub.status();
@@ -345,7 +352,7 @@ async fn a_hostile_edge_that_dials_cannot_exhaust_the_hub() {
     let (hub, info, good, edge_port) = attacked_hub(hostile_edge_spec(tcp, udp, None)).await;
     let fingerprint = info["fingerprint"].as_str().unwrap().to_string();
     let port = info["tunnelPort"].as_u64().unwrap() as u16;
-    edge_attack(hub, edge_port, tcp, udp, 2, || {
+    edge_attack(hub, edge_port, tcp, udp, 2, false, || {
         let fingerprint = fingerprint.clone();
         async move {
             let (mut tls, binding) = dial::tls(
@@ -381,7 +388,7 @@ async fn a_hostile_edge_the_hub_dials_cannot_exhaust_the_hub() {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config().unwrap()));
     let listener = Arc::new(listener);
     // The hub dials one tunnel at a time: no second one to hold.
-    edge_attack(hub, edge_port, tcp, udp, 1, || {
+    edge_attack(hub, edge_port, tcp, udp, 1, false, || {
         let (listener, acceptor) = (listener.clone(), acceptor.clone());
         async move {
             let (tcp, _) = listener.accept().await.expect("the hub dials");
@@ -593,4 +600,112 @@ async fn a_hostile_hub_that_dials_cannot_exhaust_the_edge() {
         tls
     })
     .await;
+}
+
+/// The QUIC edge's side of the same attack: it authenticates on the control stream and then
+/// opens streams to the flood target past the limit and never reads them, with 1 GiB of stream
+/// credit (64 MiB for the connection: quinn acknowledges what it buffers, so the hub sends
+/// until the connection window is full and then waits, as it must), opens UDP flows past the
+/// limit, sends oversized datagrams and floods CONFIG_ACKs on the control stream, and holds a
+/// second (so the first drains).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_quic_edge_cannot_exhaust_the_hub() {
+    use tunnel_core::transport::quic;
+    let _serial = SERIAL.lock().await;
+    let (tcp, udp) = (free_port(), free_port());
+    let (hub, info, good, edge_port) = attacked_hub(hostile_edge_spec(tcp, udp, None)).await;
+    let fingerprint = info["fingerprint"].as_str().unwrap().to_string();
+    let port = info["tunnelPort"].as_u64().unwrap() as u16;
+    let perf = Performance {
+        stream_window: GRANT,
+        connection_window: 64 << 20,
+        ..Performance::default()
+    };
+    edge_attack(hub, edge_port, tcp, udp, 2, true, || {
+        let (fingerprint, perf) = (fingerprint.clone(), perf.clone());
+        async move {
+            let transport = quic::transport_config(&perf, Duration::from_secs(5), 0);
+            let mut d = dial::quic(
+                "127.0.0.1",
+                port,
+                Trust::Pinned(fingerprint),
+                transport,
+                quic::dial_endpoint_config(&perf),
+                "the hub",
+                &perf,
+            )
+            .await
+            .expect("QUIC to the hub");
+            handshake::edge(&mut d.control, &d.binding, HOSTILE_ID, HOSTILE_SECRET, false)
+                .await
+                .expect("the hostile edge authenticates");
+            // Streams to the flood target, opened and never read.
+            let rec = record(KIND_TCP, tcp, &format!("tcp/{tcp}"));
+            let mut streams = Vec::new();
+            for _ in 0..STREAMS + 32 {
+                let Ok(Ok((mut send, recv))) =
+                    tokio::time::timeout(Duration::from_secs(2), d.conn.open_bi()).await
+                else {
+                    break;
+                };
+                let mut head = BytesMut::from(&[0u8][..]);
+                rec.encode(&mut head);
+                head[0] = (head.len() - 1) as u8;
+                if send.write_all(&head).await.is_err() {
+                    break;
+                }
+                streams.push((send, recv));
+            }
+            // The control stream gets what the TLS attack sends; QUIC holds it all.
+            QuicHeld {
+                _conn: d.conn,
+                _endpoint: d.endpoint,
+                _streams: streams,
+                control: d.control,
+            }
+        }
+    })
+    .await;
+    good.stop(Duration::from_millis(100)).await;
+}
+
+/// A hostile QUIC tunnel and everything it holds open; its control stream is what the attack
+/// writes to and never reads.
+struct QuicHeld {
+    _conn: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    _streams: Vec<(quinn::SendStream, quinn::RecvStream)>,
+    control: tunnel_core::transport::quic::Duplex,
+}
+
+impl AsyncRead for QuicHeld {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().control).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicHeld {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().control).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().control).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().control).poll_shutdown(cx)
+    }
 }
