@@ -97,6 +97,34 @@ export function readLossy() {
   return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : null;
 }
 
+/** The last `node bench/soak.mjs` run, if there is one. */
+export function readSoak() {
+  const file = join(ROOT, 'bench/results/soak-latest.json');
+  return existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : null;
+}
+
+/** Issue 24's soak: what was carried, what was lost, the hub's memory per live UDP flow and the drift. */
+export function renderSoak(soak) {
+  const o = soak.options;
+  const mib = (kib) => (kib / 1024).toFixed(1);
+  const L = [];
+  L.push('## Soak (bench/soak.mjs)');
+  L.push('');
+  L.push(`${o.minutes} minutes through the default transport (${soak.transport}) of ${o.tcpPerSec} new TCP connections/s (a few bytes echoed each) and ${o.udpPerSec} new UDP flows/s (3 datagrams each, 200 ms apart, from 64 loopback addresses), ${soak.at.slice(0, 10)}, commit ${soak.commit ?? '?'}.`);
+  L.push('');
+  L.push('| | result | bound | |');
+  L.push('| --- | --- | --- | --- |');
+  L.push(`| TCP connections | ${soak.counts.tcpOk} of ${soak.counts.tcp} echoed | nothing lost | ${passText(soak.lost.tcp === 0)} |`);
+  L.push(`| UDP datagrams | ${soak.counts.datagramsOk} of ${soak.counts.datagrams} answered | nothing lost | ${passText(soak.lost.datagrams === 0)} |`);
+  const fc = soak.flowCost ?? {};
+  L.push(`| hub memory per live UDP flow | ${soak.hubBytesPerLiveFlow ?? '?'} B (${fc.withFlows?.flows ?? '?'} flows: ${mib(fc.withFlows?.hubKiB ?? 0)} MiB live, ${mib(fc.expired?.hubKiB ?? 0)} MiB once expired) | ≤ 8,192 B | ${passText(soak.pass.hubPerFlow)} |`);
+  L.push(`| RSS drift, ${soak.drift.fromSec} s → ${soak.drift.toSec} s | hub ${soak.drift.hubKiB >= 0 ? '+' : ''}${mib(soak.drift.hubKiB)} MiB, edge ${soak.drift.edgeKiB >= 0 ? '+' : ''}${mib(soak.drift.edgeKiB)} MiB | within 8 MiB | ${passText(soak.pass.plateau)} |`);
+  L.push('');
+  const every = soak.samples.filter((_, i) => i % 6 === 0 || i === soak.samples.length - 1);
+  L.push(`RSS every minute (MiB), hub / edge: ${every.map((x) => `${Math.round(x.atSec / 60)}′ ${mib(x.hubKiB)} / ${mib(x.edgeKiB)}`).join(', ')}.`);
+  return L;
+}
+
 /** Issue 15's loss target: quic's ping-pong p99 at 1 % loss ≤ 0.3× tcpTls' and ≤ 0.3× ssh -R's. */
 const LOSS_P99_RATIO = 0.3;
 
@@ -238,7 +266,7 @@ function latencyPerRelay(results) {
   return [`- ping-pong p50 per relay and message, (p50 − direct's ${num(direct, 1)} µs) / (2 × relays), µs: ${per.join(', ')}. p50 ≤ ${SSH_TARGETS.p50}× ssh -R asks ≤ ${num(needed, 1)} µs of each of our two relays.`];
 }
 
-export function renderMarkdown(results, changes, lossy = readLossy()) {
+export function renderMarkdown(results, changes, lossy = readLossy(), soak = readSoak()) {
   const L = [];
   const m = results.machine;
   L.push('# Benchmarks');
@@ -322,6 +350,7 @@ export function renderMarkdown(results, changes, lossy = readLossy()) {
   }
   L.push('');
   if (lossy != null) L.push(...renderLossy(lossy), '');
+  if (soak != null) L.push(...renderSoak(soak), '');
   L.push('## Targets (issue 5)');
   L.push('');
   L.push('| target | needed | measured (ours vs theirs) | ratio | result |');
@@ -364,6 +393,7 @@ export function renderMarkdown(results, changes, lossy = readLossy()) {
   L.push('node bench/run.mjs --quick --paths direct,tcpTls   # a quick look; writes bench/results/partial.json only');
   L.push("BENCH_PERFORMANCE_JSON='{\"workerThreads\":2}' npm run bench   # try a tuning");
   L.push('node bench/smoke.mjs         # the 10-second smoke CI runs');
+  L.push('node bench/soak.mjs          # 10 minutes of new TCP connections and UDP flows: loss, memory per flow, drift');
   L.push('```');
   L.push('');
   L.push('## What each change bought');

@@ -40,10 +40,12 @@ function cleanEnv({ keepAddon }) {
  * @param {Array<{id: string, transportMode: string, tcp: Array<{port: number, targetPort: number}>, udp?: Array<{port: number, targetPort: number}>}>} o.edges
  * @param {string} [o.performance]  JSON passed as --performance to hub and edges
  * @param {string} [o.root]         checkout whose built CLIs to run (default: this one)
+ * @param {boolean} [o.admin]       give the hub and each edge an admin endpoint on an ephemeral
+ *                                  port (`adminUrl` on each: /status, /metrics)
  * @returns hub and edges, each edge with the transport it actually uses and whether its UDP
  *          ports were bound (how the harness tells "did not run as asked" from "measured").
  */
-export async function startTunnel({ dir, edges, performance, root = ROOT }) {
+export async function startTunnel({ dir, edges, performance, root = ROOT, admin = false }) {
   mkdirSync(dir, { recursive: true });
   // Another checkout's built CLIs (bench --compare): the same harness, that tree's code.
   const hubBin = root === ROOT ? HUB_BIN : join(root, 'packages/hub/dist/bin.js');
@@ -59,9 +61,11 @@ export async function startTunnel({ dir, edges, performance, root = ROOT }) {
   }));
   writeFileSync(edgesFile, JSON.stringify(allowed, null, 2));
   const perf = performance ? ['--performance', performance] : [];
+  const adminArgs = admin ? ['--admin-listen', '127.0.0.1:0'] : [];
+  const adminOf = async (proc) => (admin ? (await proc.waitFor(/admin endpoint on (http:\/\/\S+)/))[1] : null);
   const env = cleanEnv({ keepAddon: root === ROOT });
 
-  const hub = startProcess('hub', process.execPath, [hubBin, '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--target-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', String(GRACE_MS), '--no-watch', ...perf], {
+  const hub = startProcess('hub', process.execPath, [hubBin, '--tunnel-port', '0', '--bind-host', '127.0.0.1', '--target-host', '127.0.0.1', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--grace-ms', String(GRACE_MS), '--no-watch', ...perf, ...adminArgs], {
     logFile: join(dir, 'hub.log'),
     env,
     cpu: 'exit',
@@ -70,17 +74,19 @@ export async function startTunnel({ dir, edges, performance, root = ROOT }) {
   // started, so no daemon outlives the run that could not use it.
   const launched = [hub];
   let hubPort;
+  let hubAdmin = null;
   const started = [];
   try {
     const listening = await hub.waitFor(/hub listening on .*:(\d+) fingerprint ([0-9a-f]{64})/);
     hubPort = Number(listening[1]);
+    hubAdmin = await adminOf(hub);
 
     for (const e of edges) {
       const token = execFileSync(process.execPath, [hubBin, 'token', '--allowed-edges', edgesFile, '--state-dir', stateDir, '--edge-id', e.id, '--hub-host', '127.0.0.1', '--hub-port', String(hubPort)], {
         encoding: 'utf8',
         env,
       }).trim();
-      const proc = startProcess(`edge ${e.id}`, process.execPath, [edgeBin, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf], {
+      const proc = startProcess(`edge ${e.id}`, process.execPath, [edgeBin, '--token', token, '--transport-mode', e.transportMode, '--grace-ms', String(GRACE_MS), ...perf, ...adminArgs], {
         logFile: join(dir, `edge-${e.id}.log`),
         env,
         cpu: 'entry',
@@ -99,6 +105,7 @@ export async function startTunnel({ dir, edges, performance, root = ROOT }) {
         id: e.id,
         proc,
         pid: proc.pid,
+        adminUrl: await adminOf(proc),
         requestedTransport: e.transportMode,
         transport: connected[1],
         udpBound: (e.udp ?? []).every((p) => udpBound.includes(p.port)) && (e.udp ?? []).length > 0,
@@ -112,6 +119,7 @@ export async function startTunnel({ dir, edges, performance, root = ROOT }) {
     hub,
     hubPid: hub.pid,
     hubPort,
+    hubAdminUrl: hubAdmin,
     edges: started,
     async stop() {
       for (const e of started) await e.proc.stop();

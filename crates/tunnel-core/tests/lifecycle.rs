@@ -360,3 +360,94 @@ async fn an_edge_whose_hub_drains_moves_new_clients_to_a_new_tunnel() {
     edge.stop(Duration::from_millis(100)).await;
     new_hub.stop(Duration::from_millis(100)).await;
 }
+
+/// Two processes with one edge id: the newer tunnel takes over, and the edge whose tunnel was
+/// replaced says so (`tunnelReplaced`) and steps back for the backoff's cap instead of dialing
+/// again at once — they do not take the tunnel from each other back and forth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_whose_tunnel_another_process_took_steps_back() {
+    const CAP_MS: u64 = 3000;
+    let (hub_port, tcp_port, udp_port) = (free_port(), free_port(), free_port());
+    let echo = echo_server().await;
+    let (udp_target, _) = udp_echo().await;
+    let spec = edges(SECRET, tcp_port, udp_port, echo, udp_target);
+    let connected = Arc::new(AtomicU64::new(0));
+    let opts = json!({ "tunnelPort": hub_port, "bindHost": "127.0.0.1", "certPem": CERT, "keyPem": KEY });
+    let hub = Hub::start(serde_json::from_value(opts).unwrap(), {
+        let connected = connected.clone();
+        Arc::new(move |v: Value| {
+            if v["kind"] == "edgeConnected" {
+                connected.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    })
+    .await
+    .unwrap();
+    hub.set_edges(serde_json::from_value(spec).unwrap()).unwrap();
+    let edge_with_events = |events: Arc<Mutex<Vec<Value>>>| {
+        Edge::start(
+            serde_json::from_value(json!({
+                "hubHost": "127.0.0.1", "hubPort": hub_port, "edgeId": EDGE_ID, "secret": SECRET,
+                "hubFingerprint": hub.fingerprint(), "transportMode": "tcpTls",
+                "reconnect": { "baseMs": 100, "capMs": CAP_MS },
+            }))
+            .unwrap(),
+            Arc::new(move |v: Value| events.lock().unwrap().push(v)),
+        )
+        .unwrap()
+    };
+    let first_events = Arc::new(Mutex::new(Vec::new()));
+    let first = edge_with_events(first_events.clone());
+    until("the first edge connected", Duration::from_secs(10), || {
+        connected.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    let second = edge_with_events(Arc::new(Mutex::new(Vec::new())));
+    until("the second edge connected", Duration::from_secs(10), || {
+        connected.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    let took_over = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !first_events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "tunnelReplaced")
+    {
+        let kinds: Vec<Value> = first_events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].clone())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "the first edge was not told it was replaced: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well before the cap, nobody took the tunnel back.
+    tokio::time::sleep(Duration::from_millis(CAP_MS / 2)).await;
+    assert_eq!(
+        connected.load(Ordering::Relaxed),
+        2,
+        "the first edge dialed again at once"
+    );
+    assert_eq!(tunnels(&hub).0, 1);
+    // After the cap it may try again (and the two then alternate at that pace, not faster).
+    until(
+        "the first edge back after the cap",
+        Duration::from_millis(CAP_MS * 3),
+        || connected.load(Ordering::Relaxed) >= 3,
+    )
+    .await;
+    assert!(
+        took_over.elapsed() >= Duration::from_millis(CAP_MS / 2),
+        "back after {:?}",
+        took_over.elapsed()
+    );
+    first.stop(Duration::from_millis(100)).await;
+    second.stop(Duration::from_millis(100)).await;
+    hub.stop(Duration::from_millis(100)).await;
+}

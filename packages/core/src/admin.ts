@@ -153,6 +153,7 @@ function hubMetrics(m: MetricSet, emitter: EventEmitter): void {
     edges(s).flatMap((e): TSeries => (typeof e.quicPathMtu === 'number' ? [[{ edge: String(e.edgeId) }, e.quicPathMtu]] : [])),
   );
   m.counter('remoteingress_hub_datagrams_backlog_dropped_total', 'Datagrams dropped because the tunnel was backed up, per edge.', ['edge'], perEdge('datagramsDropped'));
+  m.gauge('remoteingress_hub_draining_tunnels', "Tunnels of an edge replaced by a newer one and still finishing their streams (closed at limits.drainTimeoutMs), per edge.", ['edge'], perEdge('drainingTunnels'));
   udpMetrics(m, 'remoteingress_hub', (s) => edges(s).map((e) => [{ edge: String(e.edgeId) }, obj(e.udp)]), ['edge']);
   handshakeMetrics(m, 'remoteingress_hub', (s) => obj(s.handshakes));
   m.eventCounter(emitter, 'edgeConnected', 'remoteingress_hub_edge_connects_total', 'Tunnels that came up, per edge (the first and every reconnect).', ['edge', 'transport'], (e) => ({
@@ -192,6 +193,7 @@ function edgeMetrics(m: MetricSet): void {
   m.counter('remoteingress_edge_service_received_bytes_total', 'Bytes received from clients on closed TCP connections, per service.', svcLabels, perService('bytesFromClients', 'tcp'));
   m.counter('remoteingress_edge_service_sent_bytes_total', 'Bytes sent to clients on closed TCP connections, per service.', svcLabels, perService('bytesToClients', 'tcp'));
   udpMetrics(m, 'remoteingress_edge', (s) => [[{}, obj(s.udp)]], []);
+  m.counter('remoteingress_edge_udp_flows_refused_total', 'New UDP flows refused at a cap (maxUdpFlowsPerEdge, …PerService, …PerSource).', [], (s) => num(obj(s.udp).flowsRefused));
   m.gauge('remoteingress_edge_firewall_available', 'Whether the edge can apply firewall snapshots (libnftables and permission).', [], (s) => (obj(s.firewall).available === true ? 1 : 0));
   m.gauge('remoteingress_edge_firewall_generation', 'Generation of the firewall snapshot applied (0: none).', [], (s) => num(obj(s.firewall).generation));
   const ruleCounters = (field: 'packets' | 'bytes') => (s: TSnapshot): TSeries =>

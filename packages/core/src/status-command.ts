@@ -76,7 +76,7 @@ export function renderHubStatus(status: TRecord, now = Date.now()): string {
     edges.length === 0
       ? 'no edge connected'
       : formatTable(
-          ['EDGE', 'TRANSPORT', 'ADDRESS', 'UP', 'STREAMS', 'TOTAL', 'IN', 'OUT', 'RTT', 'UDP FLOWS'],
+          ['EDGE', 'TRANSPORT', 'ADDRESS', 'UP', 'STREAMS', 'TOTAL', 'IN', 'OUT', 'RTT', 'UDP FLOWS', 'DRAINING'],
           edges.map((e) => [
             str(e.edgeId),
             str(e.transport),
@@ -88,6 +88,8 @@ export function renderHubStatus(status: TRecord, now = Date.now()): string {
             formatBytes(num(e.bytesOut)),
             rtt(e.rttMs),
             String(num(rec(e.udp).flows)),
+            // Older tunnels of the edge still finishing their streams (replaced by this one).
+            String(num(e.drainingTunnels)),
           ]),
         ),
   );

@@ -747,22 +747,26 @@ async fn session(
             && matches!(tunnel, Tunnel::Tls(_))
             && redial.is_none();
         tokio::select! {
-            why = &mut fut => return Ok(Ended { why, replaced }),
+            why = &mut fut => {
+                // A tunnel with no stream open drains the moment its GOAWAY arrives, so the
+                // GOAWAY may still wait in the channel: whether it said "replaced" decides how
+                // soon to dial again.
+                while let Ok(g) = goaway_rx.try_recv() {
+                    if g.tunnel.same(&tunnel) && g.code == goaway::REPLACED && !replaced {
+                        replaced = true;
+                        step_back(inner, &g);
+                    }
+                }
+                return Ok(Ended { why, replaced });
+            }
             Some(cfg) = cfg_rx.recv() => apply_config(inner, cfg).await,
             Some(g) = goaway_rx.recv() => {
                 if !g.tunnel.same(&tunnel) || redial.is_some() {
                     continue; // an older tunnel's, or already being replaced
                 }
                 if g.code == goaway::REPLACED {
-                    // The hub took a newer tunnel with this edge's id that is not ours: another
-                    // process uses the id. Let this tunnel drain and step back (run() waits the
-                    // backoff's cap) rather than take it back at once and flap.
                     replaced = true;
-                    inner.events.as_ref()(event!("tunnelReplaced", {
-                        "reason": g.reason,
-                        "hint": "another edge process with this edge id connected to the hub; this one stops taking new clients and reconnects later",
-                        "retryInMs": inner.opts.reconnect.cap_ms
-                    }));
+                    step_back(inner, &g);
                 } else if inner.trust.is_some() {
                     // The hub drains (restart, shutdown) or this tunnel's stream ids ran out:
                     // dial a new tunnel now and move new clients to it while this one finishes
@@ -815,6 +819,18 @@ async fn session(
             }
         }
     }
+}
+
+/// The hub took a newer tunnel with this edge's id that is not ours: another process uses the
+/// id. This tunnel takes no new clients and drains, and the edge steps back (run() waits the
+/// backoff's cap) rather than take the tunnel back at once, which the other process would then
+/// do in turn, without end.
+fn step_back(inner: &Inner, g: &GoAway) {
+    inner.events.as_ref()(event!("tunnelReplaced", {
+        "reason": g.reason,
+        "hint": "another edge process with this edge id connected to the hub; this one stops taking new clients and reconnects later",
+        "retryInMs": inner.opts.reconnect.cap_ms
+    }));
 }
 
 /// The hub's pin, for an edge that dials (never called on one that listens).

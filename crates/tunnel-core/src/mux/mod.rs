@@ -49,7 +49,7 @@ mod inbound;
 mod io;
 mod stream;
 
-pub(crate) use stream::{abortive_close, read_marking_drained};
+pub(crate) use stream::abortive_close;
 pub use stream::{StreamCtx, StreamShared};
 
 use batch::OutBatch;

@@ -687,11 +687,18 @@ const READ_CHUNK: usize = 64 * 1024;
 /// are one STREAM frame each, ~1.4 KB at the default packet size).
 const WRITE_CHUNKS: usize = 32;
 
-/// Socket → QUIC stream, uncapped: each read lands in a buffer quinn then owns (`write_chunk`),
+/// Socket → QUIC stream, uncapped: each read lands in a buffer quinn then owns (`write_chunks`),
 /// instead of being copied once more into quinn's send buffer. A read that filled less than
 /// half the buffer is copied into one of its own size, so a trickle of small reads does not
 /// keep a 64 KiB allocation per read alive in quinn until it is acknowledged. No buffer is held
 /// while the socket is idle.
+///
+/// The socket is *peeked*, and only what quinn took is then taken from it: a stream whose peer
+/// has no room for more (a slow client or target at the far end) leaves the rest in its own
+/// socket, so it holds none of the tunnel's send budget while it waits. (Read, and the part
+/// quinn could not take would wait here instead, counted in the budget: 64 such streams held all
+/// of it and stalled every other stream of the tunnel.) Taking the peeked bytes costs one more
+/// `recv` per read, with `MSG_TRUNC`, which the kernel discards without copying.
 async fn copy_to_quic(
     r: &mut tokio::net::tcp::OwnedReadHalf,
     send: &mut quinn::SendStream,
@@ -700,30 +707,97 @@ async fn copy_to_quic(
     let mut total = 0u64;
     loop {
         r.readable().await?;
-        // Held from the read until quinn takes the bytes: a peer that grants credit but does
-        // not acknowledge leaves this stream's chunk waiting here, within the tunnel's budget.
+        // Nothing is peeked before the stream and the connection have flow-control room (an
+        // empty write waits for that), so what is peeked mostly goes straight into quinn.
+        send.write(&[]).await?;
         budget.reserve(READ_CHUNK).await;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        // A short read marks the socket drained, so the next wait is for a fresh event rather
-        // than a `recv` that can only return EAGAIN (see `read_marking_drained`).
-        let read = crate::mux::read_marking_drained(r.as_ref(), &mut buf, READ_CHUNK);
-        budget.release(READ_CHUNK - buf.len());
-        let n = match read {
-            Ok(0) => return Ok(total),
+        let peeked = peek_into(r.as_ref(), &mut buf, READ_CHUNK);
+        let n = match peeked {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                budget.release(READ_CHUNK);
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                return Err(e);
+            }
         };
-        total += n as u64;
-        let chunk = if n < READ_CHUNK / 2 {
+        budget.release(READ_CHUNK - n);
+        if n == 0 {
+            return Ok(total);
+        }
+        let mut chunk = if n < READ_CHUNK / 2 {
             Bytes::copy_from_slice(&buf)
         } else {
             buf.freeze()
         };
-        let written = send.write_chunk(chunk).await;
+        // Quinn takes what fits now (it waits only while nothing fits at all).
+        let taken = send.write_chunks(std::slice::from_mut(&mut chunk)).await;
         budget.release(n);
-        written?;
+        let k = taken?.bytes;
+        drop(chunk);
+        // A peek short of the buffer, all of it taken, emptied the socket: its readiness is
+        // cleared with the take (see `read_marking_drained`).
+        consume(r.as_ref(), k, k == n && n < READ_CHUNK).await?;
+        total += k as u64;
     }
+}
+
+/// Peeks up to `want` bytes into `buf`'s spare capacity; nothing leaves the socket.
+fn peek_into(sock: &TcpStream, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
+    sock.try_io(tokio::io::Interest::READABLE, || {
+        let chunk = buf.chunk_mut();
+        let len = want.min(chunk.len());
+        // SAFETY: `chunk` is `len` writable bytes of spare capacity; recv only writes to them.
+        let spare = unsafe {
+            std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(), len)
+        };
+        let n = socket2::SockRef::from(sock).peek(spare)?;
+        // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.advance_mut(n) };
+        Ok(n)
+    })
+}
+
+thread_local! {
+    /// Where `consume` points the kernel when it discards peeked bytes: `MSG_TRUNC` makes TCP
+    /// drop them without copying, but the call still names a buffer of the length.
+    static DISCARD: std::cell::RefCell<Vec<std::mem::MaybeUninit<u8>>> =
+        std::cell::RefCell::new(vec![std::mem::MaybeUninit::uninit(); READ_CHUNK]);
+}
+
+/// Takes `k` bytes already peeked from the socket, discarding them. `drained`: they were all it
+/// held, so tokio's readiness is cleared (the next wait is for a fresh event).
+async fn consume(sock: &TcpStream, mut k: usize, drained: bool) -> std::io::Result<()> {
+    while k > 0 {
+        let mut took = 0;
+        let res = sock.try_io(tokio::io::Interest::READABLE, || {
+            let n = DISCARD.with_borrow_mut(|scratch| {
+                let len = k.min(scratch.len());
+                socket2::SockRef::from(sock).recv_with_flags(&mut scratch[..len], libc::MSG_TRUNC)
+            })?;
+            took = n;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            if drained && n == k {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match res {
+            Ok(_) => {}
+            Err(_) if took > 0 => {} // taken, and the readiness cleared as asked
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                sock.readable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        k -= took;
+    }
+    Ok(())
 }
 
 /// QUIC stream → socket, uncapped: quinn's chunks go to the socket as they are, up to
@@ -930,6 +1004,8 @@ impl StreamCredit {
         loop {
             let allowed = (self.credit.wait().await as usize).min(chunk);
             from.readable().await?;
+            // As for an uncapped stream: no budget held while QUIC would not take the bytes.
+            to.write(&[]).await?;
             // Held until quinn takes the bytes, as for an uncapped stream.
             budget.reserve(allowed).await;
             buf.clear();
@@ -1084,9 +1160,21 @@ mod tests {
         quinn::SendStream,
         quinn::RecvStream,
     ) {
+        pair_with_perf(handler, Performance::default()).await
+    }
+
+    /// [`pair_with`], both ends configured with `perf`.
+    async fn pair_with_perf<H: Handler>(
+        handler: H,
+        perf: Performance,
+    ) -> (
+        QuicTunnel,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ) {
         let id = Identity::from_pem(CERT, KEY).unwrap();
         let mut server_cfg = server_crypto(Arc::new(id.server_config().unwrap())).unwrap();
-        let perf = Performance::default();
         server_cfg.transport_config(Arc::new(transport_config(&perf, Duration::from_secs(5), 100)));
         let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr().unwrap();
@@ -1298,6 +1386,77 @@ mod tests {
             Ok(())
         }
         fn on_closed(&mut self, _c: ClosedStream) {}
+    }
+
+    /// Streams whose peer does not read (a slow client or target at the far end) do not hold
+    /// the tunnel's send budget while QUIC's flow control holds them back: a new stream on the
+    /// same tunnel still carries its bytes.
+    #[tokio::test]
+    async fn streams_the_peer_does_not_read_leave_the_budget_to_the_others() {
+        // A target that floods the connection when its first byte is `F`, and says hello
+        // otherwise.
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = target.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = target.accept().await {
+                tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    if s.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    if first[0] == b'F' {
+                        let chunk = vec![0u8; 64 * 1024];
+                        while s.write_all(&chunk).await.is_ok() {}
+                    } else {
+                        let _ = s.write_all(b"hello").await;
+                    }
+                });
+            }
+        });
+        // A connection window larger than the stalled streams' windows together (80 × 512 KiB):
+        // then QUIC's flow control still lets the new stream through, and only the budget could
+        // hold it back.
+        let perf = Performance {
+            connection_window: 64 << 20,
+            ..Performance::default()
+        };
+        let (_tunnel, client, _ctrl_send, _ctrl_recv) = pair_with_perf(Carry { target: addr }, perf).await;
+        let open = |first: u8| {
+            let client = client.clone();
+            async move {
+                let (mut send, recv) = client.open_bi().await.unwrap();
+                let record = OpenRecord {
+                    kind: crate::wire::open::KIND_TCP,
+                    service: 1,
+                    listen_port: 80,
+                    client: "192.0.2.1:4000".parse().unwrap(),
+                    local: "127.0.0.1:80".parse().unwrap(),
+                    buffer: None,
+                    credit: false,
+                };
+                let mut head = BytesMut::new();
+                head.put_u8(0);
+                record.encode(&mut head);
+                head[0] = (head.len() - 1) as u8;
+                head.put_u8(first);
+                send.write_all(&head).await.unwrap();
+                (send, recv)
+            }
+        };
+        // More flooding streams, never read, than the budget has 64 KiB reads for.
+        let mut stalled = Vec::new();
+        for _ in 0..(crate::mux::TUNNEL_SEND_BUDGET / READ_CHUNK + 16) {
+            stalled.push(open(b'F').await);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_send, mut recv) = open(b'H').await;
+        let mut hello = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut hello))
+            .await
+            .expect("a new stream is carried while the others are held back")
+            .unwrap();
+        assert_eq!(&hello, b"hello");
+        drop(stalled);
     }
 
     /// Reads `stream` until `want` bytes arrived; then checks that nothing more comes for a while.
