@@ -8,10 +8,9 @@
 // Needs no peer tools: iperf3 and wrk are used when installed, Node stand-ins otherwise. Ephemeral
 // ports only, so it can run next to anything else on the machine.
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
-import { cpuSeconds, killAllSync, rssKiB, startProcess, stopAll, which } from './lib/proc.mjs';
+import { cpuSeconds, freePort, killAllSync, rssKiB, startProcess, stopAll, which } from './lib/proc.mjs';
 import { iperf3ServerReady, iperf3Tcp, nodeConnBurst, nodeTransfer, startHttpClose, startSink, wrkConnRate } from './lib/measure.mjs';
 import { startTunnel, tunnelMissing } from './lib/tunnel.mjs';
 
@@ -21,14 +20,6 @@ const SECONDS = 1;
 const WATCHDOG_MS = 40_000;
 
 const say = (line) => process.stdout.write(`smoke: ${line}\n`);
-
-async function freePort() {
-  const server = net.createServer();
-  await new Promise((done) => server.listen(0, '127.0.0.1', done));
-  const { port } = server.address();
-  await new Promise((done) => server.close(done));
-  return port;
-}
 
 async function main() {
   const started = Date.now();

@@ -18,7 +18,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { join } from 'node:path';
-import { killAllSync, rssKiB, sleep, stopAll } from './lib/proc.mjs';
+import { freePort, killAllSync, rssKiB, sleep, stopAll } from './lib/proc.mjs';
 import { ROOT, startTunnel, tunnelMissing } from './lib/tunnel.mjs';
 
 /** Issue 24's bounds: the hub's memory per live UDP flow, and the drift from minute 2 to the end. */
@@ -60,14 +60,6 @@ async function listenUdpEcho() {
   sock.on('message', (msg, rinfo) => sock.send(msg, rinfo.port, rinfo.address));
   await new Promise((done) => sock.bind(0, '127.0.0.1', done));
   return sock;
-}
-
-async function freePort() {
-  const server = net.createServer();
-  await new Promise((done) => server.listen(0, '127.0.0.1', done));
-  const { port } = server.address();
-  await new Promise((done) => server.close(done));
-  return port;
 }
 
 /** One short TCP connection through the tunnel: true when the echo came back whole. */

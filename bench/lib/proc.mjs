@@ -3,6 +3,7 @@
 // read through /proc for CPU time and resident memory.
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
+import net from 'node:net';
 import { delimiter, join } from 'node:path';
 
 /** Clock ticks per second for /proc/<pid>/stat times; 100 on every Linux we run on, asked once. */
@@ -13,6 +14,15 @@ export const CLK_TCK = (() => {
     return 100;
   }
 })();
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (the OS's pick; closed again at once). */
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((done) => server.listen(0, '127.0.0.1', done));
+  const { port } = server.address();
+  await new Promise((done) => server.close(done));
+  return port;
+}
 
 export function sleep(ms) {
   return new Promise((done) => setTimeout(done, ms));

@@ -76,6 +76,11 @@ describe('status tables', () => {
     expect(hub).toContain('failed ERR_AUTH_FAILED 4');
     expect(hub).toMatch(/^e1\s+quic\s+10\.0\.0\.1:5000\s+1m5s\s+2\s+9\s+2\.0 KiB\s+0 B\s+0\.25 ms\s+1$/m);
     expect(hub).toMatch(/^e2\s+edge2:9000\s+dialing\s+3\s+refused$/m);
+    // An edge with a tunnel still draining gets a column for it.
+    const draining = renderHubStatus({ running: true, allowedEdges: 1, edges: [{ edgeId: 'e3', transport: 'tcpTls', remoteAddress: '10.0.0.3', remotePort: 7, connectedSince: now, openStreams: 0, streamsTotal: 0, bytesIn: 0, bytesOut: 0, rttMs: 1, udp: { flows: 0 }, drainingTunnels: 1 }] }, now);
+    expect(draining).toMatch(/UDP FLOWS\s+DRAINING$/m);
+    expect(draining).toMatch(/^e3\s.*\s1$/m);
+    expect(hub).not.toContain('DRAINING');
     const edge = renderEdgeStatus({ state: 'connecting', attempts: 2, lastError: { code: 'ERR_CONNECT', message: 'refused' }, services: [] });
     expect(edge).toContain('edge connecting (2 failed attempts, last: refused)');
     expect(edge).toContain('no services');

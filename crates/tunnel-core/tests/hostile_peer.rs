@@ -530,6 +530,26 @@ fn edge_child_options(extra: Value) -> Value {
     v
 }
 
+/// The hostile hub's side of the exchange: it knows the secret, so both proofs verify (it
+/// dialed: `dialed`).
+async fn prove_as_hub<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    binding: &[u8; 32],
+    dialed: Option<handshake::Dialed<'_>>,
+) {
+    let verdict = handshake::hub(
+        io,
+        binding,
+        |_| Some(HOSTILE_SECRET.to_string()),
+        b"dummy",
+        PARAMS,
+        dialed,
+    )
+    .await
+    .expect("the exchange completes");
+    assert!(matches!(verdict, handshake::HubVerdict::Accepted { .. }));
+}
+
 /// An edge that dials a hub which turns out hostile once authenticated (TLS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_hub_the_edge_dials_cannot_exhaust_the_edge() {
@@ -552,17 +572,7 @@ async fn a_hostile_hub_the_edge_dials_cannot_exhaust_the_edge() {
             .1
             .export_keying_material([0u8; 32], tunnel_core::auth::EXPORTER_LABEL, None)
             .unwrap();
-        let verdict = handshake::hub(
-            &mut tls,
-            &binding,
-            |_| Some(HOSTILE_SECRET.to_string()),
-            b"dummy",
-            PARAMS,
-            None,
-        )
-        .await
-        .expect("the exchange completes");
-        assert!(matches!(verdict, handshake::HubVerdict::Accepted { .. }));
+        prove_as_hub(&mut tls, &binding, None).await;
         tls
     })
     .await;
@@ -589,14 +599,15 @@ async fn a_hostile_hub_that_dials_cannot_exhaust_the_edge() {
         )
         .await
         .expect("TLS to the edge");
-        let dialed = handshake::Dialed {
-            edge_id: HOSTILE_ID,
-            secret: HOSTILE_SECRET,
-        };
-        let verdict = handshake::hub(&mut tls, &binding, |_| None, b"dummy", PARAMS, Some(dialed))
-            .await
-            .expect("both prove the secret");
-        assert!(matches!(verdict, handshake::HubVerdict::Accepted { .. }));
+        prove_as_hub(
+            &mut tls,
+            &binding,
+            Some(handshake::Dialed {
+                edge_id: HOSTILE_ID,
+                secret: HOSTILE_SECRET,
+            }),
+        )
+        .await;
         tls
     })
     .await;

@@ -72,11 +72,14 @@ export function renderHubStatus(status: TRecord, now = Date.now()): string {
     );
   }
   out.push('');
+  // Older tunnels of an edge still finishing their streams (replaced by its newer one): a
+  // column only while some edge has any.
+  const draining = edges.some((e) => num(e.drainingTunnels) > 0);
   out.push(
     edges.length === 0
       ? 'no edge connected'
       : formatTable(
-          ['EDGE', 'TRANSPORT', 'ADDRESS', 'UP', 'STREAMS', 'TOTAL', 'IN', 'OUT', 'RTT', 'UDP FLOWS', 'DRAINING'],
+          ['EDGE', 'TRANSPORT', 'ADDRESS', 'UP', 'STREAMS', 'TOTAL', 'IN', 'OUT', 'RTT', 'UDP FLOWS', ...(draining ? ['DRAINING'] : [])],
           edges.map((e) => [
             str(e.edgeId),
             str(e.transport),
@@ -88,8 +91,7 @@ export function renderHubStatus(status: TRecord, now = Date.now()): string {
             formatBytes(num(e.bytesOut)),
             rtt(e.rttMs),
             String(num(rec(e.udp).flows)),
-            // Older tunnels of the edge still finishing their streams (replaced by this one).
-            String(num(e.drainingTunnels)),
+            ...(draining ? [String(num(e.drainingTunnels))] : []),
           ]),
         ),
   );

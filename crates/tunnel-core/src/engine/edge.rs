@@ -752,7 +752,7 @@ async fn session(
                 // GOAWAY may still wait in the channel: whether it said "replaced" decides how
                 // soon to dial again.
                 while let Ok(g) = goaway_rx.try_recv() {
-                    if g.tunnel.same(&tunnel) && g.code == goaway::REPLACED && !replaced {
+                    if g.tunnel.same(&tunnel) && g.code == goaway::REPLACED && !replaced && inner.trust.is_some() {
                         replaced = true;
                         step_back(inner, &g);
                     }
@@ -764,10 +764,11 @@ async fn session(
                 if !g.tunnel.same(&tunnel) || redial.is_some() {
                     continue; // an older tunnel's, or already being replaced
                 }
-                if g.code == goaway::REPLACED {
+                // (An edge that listens has nothing to step back from: its hub dials.)
+                if g.code == goaway::REPLACED && inner.trust.is_some() {
                     replaced = true;
                     step_back(inner, &g);
-                } else if inner.trust.is_some() {
+                } else if g.code != goaway::REPLACED && inner.trust.is_some() {
                     // The hub drains (restart, shutdown) or this tunnel's stream ids ran out:
                     // dial a new tunnel now and move new clients to it while this one finishes
                     // its streams. (An edge that listens waits for the hub to dial again.)

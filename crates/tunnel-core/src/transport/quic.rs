@@ -1424,22 +1424,8 @@ mod tests {
         let open = |first: u8| {
             let client = client.clone();
             async move {
-                let (mut send, recv) = client.open_bi().await.unwrap();
-                let record = OpenRecord {
-                    kind: crate::wire::open::KIND_TCP,
-                    service: 1,
-                    listen_port: 80,
-                    client: "192.0.2.1:4000".parse().unwrap(),
-                    local: "127.0.0.1:80".parse().unwrap(),
-                    buffer: None,
-                    credit: false,
-                };
-                let mut head = BytesMut::new();
-                head.put_u8(0);
-                record.encode(&mut head);
-                head[0] = (head.len() - 1) as u8;
-                head.put_u8(first);
-                send.write_all(&head).await.unwrap();
+                let (mut send, recv) = open_stream(&client, None, false).await;
+                send.write_all(&[first]).await.unwrap();
                 (send, recv)
             }
         };
@@ -1482,6 +1468,15 @@ mod tests {
         cap: u32,
         credit: bool,
     ) -> (quinn::SendStream, quinn::RecvStream) {
+        open_stream(client, Some(cap), credit).await
+    }
+
+    /// Opens a stream as the edge does: its OPEN record, with `buffer` as its cap.
+    async fn open_stream(
+        client: &quinn::Connection,
+        buffer: Option<u32>,
+        credit: bool,
+    ) -> (quinn::SendStream, quinn::RecvStream) {
         let (mut send, recv) = client.open_bi().await.unwrap();
         let record = OpenRecord {
             kind: crate::wire::open::KIND_TCP,
@@ -1489,7 +1484,7 @@ mod tests {
             listen_port: 80,
             client: "192.0.2.1:4000".parse().unwrap(),
             local: "127.0.0.1:80".parse().unwrap(),
-            buffer: Some(cap),
+            buffer,
             credit,
         };
         let mut head = BytesMut::new();
