@@ -277,6 +277,14 @@ describe('validateLimits', () => {
     expect(() => validateLimits({ heartbeatTimeoutMs: 0 })).toThrow(/limits\.heartbeatTimeoutMs = 0/);
     expect(() => validateLimits({ heartbeat: 1 })).toThrow(/limits\.heartbeat /);
   });
+
+  it("takes issue 24's limits: UDP flows per service and per source, unanswered flows, the drain", () => {
+    const limits = { maxUdpFlowsPerService: 100, maxUdpFlowsPerSource: 10, udpUnansweredIdleMs: 2000, drainTimeoutMs: 30_000 };
+    expect(validateLimits(limits)).toEqual(limits);
+    for (const key of Object.keys(limits)) {
+      expect(() => validateLimits({ [key]: 0 })).toThrow(new RegExp(`limits\\.${key} = 0`));
+    }
+  });
 });
 
 describe('diffAllowedEdges', () => {
