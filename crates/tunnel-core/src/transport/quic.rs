@@ -705,11 +705,16 @@ async fn copy_to_quic(
     budget: &SendBudget,
 ) -> std::io::Result<u64> {
     let mut total = 0u64;
+    // The stream had no room for all of the last chunk: wait for room before peeking again.
+    let mut at_limit = false;
     loop {
         r.readable().await?;
-        // Nothing is peeked before the stream and the connection have flow-control room (an
-        // empty write waits for that), so what is peeked mostly goes straight into quinn.
-        send.write(&[]).await?;
+        if at_limit {
+            // An empty write waits until the stream and the connection have flow-control room,
+            // without holding a share of the budget meanwhile. (Only here: it also wakes
+            // quinn's connection driver, which per chunk cost the bulk path ~5 % more CPU.)
+            send.write(&[]).await?;
+        }
         budget.reserve(READ_CHUNK).await;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let peeked = peek_into(r.as_ref(), &mut buf, READ_CHUNK);
@@ -732,10 +737,21 @@ async fn copy_to_quic(
         } else {
             buf.freeze()
         };
-        // Quinn takes what fits now (it waits only while nothing fits at all).
-        let taken = send.write_chunks(std::slice::from_mut(&mut chunk)).await;
+        // Quinn takes what fits now. If nothing fits (the stream just ran out of room), the write
+        // is dropped unfinished — nothing was written (`write_chunks` is cancel-safe), and
+        // nothing was taken from the socket — and the loop waits for room without a reservation.
+        let taken = tokio::select! {
+            biased;
+            w = send.write_chunks(std::slice::from_mut(&mut chunk)) => Some(w),
+            () = std::future::ready(()) => None,
+        };
         budget.release(n);
+        let Some(taken) = taken else {
+            at_limit = true;
+            continue;
+        };
         let k = taken?.bytes;
+        at_limit = k < n;
         drop(chunk);
         // A peek short of the buffer, all of it taken, emptied the socket: its readiness is
         // cleared with the take (see `read_marking_drained`).
